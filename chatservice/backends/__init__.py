@@ -1,0 +1,47 @@
+"""Where answers come from: the upstream API or the embedded model, chosen per request."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+from chatservice.backends.local import LocalBackend
+from chatservice.backends.upstream import UpstreamBackend
+from chatservice.models import ChatChunk, ChatRequest, ChatResult
+from chatservice.settings import Settings
+
+
+class Backend(Protocol):
+    """What every backend offers; both raise :class:`~chatservice.errors.ServiceError`."""
+
+    def complete(self, req: ChatRequest) -> ChatResult:
+        """One whole answer."""
+
+    def stream(self, req: ChatRequest) -> Iterator[ChatChunk]:
+        """The answer in chunks, as they are generated; close it to stop the generation."""
+
+
+class Backends:
+    """The app's backends and the BACKEND rule that picks one for each request.
+
+    ``auto``: the upstream when API_KEY is set or the request brings its own ``api_key``,
+    else the embedded model. ``openai``: always the upstream (keyless upstreams such as
+    Ollama work too). ``local``: always the embedded model, request keys ignored.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.mode = settings.backend
+        self.upstream = UpstreamBackend(settings)
+        self.local = LocalBackend(settings)
+
+    def select(self, req: ChatRequest) -> Backend:
+        """The backend that answers ``req``."""
+        if self.mode == "local":
+            return self.local
+        if self.mode == "openai" or req.api_key or self.upstream.has_default_key:
+            return self.upstream
+        return self.local
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.upstream.close()

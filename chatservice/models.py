@@ -1,0 +1,102 @@
+"""The internal, OpenAI-shaped request and answer every face converts to and from.
+
+Faces parse their own bodies into a :class:`ChatRequest`, a backend answers it with a
+:class:`ChatResult` or a stream of :class:`ChatChunk`, and the face renders its envelope
+(``shared/design.md``: one request path shared by every face).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from chatservice.settings import Secret
+
+Kind = Literal["chat", "completion"]
+
+_COMPLETION_PREFIXES = ("davinci", "babbage", "text-", "curie", "ada")
+
+
+def is_completion_model(model: str) -> bool:
+    """True for models served by the legacy ``/completions`` API (seed 000's "gpt-3" branch).
+
+    Names containing ``instruct`` or starting with ``davinci``, ``babbage``, ``curie``, ``ada``
+    or ``text-`` (``text-davinci-003``, ``gpt-3.5-turbo-instruct``).
+    """
+    name = model.lower().rsplit("/", 1)[-1]
+    return "instruct" in name or name.startswith(_COMPLETION_PREFIXES)
+
+
+def flatten_messages(messages: list[dict[str, str]]) -> str:
+    """Turn chat messages into a transcript prompt for a completion model.
+
+    System text comes first as-is; user turns are ``Human:``, assistant turns ``AI:``, and the
+    prompt ends with ``AI:`` so the model answers (the stop sequence ``Human:`` of seed 000
+    then ends the answer).
+    """
+    lines = []
+    for message in messages:
+        role, content = message["role"], message["content"]
+        if role == "system":
+            lines.append(content)
+        elif role == "user":
+            lines.append(f"Human: {content}")
+        else:
+            lines.append(f"AI: {content}")
+    lines.append("AI:")
+    return "\n".join(lines)
+
+
+def choice_text(choice: dict[str, Any], delta: bool) -> str:
+    """The text of one OpenAI ``choices[i]`` entry: ``text`` (completions), else the
+    ``message`` (whole answer) or ``delta`` (stream chunk) content. Raises KeyError/TypeError.
+    """
+    if "text" in choice:
+        return choice["text"] or ""
+    message = choice["delta" if delta else "message"]
+    return message.get("content") or ""
+
+
+@dataclasses.dataclass
+class ChatRequest:
+    """One request to a model.
+
+    :ivar kind: ``chat`` (``messages``) or ``completion`` (``prompt``).
+    :ivar model: the model the client asked for.
+    :ivar messages: ``[{"role": "system"|"user"|"assistant", "content": str}]`` for chat.
+    :ivar prompt: the prompt text for completion.
+    :ivar max_tokens: upper bound of generated tokens.
+    :ivar params: sampling parameters actually sent (OpenAI names: ``temperature``, ``top_p``,
+        ``frequency_penalty``, ``presence_penalty``, ``stop``, ``best_of``).
+    :ivar stream: answer as a stream of chunks.
+    :ivar api_key: a key the client brought for this request only; never stored elsewhere.
+    """
+
+    kind: Kind
+    model: str
+    max_tokens: int
+    messages: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    prompt: str = ""
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    stream: bool = False
+    api_key: Secret | None = None
+
+
+@dataclasses.dataclass
+class ChatResult:
+    """A whole answer: ``text``, why it ended, token ``usage`` and the model that answered."""
+
+    text: str
+    finish_reason: str | None
+    model: str
+    usage: dict[str, int] | None = None
+
+
+@dataclasses.dataclass
+class ChatChunk:
+    """A piece of a streamed answer; ``finish_reason`` is set on the last content chunk."""
+
+    text: str
+    model: str
+    finish_reason: str | None = None
+    usage: dict[str, int] | None = None

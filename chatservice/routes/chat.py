@@ -1,0 +1,132 @@
+"""The ``POST /{ROUTE}/v1/chat`` face of chatgpt-service (seed 000).
+
+Body: ``query`` and/or ``messages`` (at least one), ``model`` (default DEFAULT_MODEL),
+``openai_parameter`` (default true), ``temperature`` (0..2), ``top_p`` (0..1), ``max_tokens``
+(1..4096, default 500), ``frequency_penalty``/``presence_penalty`` (-2..2), ``best_of``
+(1..20, completion models only), ``stop`` (a string or up to 4), ``stream``, ``lang``.
+
+With ``openai_parameter`` true only the model, the input and ``max_tokens`` go upstream, so
+the upstream's own sampling defaults apply; with false every given parameter goes, with the
+seed's documented defaults for the rest (temperature 0.0, top_p 1, penalties 0, and
+``stop: ["Human:"]`` for completion models). The seed validated these and, by a typo, never
+sent them; here they are sent.
+
+Success: ``{"code":0,"msg":"ok","data":{"response","finish_reason","usage","model"}}``;
+failure: the HTTP status, ``{"code":<status>,"msg":<localized reason>,"data":{"error":<key>}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response
+
+from chatservice import validation
+from chatservice.errors import BadRequest, ServiceError
+from chatservice.models import (
+    ChatChunk,
+    ChatRequest,
+    ChatResult,
+    flatten_messages,
+    is_completion_model,
+)
+from chatservice.routes import add_post_rule
+from chatservice.service import current_service, respond
+from chatservice.settings import Settings
+from chatservice.web import read_json_object
+
+#: Seed 000's documented defaults, sent when ``openai_parameter`` is false.
+SEED_DEFAULTS = {"temperature": 0.0, "top_p": 1, "frequency_penalty": 0, "presence_penalty": 0}
+COMPLETION_STOP = ["Human:"]
+
+
+def prefix(route: str) -> str:
+    """The face's path: ``{ROUTE}/v1/chat``."""
+    return f"{route}/v1/chat"
+
+
+def create_blueprint(route: str) -> Blueprint:
+    """The face's blueprint."""
+    blueprint = Blueprint("chat", __name__)
+    add_post_rule(blueprint, prefix(route), chat)
+    return blueprint
+
+
+def render_error(err: ServiceError, message: str) -> dict[str, Any]:
+    """The seed's failure envelope: ``code`` is the HTTP status, ``msg`` the reason."""
+    return {"code": err.status, "msg": message, "data": {"error": err.key}}
+
+
+def build_request(body: dict[str, Any], settings: Settings) -> ChatRequest:
+    """Validate the body and build the model request (raises ``BadRequest``)."""
+    query = validation.string(body, "query")
+    turns = validation.messages(body, "messages") or []
+    if query is None and not turns:
+        raise BadRequest("query_or_messages")
+    model = validation.string(body, "model", non_empty=True) or settings.default_model
+    openai_parameter = validation.boolean(body, "openai_parameter", True)
+    max_tokens = validation.integer(body, "max_tokens", 1, 4096, default=500)
+    sampling = {
+        "temperature": validation.number(body, "temperature", 0, 2),
+        "top_p": validation.number(body, "top_p", 0, 1),
+        "frequency_penalty": validation.number(body, "frequency_penalty", -2, 2),
+        "presence_penalty": validation.number(body, "presence_penalty", -2, 2),
+    }
+    best_of = validation.integer(body, "best_of", 1, 20)
+    stop = validation.stop_sequences(body, "stop")
+    stream = validation.boolean(body, "stream", False)
+
+    messages = list(turns)
+    if query is not None:
+        messages.append({"role": "user", "content": query})
+    req = ChatRequest(
+        kind="chat", model=model, max_tokens=max_tokens, messages=messages, stream=stream
+    )
+    if is_completion_model(model):
+        req.kind = "completion"
+        req.prompt = query if not turns else flatten_messages(messages)
+    if not openai_parameter:
+        req.params = {
+            name: SEED_DEFAULTS[name] if value is None else value
+            for name, value in sampling.items()
+        }
+        if stop is not None:
+            req.params["stop"] = stop
+        elif req.kind == "completion":
+            req.params["stop"] = COMPLETION_STOP
+        # best_of exists only in the completions API; chat clients of the seed may send it.
+        if best_of is not None and req.kind == "completion":
+            req.params["best_of"] = best_of
+    return req
+
+
+def chat() -> Response:
+    """POST /{ROUTE}/v1/chat: one answer, or a stream of them with ``"stream": true``."""
+    req = build_request(read_json_object(), current_service().settings)
+    return respond(req, render_result, render_chunk, render_error)
+
+
+def render_result(result: ChatResult) -> dict[str, Any]:
+    """The seed's success envelope."""
+    return {
+        "code": 0,
+        "msg": "ok",
+        "data": {
+            "response": result.text,
+            "finish_reason": result.finish_reason,
+            "usage": result.usage,
+            "model": result.model,
+        },
+    }
+
+
+def render_chunk(chunk: ChatChunk) -> dict[str, Any]:
+    """One stream event: the delta text in ``data.response``."""
+    data: dict[str, Any] = {
+        "response": chunk.text,
+        "finish_reason": chunk.finish_reason,
+        "model": chunk.model,
+    }
+    if chunk.usage:
+        data["usage"] = chunk.usage
+    return {"code": 0, "msg": "ok", "data": data}

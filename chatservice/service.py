@@ -1,0 +1,65 @@
+"""The app's shared state and the one request path every face goes through.
+
+A face parses its body into a :class:`~chatservice.models.ChatRequest` and hands it to
+:func:`respond` with three renderers (answer, stream chunk, error) for its own envelope;
+backend selection, streaming, and error localization happen here once for every face.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from flask import Response, current_app, jsonify
+
+from chatservice.backends import Backends
+from chatservice.errors import ErrorRenderer, FaceRegistry, ServiceError
+from chatservice.i18n import Catalogs
+from chatservice.models import ChatChunk, ChatRequest, ChatResult
+from chatservice.settings import Settings
+from chatservice.sse import event_stream
+from chatservice.web import request_language
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Service:
+    """Everything the factory wires for one app: settings, catalogs, backends, faces."""
+
+    settings: Settings
+    catalogs: Catalogs
+    backends: Backends
+    faces: FaceRegistry
+
+
+def current_service() -> Service:
+    """The :class:`Service` of the app handling the current request."""
+    return current_app.extensions["chatservice"]
+
+
+def respond(
+    req: ChatRequest,
+    render_result: Callable[[ChatResult], dict[str, Any]],
+    render_chunk: Callable[[ChatChunk], dict[str, Any]],
+    render_error: ErrorRenderer,
+) -> Response:
+    """Answer ``req`` from the backend BACKEND selects, in the calling face's envelope.
+
+    Streams become ``text/event-stream`` (see :func:`chatservice.sse.event_stream`); errors
+    raised before the answer starts propagate to the app's error handler.
+    """
+    service = current_service()
+    if service.settings.log_prompts:
+        log.info("prompt model=%s messages=%r prompt=%r", req.model, req.messages, req.prompt)
+    backend = service.backends.select(req)
+    if not req.stream:
+        return jsonify(render_result(backend.complete(req)))
+    lang = request_language()
+
+    def stream_error(err: ServiceError) -> dict[str, Any]:
+        return render_error(err, service.catalogs.translate(err.key, lang, **err.params))
+
+    return event_stream(backend.stream(req), render_chunk, stream_error)

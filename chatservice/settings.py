@@ -1,0 +1,274 @@
+"""Typed settings read from the environment, then a ``.env`` file, then defaults.
+
+Every variable the service understands is declared once, in :data:`FIELDS`; ``.env.example``
+documents the same names (a test keeps the two in step). An invalid value raises
+:class:`ConfigError` whose message is one line naming the variable and the problem, which is
+what the entry point prints before it exits. Secrets are wrapped in :class:`Secret`, so no
+``repr``, ``str`` or log line of the settings can show them.
+
+Modelled on starlette's ``Config``/``Secret`` and flask-limiter's "config keys named in one
+place"; the variable names come from the seeds (``ROUTE``, ``LANG``, ``*_LIMIT`` and ``API_KEY``
+from seeds 002/004) and from the issue tracker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+from chatservice.i18n import normalize_language
+
+
+class ConfigError(ValueError):
+    """A setting has an invalid value; ``str(err)`` is one line naming the variable."""
+
+
+class Secret:
+    """A secret string (an API key) that never shows itself in ``repr``, ``str`` or format.
+
+    Use :meth:`get_secret_value` at the one place that must send it (an Authorization header).
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        """Return the real value: only for the outbound call that needs it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("Secret values are not picklable")
+
+
+# --- value parsers: each takes the raw string and raises ValueError with a short reason ------
+
+
+def _int(minimum: int = 0) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer >= {minimum}, got {raw!r}") from None
+        if value < minimum:
+            raise ValueError(f"expected an integer >= {minimum}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _limit(raw: str) -> int:
+    """A per-IP request limit: empty or 0 means off (seed 002: "0 means unlimited")."""
+    if not raw.strip():
+        return 0
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"expected a non-negative integer, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"expected a non-negative integer, got {raw!r}")
+    return value
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise ValueError(f"expected a positive number of seconds, got {raw!r}")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _route(raw: str) -> str:
+    """Normalise ROUTE to a path prefix: ``"api"``, ``"/api/"`` -> ``"/api"``; empty -> ``""``."""
+    parts = [part for part in raw.strip().split("/") if part]
+    for part in parts:
+        if part in (".", "..") or any(c in part for c in "<>?#%\\ "):
+            raise ValueError(f"not a usable path segment: {part!r}")
+    return "".join(f"/{part}" for part in parts)
+
+
+def _url(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("expected an http:// or https:// URL")
+    return value
+
+
+def _keys(raw: str) -> tuple[Secret, ...]:
+    return tuple(Secret(key.strip()) for key in raw.split(",") if key.strip())
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _lang(raw: str) -> str:
+    # Unknown languages fall back to English rather than stopping startup (issue 2).
+    return normalize_language(raw) or "en"
+
+
+def _path(raw: str) -> str:
+    return os.path.expanduser(raw.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One environment variable: its name, parser, default (raw string) and attribute."""
+
+    env: str
+    attr: str
+    parse: Callable[[str], Any]
+    default: str
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("HOST", "host", _text, "0.0.0.0"),  # noqa: S104 - listening on all interfaces is the documented default
+    Field("PORT", "port", _int(1), "5000"),
+    Field("WORKERS", "workers", _int(1), "1"),
+    Field("ROUTE", "route", _route, "api"),
+    Field("CHAT_LANG", "default_lang", _lang, "en"),
+    Field("HOUR_LIMIT", "hour_limit", _limit, ""),
+    Field("MINUTE_LIMIT", "minute_limit", _limit, ""),
+    Field("SECOND_LIMIT", "second_limit", _limit, ""),
+    Field("RATELIMIT_STORAGE_URI", "ratelimit_storage_uri", _text, "memory://"),
+    Field("TRUSTED_PROXIES", "trusted_proxies", _int(0), "0"),
+    Field("API_KEY", "api_keys", _keys, ""),
+    Field("UPSTREAM_BASE_URL", "upstream_base_url", _url, "https://api.openai.com/v1"),
+    Field("UPSTREAM_CONNECT_TIMEOUT", "upstream_connect_timeout", _seconds, "10"),
+    Field("UPSTREAM_READ_TIMEOUT", "upstream_read_timeout", _seconds, "120"),
+    Field("UPSTREAM_POOL_SIZE", "upstream_pool_size", _int(1), "100"),
+    Field("BACKEND", "backend", _choice("auto", "openai", "local"), "auto"),
+    Field("LOCAL_MODEL_PATH", "local_model_path", _path, ""),
+    Field("LOCAL_MODEL_ID", "local_model_id", _text, "smollm2-135m-instruct"),
+    Field("LOCAL_MAX_QUEUE", "local_max_queue", _int(0), "16"),
+    Field("LOCAL_PRELOAD", "local_preload", _bool, "0"),
+    Field("LOCAL_CONTEXT_TOKENS", "local_context_tokens", _int(128), "2048"),
+    Field("LOCAL_THREADS", "local_threads", _int(0), "0"),
+    Field("DEFAULT_MODEL", "default_model", _text, "gpt-3.5-turbo"),
+    Field("MAX_BODY_BYTES", "max_body_bytes", _int(1), "1048576"),
+    Field("LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error"), "info"),
+    Field("LOG_PROMPTS", "log_prompts", _bool, "0"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The service's configuration; build it with :meth:`from_env`.
+
+    Times are in seconds, sizes in bytes. ``route`` is ``""`` or a path starting with ``/``
+    (``"/api"``, ``"/v2/chat"``). ``api_keys`` holds :class:`Secret` values. A limit of 0 is off.
+    """
+
+    host: str
+    port: int
+    workers: int
+    route: str
+    default_lang: str
+    hour_limit: int
+    minute_limit: int
+    second_limit: int
+    ratelimit_storage_uri: str
+    trusted_proxies: int
+    api_keys: tuple[Secret, ...]
+    upstream_base_url: str
+    upstream_connect_timeout: float
+    upstream_read_timeout: float
+    upstream_pool_size: int
+    backend: str
+    local_model_path: str
+    local_model_id: str
+    local_max_queue: int
+    local_preload: bool
+    local_context_tokens: int
+    local_threads: int
+    default_model: str
+    max_body_bytes: int
+    log_level: str
+    log_prompts: bool
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        env_file: str | os.PathLike[str] | None = ".env",
+        **overrides: Any,
+    ) -> Settings:
+        """Read settings: ``environ`` (default: ``os.environ``) over ``env_file`` over defaults.
+
+        ``overrides`` set attributes directly (tests use it). Raises :class:`ConfigError`.
+        """
+        source: dict[str, str] = {}
+        if env_file is not None and Path(env_file).is_file():
+            source.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        source.update(os.environ if environ is None else environ)
+        # CHAT_LANG wins over LANG; LANG is the POSIX locale most machines already set.
+        if not source.get("CHAT_LANG", "").strip() and source.get("LANG", "").strip():
+            source["CHAT_LANG"] = source["LANG"]
+
+        values: dict[str, Any] = {}
+        for field in FIELDS:
+            raw = source.get(field.env)
+            if raw is None:
+                raw = field.default
+            try:
+                values[field.attr] = field.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{field.env}: {exc}") from None
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def rate_limits(self) -> list[str]:
+        """The per-client limits in flask-limiter's notation, e.g. ``["2/second", "5/minute"]``."""
+        windows = (
+            ("second", self.second_limit),
+            ("minute", self.minute_limit),
+            ("hour", self.hour_limit),
+        )
+        return [f"{amount}/{window}" for window, amount in windows if amount > 0]

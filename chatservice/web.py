@@ -1,0 +1,44 @@
+"""Per-request helpers shared by the faces: reading the JSON body and choosing the language."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import current_app, g, request
+
+from chatservice.errors import BadRequest
+from chatservice.i18n import negotiate
+
+
+def read_json_object() -> dict[str, Any]:
+    """The request body parsed as a JSON object, whatever the Content-Type says.
+
+    Seed clients send ``application/json``; ``curl -d`` sends a form type with a JSON body,
+    so the header is not required. Raises ``BadRequest`` (``invalid_json``,
+    ``body_not_object``); a body over MAX_BODY_BYTES raises werkzeug's 413 while reading.
+    """
+    raw = request.get_data(cache=True)
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body_not_object")
+    g.json_body = body
+    return body
+
+
+def request_language() -> str:
+    """The language of this request's messages (issue 2's order).
+
+    ``lang`` query parameter, then the ``lang`` field of a JSON body already read, then
+    ``Accept-Language`` in quality order, then the configured default.
+    """
+    body = g.get("json_body")
+    body_lang = body.get("lang") if isinstance(body, dict) else None
+    candidates = [request.args.get("lang"), body_lang if isinstance(body_lang, str) else None]
+    accept = [tag for tag, _quality in request.accept_languages]
+    return negotiate(
+        candidates, accept, current_app.extensions["chatservice"].settings.default_lang
+    )
