@@ -1,64 +1,24 @@
 """chatservice: a self-hosted ChatGPT API speaking the request shapes of popular wrappers.
 
-:func:`create_app` is the application factory (Flask's tutorial pattern): it wires settings,
-catalogs, backends, rate limits, faces and the error handler into a new app, so nothing is
-created at import time and every test builds an app with its own settings.
+Importing the package stays light (no Flask, requests or ssl): gunicorn's master imports the
+settings through ``config.py`` before its gevent workers monkey-patch the standard library,
+and modules imported before the patch would keep unpatched sockets and ssl.
 """
 
 from __future__ import annotations
 
-from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
+from typing import TYPE_CHECKING
 
-from chatservice.backends import Backends
-from chatservice.errors import FaceRegistry, register_error_handlers
-from chatservice.i18n import Catalogs
-from chatservice.limits import create_limiter, limit_face
-from chatservice.logs import configure_logging, init_access_log
-from chatservice.routes import api, chat, ops
-from chatservice.service import Service
-from chatservice.settings import Settings
-from chatservice.web import request_language
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from chatservice.settings import Settings
 
 __all__ = ["create_app"]
 
-#: The chat faces, each a module with ``prefix``, ``create_blueprint`` and ``render_error``.
-FACES = (api, chat)
-
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """Build the WSGI app from ``settings`` (default: :meth:`Settings.from_env`).
+    """Build the WSGI app; see :func:`chatservice.factory.create_app`."""
+    from chatservice.factory import create_app as factory
 
-    Raises :class:`~chatservice.settings.ConfigError` for invalid settings and ``OSError``
-    when the message catalogs cannot be read.
-    """
-    settings = settings or Settings.from_env()
-    configure_logging(settings)
-    app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.ensure_ascii = False  # type: ignore[attr-defined]
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    if settings.trusted_proxies:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
-
-    catalogs = Catalogs.load()
-    faces = FaceRegistry(default=api.render_error)
-    service = Service(
-        settings=settings, catalogs=catalogs, backends=Backends(settings), faces=faces
-    )
-    app.extensions["chatservice"] = service
-    app.extensions["chatservice.catalogs"] = catalogs
-
-    limiter = create_limiter(app, settings)
-    for face in FACES:
-        blueprint = face.create_blueprint(settings.route)
-        limit_face(limiter, settings, blueprint)
-        app.register_blueprint(blueprint)
-        faces.register(face.prefix(settings.route), face.render_error)
-    app.register_blueprint(ops.create_blueprint())
-    register_error_handlers(app, faces, request_language)
-    init_access_log(app)
-
-    if settings.local_preload:
-        service.backends.local.preload()
-    return app
+    return factory(settings)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, current_app, g, jsonify, request
 from flask_limiter.errors import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
@@ -153,9 +153,13 @@ def to_service_error(exc: BaseException) -> ServiceError:
 def _retry_after_seconds() -> int:
     limiter = current_app.extensions.get("chatservice.limiter")
     current = getattr(limiter, "current_limit", None)
-    if current is None:
-        return 1
-    return max(1, math.ceil(current.reset_at - time.time()))
+    # window.reset_time is exact; RequestLimit.reset_at rounds it up by a whole second.
+    reset = None if current is None else current.window.reset_time
+    seconds = 1 if reset is None else max(1, math.ceil(reset - time.time()))
+    # flask-limiter recomputes Retry-After later; limits.py puts this value back so the
+    # header and the message agree.
+    g.retry_after = seconds
+    return seconds
 
 
 class FaceRegistry:

@@ -12,7 +12,7 @@ When the storage fails (Redis down) the limiter lets requests through and logs i
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask
+from flask import Blueprint, Flask, Response, g
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
@@ -25,6 +25,16 @@ def create_limiter(app: Flask, settings: Settings) -> Limiter | None:
     """A limiter bound to ``app``, or ``None`` when no limit is configured."""
     if not settings.rate_limits:
         return None
+
+    # Registered before the limiter's own hook, so it runs after it (Flask runs after_request
+    # hooks in reverse): the 429's Retry-After stays the number of seconds its message names.
+    @app.after_request
+    def keep_retry_after(response: Response) -> Response:
+        seconds = g.get("retry_after")
+        if seconds is not None:
+            response.headers["Retry-After"] = str(seconds)
+        return response
+
     limiter = Limiter(
         get_remote_address,
         app=app,

@@ -77,7 +77,8 @@ def number(body: dict[str, Any], name: str, minimum: float, maximum: float) -> f
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadRequest("not_a_number", field=name)
-    if not math.isfinite(value) or not minimum <= value <= maximum:
+    # Range first: math.isfinite raises OverflowError on integers too large for a float.
+    if not minimum <= value <= maximum or not math.isfinite(value):
         raise BadRequest("out_of_range", field=name, min=_show(minimum), max=_show(maximum))
     return value
 

@@ -1,0 +1,168 @@
+"""Shared fixtures: the fake upstream, apps built with their own settings, real servers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from flask import Flask
+
+from chatservice import create_app
+from chatservice.settings import Settings
+from tests.fakeupstream import FakeUpstream
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    server = FakeUpstream()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def fake(upstream: FakeUpstream) -> FakeUpstream:
+    """The fake upstream, emptied of earlier tests' requests and scripts."""
+    upstream.reset()
+    return upstream
+
+
+def settings_from(env: dict[str, str]) -> Settings:
+    """Settings from exactly ``env`` (no process environment, no .env file)."""
+    return Settings.from_env(env, env_file=None)
+
+
+@pytest.fixture
+def make_app(fake: FakeUpstream) -> Callable[..., Flask]:
+    """Build an app from environment-style settings; the upstream is the fake one."""
+
+    def make(**env: str) -> Flask:
+        app = create_app(settings_from({"UPSTREAM_BASE_URL": fake.url, **env}))
+        app.testing = True
+        return app
+
+    return make
+
+
+@pytest.fixture
+def client(make_app: Callable[..., Flask]):
+    """A test client of an app whose upstream (with a configured key) is the fake one."""
+    return make_app(API_KEY="sk-test-configured-0001").test_client()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    """``python3 app.py`` (gunicorn, gevent workers) on 127.0.0.1 in a subprocess."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        full_env = {k: v for k, v in os.environ.items() if k not in ("LANG", "CHAT_LANG")}
+        full_env.update({"HOST": "127.0.0.1", "PORT": str(self.port), **env})
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "app.py"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.log_path.read_text()}")
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise AssertionError(f"server did not start: {self.log_path.read_text()}")
+
+    def log_text(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def live_server(tmp_path: Path, upstream: FakeUpstream) -> Iterator[Callable[..., LiveServer]]:
+    """Start real servers with the given environment; all are stopped after the test."""
+    servers: list[LiveServer] = []
+
+    def start(**env: str) -> LiveServer:
+        env = {"UPSTREAM_BASE_URL": upstream.url, **env}
+        server = LiveServer(env, tmp_path / f"server-{len(servers)}.log")
+        servers.append(server)
+        server.wait_ready()
+        return server
+
+    upstream.reset()
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    """A real ``redis-server`` on a free loopback port (``.ci/run`` installs the package)."""
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("redis-server did not start")
+        time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -1,0 +1,242 @@
+"""A fake OpenAI-compatible upstream on 127.0.0.1 for the tests.
+
+A real threaded HTTP/1.1 server: it records every request it receives and answers
+``/chat/completions`` and ``/completions`` (whole or as chunked SSE, optionally slowly), or
+follows a scripted :class:`Reply`: any status and body, a delay, a stall, a dropped connection.
+Sockets set TCP_NODELAY so keep-alive requests do not show delayed-ACK stalls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclasses.dataclass
+class Reply:
+    """How to answer one request.
+
+    ``text`` overrides the default echo answer; ``status``/``body`` send an error instead;
+    ``delay`` waits before the headers; ``chunk_delay`` waits between stream chunks;
+    ``stall`` holds the connection silently before anything; ``drop`` closes it without a
+    response; ``drop_after`` closes a stream after that many chunks; ``words`` splits the
+    answer into that many-word chunks.
+    """
+
+    text: str | None = None
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    delay: float = 0.0
+    chunk_delay: float = 0.0
+    stall: float = 0.0
+    drop: bool = False
+    drop_after: int | None = None
+    finish: bool = True
+
+
+@dataclasses.dataclass
+class Received:
+    """One request as the fake upstream saw it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    json: Any
+    started: float
+    finished: float | None = None
+    client_gone: bool = False
+
+
+def answer_for(path: str, body: Any) -> str:
+    """The default answer: ``echo: `` + the last user message (chat) or the prompt."""
+    if path.endswith("/chat/completions"):
+        messages = body.get("messages") or [{}]
+        return "echo: " + str(messages[-1].get("content", ""))
+    return "echo: " + str(body.get("prompt", ""))
+
+
+class FakeUpstream:
+    """The server; ``url`` is its ``/v1`` base URL. Thread-safe for concurrent requests."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.default = Reply()
+        self._queue: deque[Reply] = deque()
+        self._lock = threading.Lock()
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self.server = _Server(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def reset(self) -> None:
+        """Forget received requests and scripted replies."""
+        with self._lock:
+            self.received.clear()
+            self._queue.clear()
+            self.default = Reply()
+
+    def push(self, *replies: Reply) -> None:
+        """Answer the next requests with these replies, in order, then the default."""
+        with self._lock:
+            self._queue.extend(replies)
+
+    def next_reply(self) -> Reply:
+        with self._lock:
+            return self._queue.popleft() if self._queue else self.default
+
+    def record(self, item: Received) -> None:
+        with self._lock:
+            self.received.append(item)
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> list[Received]:
+        """Wait until ``count`` requests arrived; return them."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self.received) >= count:
+                    return list(self.received)
+            time.sleep(0.01)
+        raise AssertionError(f"fake upstream got {len(self.received)} requests, not {count}")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _Server(ThreadingHTTPServer):
+    # The default backlog of 5 makes a burst of connections wait for SYN retries (1 s+).
+    request_queue_size = 512
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    fake: FakeUpstream
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def do_GET(self) -> None:
+        self._send_json(200, {"object": "list", "data": []})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        item = Received("POST", self.path, dict(self.headers.items()), body, time.monotonic())
+        self.fake.record(item)
+        reply = self.fake.next_reply()
+        try:
+            self._answer(reply, item, body if isinstance(body, dict) else {})
+        except (BrokenPipeError, ConnectionResetError):
+            item.client_gone = True
+        finally:
+            item.finished = time.monotonic()
+
+    def _answer(self, reply: Reply, item: Received, body: dict[str, Any]) -> None:
+        if reply.stall:
+            time.sleep(reply.stall)
+        if reply.drop:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if reply.delay:
+            time.sleep(reply.delay)
+        if reply.status != 200 or reply.body is not None:
+            self._send_json(reply.status, reply.body or {}, reply.headers)
+            return
+        text = reply.text if reply.text is not None else answer_for(self.path, body)
+        chat = self.path.endswith("/chat/completions")
+        model = body.get("model", "fake-model")
+        if body.get("stream"):
+            self._stream(reply, text, chat, model)
+        else:
+            choice = (
+                {"index": 0, "message": {"role": "assistant", "content": text}}
+                if chat
+                else {"index": 0, "text": text}
+            )
+            choice["finish_reason"] = "stop"
+            usage = {
+                "prompt_tokens": 5,
+                "completion_tokens": len(text.split()),
+                "total_tokens": 5 + len(text.split()),
+            }
+            self._send_json(
+                200,
+                {
+                    "id": "fake-1",
+                    "object": "chat.completion",
+                    "model": model,
+                    "choices": [choice],
+                    "usage": usage,
+                },
+                reply.headers,
+            )
+
+    def _stream(self, reply: Reply, text: str, chat: bool, model: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        words = text.split(" ")
+        pieces = [word if i == 0 else " " + word for i, word in enumerate(words)]
+        if chat:
+            self._chunk(self._event({"role": "assistant", "content": ""}, None, chat, model))
+        for index, piece in enumerate(pieces):
+            if reply.drop_after is not None and index >= reply.drop_after:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if reply.chunk_delay:
+                time.sleep(reply.chunk_delay)
+            self._chunk(self._event({"content": piece}, None, chat, model))
+        if reply.finish:
+            self._chunk(self._event({}, "stop", chat, model))
+            self._chunk(b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    @staticmethod
+    def _event(delta: dict[str, Any], finish: str | None, chat: bool, model: str) -> bytes:
+        choice: dict[str, Any] = (
+            {"index": 0, "delta": delta} if chat else {"index": 0, "text": delta.get("content", "")}
+        )
+        choice["finish_reason"] = finish
+        payload = {
+            "id": "fake-1",
+            "object": "chat.completion.chunk",
+            "model": model,
+            "choices": [choice],
+        }
+        return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()

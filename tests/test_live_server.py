@@ -1,0 +1,110 @@
+"""A real gunicorn/gevent server (``python3 app.py``) against the fake upstream on loopback."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from tests.fakeupstream import Reply
+
+
+def read_events(response: requests.Response):
+    """Yield (arrival time, payload) for each SSE event of a streamed response."""
+    for line in response.iter_lines(chunk_size=1, decode_unicode=True):
+        if line.startswith("data: "):
+            payload = line[len("data: ") :]
+            yield time.monotonic(), payload if payload == "[DONE]" else json.loads(payload)
+
+
+def test_stream_events_arrive_while_upstream_still_generates(live_server, upstream):
+    server = live_server(API_KEY="sk-live")
+    upstream.default = Reply(text="w1 w2 w3 w4 w5", chunk_delay=0.3)
+    with requests.post(
+        server.url + "/api/v1/chat", json={"query": "q", "stream": True}, stream=True, timeout=10
+    ) as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        stream = read_events(r)
+        _, first = next(stream)
+        record = upstream.wait_for(1)[0]
+        # The first event reached us while the upstream was still writing the answer.
+        assert record.finished is None
+        assert first["data"]["response"] == "w1"
+        rest = [payload for _, payload in stream]
+    assert rest[-1] == "[DONE]"
+    assert "".join(e["data"]["response"] for e in rest[:-1]) == " w2 w3 w4 w5"
+    assert record.finished is not None
+
+
+def test_client_disconnect_stops_the_upstream_request(live_server, upstream):
+    server = live_server(API_KEY="sk-live")
+    upstream.default = Reply(text=" ".join(f"w{i}" for i in range(100)), chunk_delay=0.1)
+    r = requests.post(
+        server.url + "/api", json={"user_content": "q", "stream": True}, stream=True, timeout=10
+    )
+    next(read_events(r))
+    r.close()  # the client goes away after the first event
+    record = upstream.wait_for(1)[0]
+    deadline = time.monotonic() + 5
+    while record.finished is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # The upstream saw its connection closed long before its 10 s answer was over.
+    assert record.finished is not None and record.client_gone
+    assert record.finished - record.started < 5
+
+
+def test_hundred_simultaneous_requests_are_served_concurrently(live_server, upstream):
+    server = live_server(API_KEY="sk-live")
+    upstream.default = Reply(delay=1.0)
+    session_count = 100
+
+    def ask(i: int) -> int:
+        r = requests.post(server.url + "/api", json={"user_content": f"q{i}"}, timeout=30)
+        assert r.json()["current_response"] == f"echo: q{i}"
+        return r.status_code
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(session_count) as pool:
+        statuses = list(pool.map(ask, range(session_count)))
+    elapsed = time.monotonic() - started
+    assert statuses == [200] * session_count
+    # Served one after another this would take 100 s; concurrently, about 1 s.
+    assert elapsed < 10, elapsed
+
+
+def test_request_api_keys_stay_with_their_requests_under_concurrency(live_server, upstream):
+    server = live_server()  # no configured key: each request brings its own
+    upstream.default = Reply(delay=0.3)
+
+    def ask(i: int) -> None:
+        r = requests.post(
+            server.url + "/api",
+            timeout=30,
+            json={"user_content": f"caller-{i}", "api_key": f"sk-caller-{i}"},
+        )
+        assert r.status_code == 200
+
+    with ThreadPoolExecutor(20) as pool:
+        list(pool.map(ask, range(20)))
+    received = upstream.wait_for(20)
+    for record in received:
+        caller = record.json["messages"][-1]["content"].removeprefix("caller-")
+        assert record.headers["Authorization"] == f"Bearer sk-caller-{caller}"
+    assert "sk-caller" not in server.log_text()
+
+
+def test_server_log_has_no_secrets_or_prompts(live_server, upstream):
+    server = live_server(API_KEY="sk-configured-secret")
+    upstream.push(Reply(status=401, body={"error": {"message": "bad key sk-configured-secret"}}))
+    requests.post(server.url + "/api", json={"user_content": "my private question"}, timeout=10)
+    requests.post(
+        server.url + "/api",
+        json={"user_content": "another private question", "api_key": "sk-request-secret"},
+        timeout=10,
+    )
+    log = server.log_text()
+    assert "POST /api 401" in log and "POST /api 200" in log
+    for secret in ("sk-configured-secret", "sk-request-secret", "private question"):
+        assert secret not in log
