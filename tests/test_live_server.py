@@ -108,3 +108,86 @@ def test_server_log_has_no_secrets_or_prompts(live_server, upstream):
     assert "POST /api 401" in log and "POST /api 200" in log
     for secret in ("sk-configured-secret", "sk-request-secret", "private question"):
         assert secret not in log
+
+
+def test_gunicorn_command_line_serves_app_module(tmp_path, upstream):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, free_port
+
+    port = free_port()
+    env = {**os.environ, "API_KEY": "sk-x", "UPSTREAM_BASE_URL": upstream.url}
+    log = open(tmp_path / "gunicorn.log", "wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-k",
+            "gevent",
+            "-w",
+            "2",
+            "-b",
+            f"127.0.0.1:{port}",
+            "app:app",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = requests.post(
+                    f"http://127.0.0.1:{port}/api", json={"user_content": "hi"}, timeout=5
+                )
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+        assert r.json()["current_response"] == "echo: hi"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        log.close()
+    text = (tmp_path / "gunicorn.log").read_text()
+    assert text.count("Booting worker") == 2
+    assert "MonkeyPatchWarning" not in text and "Traceback" not in text
+
+
+def test_workers_setting_starts_that_many_workers(live_server):
+    server = live_server(WORKERS="2")
+    assert requests.get(server.url + "/healthz", timeout=5).json() == {"status": "ok"}
+    deadline = time.monotonic() + 10
+    while server.log_text().count("Booting worker") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.log_text().count("Booting worker") == 2
+    assert "MonkeyPatchWarning" not in server.log_text()
+
+
+def test_local_preload_loads_the_model_at_start(live_server):
+    server = live_server(BACKEND="local", LOCAL_PRELOAD="1")
+    # Ready means the worker is serving: with preload the model was loaded before that.
+    assert "embedded model loaded" in server.log_text()
+
+
+def test_disconnect_stops_local_generation(live_server):
+    server = live_server(BACKEND="local", LOCAL_MAX_QUEUE="0")
+    body = {"query": "Write a long story about a dragon.", "max_tokens": 2000, "stream": True}
+    r = requests.post(server.url + "/api/v1/chat", json=body, stream=True, timeout=30)
+    next(read_events(r))
+    r.close()
+    # Generating 2000 tokens takes ~20 s; a stopped generation frees the model at once.
+    deadline = time.monotonic() + 5
+    while True:
+        status = requests.post(
+            server.url + "/api", json={"user_content": "hi", "max_tokens": 2}, timeout=10
+        ).status_code
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert status == 200
