@@ -163,23 +163,26 @@ def _retry_after_seconds() -> int:
 
 
 class FaceRegistry:
-    """Which face owns which path prefix, so errors outside any view (404, 405, 413 while
-    routing) still come back in the envelope a client of that path expects.
+    """Which face owns which path, so errors outside any view (404, 405, 413 while routing)
+    still come back in the envelope a client of that path expects.
     """
 
     def __init__(self, default: ErrorRenderer) -> None:
         self._default = default
-        self._faces: list[tuple[str, ErrorRenderer]] = []
+        self._faces: list[tuple[str, bool, ErrorRenderer]] = []
 
-    def register(self, prefix: str, renderer: ErrorRenderer) -> None:
-        """Claim every path equal to ``prefix`` or below it."""
-        self._faces.append((prefix.rstrip("/"), renderer))
+    def register(self, prefix: str, renderer: ErrorRenderer, exact: bool = False) -> None:
+        """Claim ``prefix`` (with or without a trailing slash) and, unless ``exact``, every
+        path below it.
+        """
+        self._faces.append((prefix.rstrip("/"), exact, renderer))
         self._faces.sort(key=lambda face: len(face[0]), reverse=True)
 
     def renderer_for(self, path: str) -> ErrorRenderer:
         """The renderer of the longest registered prefix of ``path``."""
-        for prefix, renderer in self._faces:
-            if path == prefix or path.startswith(prefix + "/") or (not prefix and path == "/"):
+        path = path.rstrip("/")
+        for prefix, exact, renderer in self._faces:
+            if path == prefix or (not exact and path.startswith(prefix + "/")):
                 return renderer
         return self._default
 

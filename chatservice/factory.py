@@ -15,13 +15,14 @@ from chatservice.errors import FaceRegistry, register_error_handlers
 from chatservice.i18n import Catalogs
 from chatservice.limits import create_limiter, limit_face
 from chatservice.logs import configure_logging, init_access_log
-from chatservice.routes import api, chat, ops
+from chatservice.routes import api, chat, chatroom, openai_api, ops, ws
 from chatservice.service import Service
 from chatservice.settings import Settings
+from chatservice.state import create_state
 from chatservice.web import request_language
 
 #: The chat faces, each a module with ``prefix``, ``create_blueprint`` and ``render_error``.
-FACES = (api, chat)
+FACES = (api, chat, openai_api, chatroom, ws)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -41,8 +42,13 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     catalogs = Catalogs.load()
     faces = FaceRegistry(default=api.render_error)
+    state = create_state(settings.ratelimit_storage_uri)
     service = Service(
-        settings=settings, catalogs=catalogs, backends=Backends(settings), faces=faces
+        settings=settings,
+        catalogs=catalogs,
+        backends=Backends(settings, state),
+        faces=faces,
+        state=state,
     )
     app.extensions["chatservice"] = service
     app.extensions["chatservice.catalogs"] = catalogs
@@ -52,7 +58,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         blueprint = face.create_blueprint(settings.route)
         limit_face(limiter, settings, blueprint)
         app.register_blueprint(blueprint)
-        faces.register(face.prefix(settings.route), face.render_error)
+        faces.register(
+            face.prefix(settings.route), face.render_error, exact=getattr(face, "EXACT", False)
+        )
     app.register_blueprint(ops.create_blueprint())
     register_error_handlers(app, faces, request_language)
     init_access_log(app)

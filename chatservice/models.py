@@ -65,18 +65,19 @@ class ChatRequest:
     :ivar model: the model the client asked for.
     :ivar messages: ``[{"role": "system"|"user"|"assistant", "content": str}]`` for chat.
     :ivar prompt: the prompt text for completion.
-    :ivar max_tokens: upper bound of generated tokens.
-    :ivar params: sampling parameters actually sent (OpenAI names: ``temperature``, ``top_p``,
-        ``frequency_penalty``, ``presence_penalty``, ``stop``, ``best_of``).
+    :ivar max_tokens: upper bound of generated tokens; ``None`` leaves it to the model.
+    :ivar params: other request fields actually sent, under OpenAI's names (``temperature``,
+        ``top_p``, ``frequency_penalty``, ``presence_penalty``, ``stop``, ``best_of``, and on
+        the OpenAI-compatible face any field the client sent, forwarded as is).
     :ivar stream: answer as a stream of chunks.
     :ivar api_key: a key the client brought for this request only; never stored elsewhere.
     """
 
     kind: Kind
     model: str
-    max_tokens: int
-    messages: list[dict[str, str]] = dataclasses.field(default_factory=list)
-    prompt: str = ""
+    max_tokens: int | None
+    messages: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    prompt: Any = ""
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
     stream: bool = False
     api_key: Secret | None = None
@@ -84,19 +85,34 @@ class ChatRequest:
 
 @dataclasses.dataclass
 class ChatResult:
-    """A whole answer: ``text``, why it ended, token ``usage`` and the model that answered."""
+    """A whole answer: ``text``, why it ended, token ``usage`` and the model that answered.
+
+    ``raw`` is the OpenAI-shaped response body (``chat.completion`` or ``text_completion``)
+    that the OpenAI-compatible face passes on unchanged.
+    """
 
     text: str
     finish_reason: str | None
     model: str
     usage: dict[str, int] | None = None
+    raw: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
 class ChatChunk:
-    """A piece of a streamed answer; ``finish_reason`` is set on the last content chunk."""
+    """A piece of a streamed answer; ``finish_reason`` is set on the last content chunk.
+
+    ``raw`` is the OpenAI-shaped chunk as the backend produced it. Backends yield every
+    chunk, including a role-only first chunk and a usage-only last one (``empty``).
+    """
 
     text: str
     model: str
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
+    raw: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        """True when the chunk carries no text, no finish reason and no usage."""
+        return not self.text and self.finish_reason is None and not self.usage

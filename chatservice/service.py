@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Response, current_app, jsonify
@@ -20,6 +20,7 @@ from chatservice.i18n import Catalogs
 from chatservice.models import ChatChunk, ChatRequest, ChatResult
 from chatservice.settings import Settings
 from chatservice.sse import event_stream
+from chatservice.state import SharedState
 from chatservice.web import request_language
 
 log = logging.getLogger(__name__)
@@ -27,12 +28,15 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Service:
-    """Everything the factory wires for one app: settings, catalogs, backends, faces."""
+    """Everything the factory wires for one app: settings, catalogs, backends, faces, and
+    the shared state (memory or Redis, as RATELIMIT_STORAGE_URI says).
+    """
 
     settings: Settings
     catalogs: Catalogs
     backends: Backends
     faces: FaceRegistry
+    state: SharedState
 
 
 def current_service() -> Service:
@@ -45,11 +49,15 @@ def respond(
     render_result: Callable[[ChatResult], dict[str, Any]],
     render_chunk: Callable[[ChatChunk], dict[str, Any]],
     render_error: ErrorRenderer,
+    *,
+    every_chunk: bool = False,
 ) -> Response:
     """Answer ``req`` from the backend BACKEND selects, in the calling face's envelope.
 
-    Streams become ``text/event-stream`` (see :func:`chatservice.sse.event_stream`); errors
-    raised before the answer starts propagate to the app's error handler.
+    Streams become ``text/event-stream`` (see :func:`chatservice.sse.event_stream`); chunks
+    with nothing to show (a role-only first chunk) are dropped unless ``every_chunk`` (the
+    OpenAI-compatible face relays them all). Errors raised before the answer starts
+    propagate to the app's error handler.
     """
     service = current_service()
     if service.settings.log_prompts:
@@ -62,4 +70,16 @@ def respond(
     def stream_error(err: ServiceError) -> dict[str, Any]:
         return render_error(err, service.catalogs.translate(err.key, lang, **err.params))
 
-    return event_stream(backend.stream(req), render_chunk, stream_error)
+    chunks = backend.stream(req)
+    if not every_chunk:
+        chunks = _without_empty(chunks)
+    return event_stream(chunks, render_chunk, stream_error)
+
+
+def _without_empty(chunks: Iterator[ChatChunk]) -> Iterator[ChatChunk]:
+    try:
+        for chunk in chunks:
+            if not chunk.empty:
+                yield chunk
+    finally:
+        chunks.close()  # type: ignore[attr-defined]

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +44,13 @@ class Secret:
     def get_secret_value(self) -> str:
         """Return the real value: only for the outbound call that needs it."""
         return self._value
+
+    def masked(self) -> str:
+        """A form safe to show an operator: ``sk-...abcd`` (prefix and last 4 characters)."""
+        value = self._value
+        if len(value) < 12:
+            return "..."
+        return f"{value[:3]}...{value[-4:]}"
 
     def __repr__(self) -> str:
         return "Secret('**********')"
@@ -157,6 +165,67 @@ def _path(raw: str) -> str:
     return os.path.expanduser(raw.strip())
 
 
+def _raw_text(raw: str) -> str:
+    return raw
+
+
+def _secret(raw: str) -> Secret | None:
+    return Secret(raw.strip()) if raw.strip() else None
+
+
+def _optional_int(minimum: int, maximum: int) -> Callable[[str], int | None]:
+    def parse(raw: str) -> int | None:
+        if not raw.strip():
+            return None
+        value = _int(minimum)(raw)
+        if value > maximum:
+            raise ValueError(f"expected an integer from {minimum} to {maximum}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _optional_number(minimum: float, maximum: float) -> Callable[[str], float | None]:
+    def parse(raw: str) -> float | None:
+        if not raw.strip():
+            return None
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+        if not minimum <= value <= maximum:
+            raise ValueError(f"expected a number from {minimum:g} to {maximum:g}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _proxy(raw: str) -> str:
+    """A proxy URL; ``host:port`` without a scheme means ``http://host:port`` (seed 001's
+    README example has no scheme, which broke every call in the original).
+    """
+    value = raw.strip()
+    if not value:
+        return ""
+    if "://" not in value:
+        value = f"http://{value}"
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https", "socks5", "socks5h") or not parts.hostname:
+        raise ValueError("expected a proxy such as http://host:port or host:port")
+    return value
+
+
+STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix")
+
+
+def _storage_uri(raw: str) -> str:
+    value = raw.strip() or "memory://"
+    scheme = value.split("://", 1)[0] if "://" in value else ""
+    if scheme not in STORAGE_SCHEMES:
+        raise ValueError(f"expected one of {', '.join(s + '://' for s in STORAGE_SCHEMES)}")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class Field:
     """One environment variable: its name, parser, default (raw string) and attribute."""
@@ -176,13 +245,23 @@ FIELDS: tuple[Field, ...] = (
     Field("HOUR_LIMIT", "hour_limit", _limit, ""),
     Field("MINUTE_LIMIT", "minute_limit", _limit, ""),
     Field("SECOND_LIMIT", "second_limit", _limit, ""),
-    Field("RATELIMIT_STORAGE_URI", "ratelimit_storage_uri", _text, "memory://"),
+    Field("RATELIMIT_STORAGE_URI", "ratelimit_storage_uri", _storage_uri, "memory://"),
     Field("TRUSTED_PROXIES", "trusted_proxies", _int(0), "0"),
     Field("API_KEY", "api_keys", _keys, ""),
+    Field("KEY_FILE", "key_file", _path, ""),
+    Field("AUTO_REMOVE_KEYS", "auto_remove_keys", _bool, "true"),
+    Field("ADMIN_TOKEN", "admin_token", _secret, ""),
     Field("UPSTREAM_BASE_URL", "upstream_base_url", _url, "https://api.openai.com/v1"),
     Field("UPSTREAM_CONNECT_TIMEOUT", "upstream_connect_timeout", _seconds, "10"),
     Field("UPSTREAM_READ_TIMEOUT", "upstream_read_timeout", _seconds, "120"),
+    Field("UPSTREAM_STREAM_IDLE_TIMEOUT", "upstream_stream_idle_timeout", _seconds, "60"),
+    Field("UPSTREAM_RETRIES", "upstream_retries", _int(0), "2"),
+    Field("UPSTREAM_RPM", "upstream_rpm", _limit, "0"),
     Field("UPSTREAM_POOL_SIZE", "upstream_pool_size", _int(1), "100"),
+    Field("CHAT_PROXY", "proxy", _proxy, ""),
+    Field("HTTPS_PROXY", "https_proxy", _proxy, ""),
+    Field("HTTP_PROXY", "http_proxy", _proxy, ""),
+    Field("NO_PROXY", "no_proxy", _text, ""),
     Field("BACKEND", "backend", _choice("auto", "openai", "local"), "auto"),
     Field("LOCAL_MODEL_PATH", "local_model_path", _path, ""),
     Field("LOCAL_MODEL_ID", "local_model_id", _text, "smollm2-135m-instruct"),
@@ -192,6 +271,16 @@ FIELDS: tuple[Field, ...] = (
     Field("LOCAL_THREADS", "local_threads", _int(0), "0"),
     Field("DEFAULT_MODEL", "default_model", _text, "gpt-3.5-turbo"),
     Field("MAX_BODY_BYTES", "max_body_bytes", _int(1), "1048576"),
+    Field("BOT_DESC", "bot_desc", _raw_text, "You are a helpful assistant."),
+    Field("HISTORY_MAX_MESSAGES", "history_max_messages", _int(1), "20"),
+    Field("CONVERSATION_TTL", "conversation_ttl", _seconds, "1800"),
+    Field("CHAT_MODEL", "chat_model", _text, ""),
+    Field("CHAT_MAXTOKENS", "chat_max_tokens", _optional_int(1, 1_000_000), ""),
+    Field("CHAT_TEMPERATURE", "chat_temperature", _optional_number(0, 2), ""),
+    Field("CHAT_TOPP", "chat_top_p", _optional_number(0, 1), ""),
+    Field("CHAT_PRESENCEPENALTY", "chat_presence_penalty", _optional_number(-2, 2), ""),
+    Field("CHAT_FREQUENCYPENALTY", "chat_frequency_penalty", _optional_number(-2, 2), ""),
+    Field("CONFIG_FILE", "config_file", _path, "config.toml"),
     Field("LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error"), "info"),
     Field("LOG_PROMPTS", "log_prompts", _bool, "0"),
 )
@@ -216,10 +305,20 @@ class Settings:
     ratelimit_storage_uri: str
     trusted_proxies: int
     api_keys: tuple[Secret, ...]
+    key_file: str
+    auto_remove_keys: bool
+    admin_token: Secret | None
     upstream_base_url: str
     upstream_connect_timeout: float
     upstream_read_timeout: float
+    upstream_stream_idle_timeout: float
+    upstream_retries: int
+    upstream_rpm: int
     upstream_pool_size: int
+    proxy: str
+    https_proxy: str
+    http_proxy: str
+    no_proxy: str
     backend: str
     local_model_path: str
     local_model_id: str
@@ -229,6 +328,16 @@ class Settings:
     local_threads: int
     default_model: str
     max_body_bytes: int
+    bot_desc: str
+    history_max_messages: int
+    conversation_ttl: float
+    chat_model: str
+    chat_max_tokens: int | None
+    chat_temperature: float | None
+    chat_top_p: float | None
+    chat_presence_penalty: float | None
+    chat_frequency_penalty: float | None
+    config_file: str
     log_level: str
     log_prompts: bool
 
@@ -239,14 +348,21 @@ class Settings:
         env_file: str | os.PathLike[str] | None = ".env",
         **overrides: Any,
     ) -> Settings:
-        """Read settings: ``environ`` (default: ``os.environ``) over ``env_file`` over defaults.
+        """Read settings: ``environ`` (default: ``os.environ``), then ``env_file``, then the
+        TOML file CONFIG_FILE (default ``config.toml``, when present), then defaults.
 
-        ``overrides`` set attributes directly (tests use it). Raises :class:`ConfigError`.
+        Seed 001's ``CHAT_``-prefixed names and the lower-case proxy variables are accepted as
+        aliases (:data:`ALIASES`); the canonical name wins. ``overrides`` set attributes
+        directly (tests use it). Raises :class:`ConfigError`.
         """
-        source: dict[str, str] = {}
+        layered: dict[str, str] = {}
         if env_file is not None and Path(env_file).is_file():
-            source.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
-        source.update(os.environ if environ is None else environ)
+            layered.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        layered.update(os.environ if environ is None else environ)
+        layered = _resolve_aliases(layered)
+
+        source = _read_config_file(layered)
+        source.update(layered)
         # CHAT_LANG wins over LANG; LANG is the POSIX locale most machines already set.
         if not source.get("CHAT_LANG", "").strip() and source.get("LANG", "").strip():
             source["CHAT_LANG"] = source["LANG"]
@@ -272,3 +388,82 @@ class Settings:
             ("hour", self.hour_limit),
         )
         return [f"{amount}/{window}" for window, amount in windows if amount > 0]
+
+
+#: Other names accepted for a variable, in priority order after the canonical one: seed 001's
+#: ``CHAT_`` variables, ``PROXY``, and the lower-case proxy variables of curl and requests.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "PORT": ("CHAT_PORT",),
+    "API_KEY": ("CHAT_APIKEY",),
+    "BOT_DESC": ("CHAT_BOTDESC",),
+    "CHAT_PROXY": ("PROXY",),
+    "HTTPS_PROXY": ("https_proxy",),
+    "HTTP_PROXY": ("http_proxy",),
+    "NO_PROXY": ("no_proxy",),
+}
+_KNOWN = {field.env for field in FIELDS}
+
+
+def _resolve_aliases(source: Mapping[str, str]) -> dict[str, str]:
+    resolved = dict(source)
+    for name, aliases in ALIASES.items():
+        if name in resolved:
+            continue
+        for alias in aliases:
+            if alias in resolved:
+                resolved[name] = resolved[alias]
+                break
+    return resolved
+
+
+def _read_config_file(source: Mapping[str, str]) -> dict[str, str]:
+    """The settings of the TOML file named by CONFIG_FILE (a missing default file is fine).
+
+    Keys are the variable names in any case (``port``, ``API_KEY``), seed 001's short names
+    (``apikey`` for ``CHAT_APIKEY``), inside any table. Lists are joined with commas.
+    """
+    explicit = bool(source.get("CONFIG_FILE", "").strip())
+    path = Path(os.path.expanduser(source.get("CONFIG_FILE", "").strip() or "config.toml"))
+    if not path.is_file():
+        if explicit:
+            raise ConfigError(f"CONFIG_FILE: no such file: {path}")
+        return {}
+    try:
+        with open(path, "rb") as fh:
+            document = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"CONFIG_FILE: {path}: {exc}") from None
+    values: dict[str, str] = {}
+    for key, value in _flatten(document):
+        name = _config_name(key)
+        if name is None:
+            raise ConfigError(f"CONFIG_FILE: {path}: unknown setting {key!r}")
+        values[name] = _config_value(value)
+    return _resolve_aliases(values)
+
+
+def _flatten(table: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    for key, value in table.items():
+        if isinstance(value, dict):
+            yield from _flatten(value)
+        else:
+            yield key, value
+
+
+def _config_name(key: str) -> str | None:
+    upper = key.upper()
+    aliases = {alias.upper(): alias for names in ALIASES.values() for alias in names}
+    for candidate in (upper, f"CHAT_{upper}"):
+        if candidate in _KNOWN:
+            return candidate
+        if candidate in aliases:
+            return aliases[candidate]
+    return None
+
+
+def _config_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    return str(value)

@@ -9,6 +9,7 @@ from chatservice.backends.local import LocalBackend
 from chatservice.backends.upstream import UpstreamBackend
 from chatservice.models import ChatChunk, ChatRequest, ChatResult
 from chatservice.settings import Settings
+from chatservice.state import SharedState
 
 
 class Backend(Protocol):
@@ -24,19 +25,20 @@ class Backend(Protocol):
 class Backends:
     """The app's backends and the BACKEND rule that picks one for each request.
 
-    ``auto``: the upstream when API_KEY is set or the request brings its own ``api_key``,
-    else the embedded model. ``openai``: always the upstream (keyless upstreams such as
-    Ollama work too). ``local``: always the embedded model, request keys ignored.
+    ``auto``: the embedded model when the request names its id (LOCAL_MODEL_ID), else the
+    upstream when API_KEY is set or the request brings its own ``api_key``, else the embedded
+    model. ``openai``: always the upstream (keyless upstreams such as Ollama work too).
+    ``local``: always the embedded model, request keys ignored.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, state: SharedState) -> None:
         self.mode = settings.backend
-        self.upstream = UpstreamBackend(settings)
+        self.upstream = UpstreamBackend(settings, state)
         self.local = LocalBackend(settings)
 
     def select(self, req: ChatRequest) -> Backend:
         """The backend that answers ``req``."""
-        if self.mode == "local":
+        if self.mode == "local" or (self.mode == "auto" and req.model == self.local.model_id):
             return self.local
         if self.mode == "openai" or req.api_key or self.upstream.has_default_key:
             return self.upstream

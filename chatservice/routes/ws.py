@@ -1,0 +1,24 @@
+"""The WebSocket streaming face of seed 000's chatgpt-websocket (being written)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+
+from chatservice.errors import ServiceError
+
+
+def prefix(route: str) -> str:
+    """The face's path prefix."""
+    return f"{route}/ws"
+
+
+def create_blueprint(route: str) -> Blueprint:
+    """The face's blueprint (being written)."""
+    return Blueprint("ws", __name__)
+
+
+def render_error(err: ServiceError, message: str) -> dict[str, Any]:
+    """The face's error envelope."""
+    return {"code": err.status, "msg": message, "data": {"error": err.key}}
