@@ -15,7 +15,7 @@ from chatservice.errors import FaceRegistry, register_error_handlers
 from chatservice.i18n import Catalogs
 from chatservice.limits import create_limiter, limit_face
 from chatservice.logs import configure_logging, init_access_log
-from chatservice.routes import api, chat, chatroom, openai_api, ops, ws
+from chatservice.routes import admin, api, chat, chatroom, openai_api, ops, ws
 from chatservice.service import Service
 from chatservice.settings import Settings
 from chatservice.state import create_state
@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         faces.register(
             face.prefix(settings.route), face.render_error, exact=getattr(face, "EXACT", False)
         )
+    app.register_blueprint(admin.create_blueprint(settings.route))
     app.register_blueprint(ops.create_blueprint())
     register_error_handlers(app, faces, request_language)
     init_access_log(app)

@@ -210,7 +210,7 @@ def _proxy(raw: str) -> str:
     if "://" not in value:
         value = f"http://{value}"
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https", "socks5", "socks5h") or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("expected a proxy such as http://host:port or host:port")
     return value
 

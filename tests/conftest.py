@@ -73,7 +73,12 @@ class LiveServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        full_env = {k: v for k, v in os.environ.items() if k not in ("LANG", "CHAT_LANG")}
+        # The machine's locale and proxies are not the test's: tests set what they need.
+        full_env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("LANG", "CHAT_LANG") and "proxy" not in k.lower()
+        }
         full_env.update({"HOST": "127.0.0.1", "PORT": str(self.port), **env})
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -128,8 +133,19 @@ def live_server(tmp_path: Path, upstream: FakeUpstream) -> Iterator[Callable[...
         server.stop()
 
 
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """The test's Redis, emptied of earlier tests' keys."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server, socket_timeout=5)
+    client.flushall()
+    client.close()
+    return redis_server
+
+
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory) -> Iterator[str]:
+def redis_server(tmp_path_factory) -> Iterator[str]:
     """A real ``redis-server`` on a free loopback port (``.ci/run`` installs the package)."""
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")

@@ -25,8 +25,9 @@ class Reply:
     ``text`` overrides the default echo answer; ``status``/``body`` send an error instead;
     ``delay`` waits before the headers; ``chunk_delay`` waits between stream chunks;
     ``stall`` holds the connection silently before anything; ``drop`` closes it without a
-    response; ``drop_after`` closes a stream after that many chunks; ``words`` splits the
-    answer into that many-word chunks.
+    response; ``drop_after`` closes a stream after that many chunks; ``pause_after`` waits
+    ``pause`` seconds after that many chunks; ``finish: False`` ends a stream without its
+    finish reason and ``[DONE]``.
     """
 
     text: str | None = None
@@ -38,6 +39,8 @@ class Reply:
     stall: float = 0.0
     drop: bool = False
     drop_after: int | None = None
+    pause_after: int | None = None
+    pause: float = 0.0
     finish: bool = True
 
 
@@ -68,6 +71,8 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.received: list[Received] = []
         self.default = Reply()
+        #: Keys this upstream refuses with 401 invalid_api_key, like a revoked OpenAI key.
+        self.revoked: set[str] = set()
         self._queue: deque[Reply] = deque()
         self._lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"fake": self})
@@ -83,6 +88,7 @@ class FakeUpstream:
             self.received.clear()
             self._queue.clear()
             self.default = Reply()
+            self.revoked = set()
 
     def push(self, *replies: Reply) -> None:
         """Answer the next requests with these replies, in order, then the default."""
@@ -140,7 +146,11 @@ class _Handler(BaseHTTPRequestHandler):
             body = None
         item = Received("POST", self.path, dict(self.headers.items()), body, time.monotonic())
         self.fake.record(item)
-        reply = self.fake.next_reply()
+        token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        if token in self.fake.revoked:
+            reply = Reply(status=401, body={"error": {"code": "invalid_api_key"}})
+        else:
+            reply = self.fake.next_reply()
         try:
             self._answer(reply, item, body if isinstance(body, dict) else {})
         except (BrokenPipeError, ConnectionResetError):
@@ -203,6 +213,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
+            if reply.pause_after is not None and index == reply.pause_after:
+                time.sleep(reply.pause)
             if reply.chunk_delay:
                 time.sleep(reply.chunk_delay)
             self._chunk(self._event({"content": piece}, None, chat, model))

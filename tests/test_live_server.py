@@ -105,7 +105,8 @@ def test_server_log_has_no_secrets_or_prompts(live_server, upstream):
         timeout=10,
     )
     log = server.log_text()
-    assert "POST /api 401" in log and "POST /api 200" in log
+    assert "POST /api 503" in log and "POST /api 200" in log  # the only key was refused
+    assert "upstream key sk-...cret disabled" in log  # masked
     for secret in ("sk-configured-secret", "sk-request-secret", "private question"):
         assert secret not in log
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -38,10 +39,14 @@ CASES = [
 ]
 
 
+KEY_REFUSALS = {"upstream_unauthorized", "upstream_rate_limited", "upstream_quota"}
+
+
 @pytest.mark.parametrize(("reply", "status", "key"), CASES)
 def test_api_face_maps_upstream_errors(client, fake, reply, status, key):
-    fake.push(reply)
-    r = client.post("/api?lang=ru", json={"user_content": "hi"})
+    fake.push(reply, reply, reply)  # transient faults are retried twice
+    # The request's own key: no pool, no failover, the upstream's verdict mapped directly.
+    r = client.post("/api?lang=ru", json={"user_content": "hi", "api_key": "sk-request"})
     assert r.status_code == status
     body = r.get_json()
     assert body["code"] == status and body["msg"] == "failed"
@@ -52,7 +57,10 @@ def test_api_face_maps_upstream_errors(client, fake, reply, status, key):
 
 @pytest.mark.parametrize(("reply", "status", "key"), CASES)
 def test_chat_face_maps_upstream_errors(client, fake, reply, status, key):
-    fake.push(reply)
+    fake.push(reply, reply, reply)
+    # The configured key: refusing it leaves the pool with no usable key.
+    if key in KEY_REFUSALS:
+        status, key = 503, "no_upstream_key"
     r = client.post("/api/v1/chat", json={"query": "hi"}, headers={"Accept-Language": "zh-CN"})
     assert r.status_code == status
     assert r.get_json()["code"] == status
@@ -67,7 +75,7 @@ def test_upstream_retry_after_is_passed_on(client, fake):
             headers={"Retry-After": "7"},
         )
     )
-    r = client.post("/api", json={"user_content": "hi"})
+    r = client.post("/api", json={"user_content": "hi", "api_key": "sk-request"})
     assert r.status_code == 429 and r.headers["Retry-After"] == "7"
 
 
@@ -99,7 +107,7 @@ def events(response) -> list:
 
 def test_stream_error_before_first_event_is_plain_json(client, fake):
     fake.push(Reply(status=401, body={"error": {"code": "invalid_api_key"}}))
-    r = client.post("/api", json={"user_content": "hi", "stream": True})
+    r = client.post("/api", json={"user_content": "hi", "stream": True, "api_key": "sk-req"})
     assert r.status_code == 401
     assert r.mimetype == "application/json"
     assert r.get_json()["data"]["error"] == "upstream_unauthorized"
@@ -118,12 +126,33 @@ def test_stream_broken_midway_ends_with_one_error_event(client, fake):
     assert last["msg"] == "上游 API 在回答完成前中斷。"
 
 
-def test_stream_silent_midway_ends_with_timeout_event(make_app, fake):
-    client = make_app(API_KEY="sk-x", UPSTREAM_READ_TIMEOUT="0.3").test_client()
+def test_stream_silent_before_first_chunk_is_a_plain_504(make_app, fake):
+    client = make_app(API_KEY="sk-x", UPSTREAM_STREAM_IDLE_TIMEOUT="0.3").test_client()
     fake.push(Reply(text="a b c", chunk_delay=0.8))
     r = client.post("/api", json={"user_content": "hi", "stream": True})
-    # The first chunk itself comes after the timeout: a plain 504 before any event.
+    # The headers came at once, the first chunk only after the idle timeout: nothing was
+    # sent yet, so the client gets an ordinary 504.
     assert r.status_code == 504
+    assert r.get_json()["data"]["error"] == "upstream_timeout"
+
+
+def test_stream_silent_midway_ends_with_timeout_event(make_app, fake):
+    client = make_app(API_KEY="sk-x", UPSTREAM_STREAM_IDLE_TIMEOUT="0.3").test_client()
+    fake.push(Reply(text="a b c d", pause_after=2, pause=2.0))
+    started = time.monotonic()
+    got = events(client.post("/api/v1/chat", json={"query": "hi", "stream": True}))
+    assert time.monotonic() - started < 1.5  # ended by the idle timeout, not the upstream
+    assert [e["data"].get("response") for e in got[:2]] == ["a", " b"]
+    assert got[-1]["data"] == {"error": "upstream_timeout"} and got[-1]["code"] == 504
+
+
+def test_idle_timeout_does_not_cut_a_slow_first_answer(make_app, fake):
+    client = make_app(
+        API_KEY="sk-x", UPSTREAM_READ_TIMEOUT="2", UPSTREAM_STREAM_IDLE_TIMEOUT="0.3"
+    ).test_client()
+    fake.push(Reply(delay=0.8))  # time to first byte under the read timeout
+    r = client.post("/api", json={"user_content": "hi"})
+    assert r.status_code == 200
 
 
 def test_stream_without_finish_is_reported(client, fake):

@@ -1,10 +1,15 @@
 """The client of an OpenAI-compatible upstream (OpenAI, DeepSeek, vLLM, Ollama, LiteLLM).
 
 One ``requests.Session`` per app, hence per worker, with a connection pool sized for the
-worker's concurrency; every call carries the connect and read timeouts (the read timeout also
-bounds each gap between stream chunks). Upstream failures become
-:class:`~chatservice.errors.UpstreamError` with a stable key; the upstream's own error text is
-never passed on, since OpenAI's 401 message quotes part of the key.
+worker's concurrency. Every call has three time limits: connecting (UPSTREAM_CONNECT_TIMEOUT),
+the first byte of the answer (UPSTREAM_READ_TIMEOUT), and the silence between two chunks of a
+stream (UPSTREAM_STREAM_IDLE_TIMEOUT); a silent upstream always ends in a 504 or an error
+event. Connection failures and 502/503/504 answers are retried UPSTREAM_RETRIES times with
+backoff and jitter by urllib3's ``Retry``, always before any byte reached the client. Calls
+go through the key pool: a key the upstream refuses is marked and the call moves on to the
+next usable key. Failures become :class:`~chatservice.errors.UpstreamError` with a stable key;
+the upstream's own error text is never passed on, since OpenAI's 401 message quotes part of
+the key. The upstream URL comes from the settings only: clients cannot choose it.
 """
 
 from __future__ import annotations
@@ -14,11 +19,18 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import redis
 import requests
 import urllib3.exceptions
+from limits import RateLimitItemPerMinute
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
 from requests.adapters import HTTPAdapter
+from requests.utils import should_bypass_proxies
+from urllib3.util.retry import Retry
 
-from chatservice.errors import BadRequest, UpstreamError, UpstreamTimeout
+from chatservice.backends.keypool import FORBIDDEN, INVALID, QUOTA, RATE_LIMITED, KeyPool
+from chatservice.errors import BadRequest, ServiceError, UpstreamError, UpstreamTimeout
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, choice_text
 from chatservice.settings import Secret, Settings
 from chatservice.sse import SSEDecoder
@@ -28,38 +40,72 @@ log = logging.getLogger(__name__)
 
 _READ_SIZE = 65536
 _STREAM_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+_RETRIED_STATUSES = (502, 503, 504)
 
 
 class UpstreamBackend:
     """Answers :class:`ChatRequest` through ``UPSTREAM_BASE_URL``'s ``/chat/completions`` and
-    ``/completions`` endpoints.
+    ``/completions`` endpoints, and lists its ``/models``.
 
-    The key used is the request's own ``api_key`` when it brought one, else the first of
-    ``API_KEY``, else none (local servers such as Ollama and vLLM need none).
+    The key used is the request's own ``api_key`` when it brought one (that call only, no
+    failover), else the next usable key of the pool, else none (Ollama and vLLM need none).
     """
 
     def __init__(self, settings: Settings, state: SharedState) -> None:
         self._base_url = settings.upstream_base_url
         self._timeout = (settings.upstream_connect_timeout, settings.upstream_read_timeout)
-        self._default_key: Secret | None = settings.api_keys[0] if settings.api_keys else None
+        self._idle_timeout = settings.upstream_stream_idle_timeout
+        self.pool = KeyPool.from_settings(settings, state)
+        self._proxies = outbound_proxies(settings)
+        self._rpm = _upstream_rpm(settings)
         self._session = requests.Session()
-        # Outbound proxies get their own settings later (issue 3); until then nothing from the
-        # environment (.netrc credentials, proxy variables) changes where requests go.
+        # Proxies come from the settings (which read the standard variables too); nothing
+        # else from the environment, such as .netrc credentials, changes an upstream call.
         self._session.trust_env = False
+        retry = Retry(
+            total=settings.upstream_retries,
+            connect=settings.upstream_retries,
+            # A read timeout or a dropped answer may mean the upstream is still working on it:
+            # not retried, and False keeps the original error (a timeout stays a timeout).
+            read=False,
+            status=settings.upstream_retries,
+            other=0,
+            redirect=False,
+            allowed_methods=None,  # POSTs too: a refused connection or a 503 ran nothing
+            status_forcelist=_RETRIED_STATUSES,
+            backoff_factor=0.25,
+            backoff_jitter=0.25,
+            backoff_max=4.0,
+            raise_on_status=False,
+            respect_retry_after_header=False,
+        )
         adapter = HTTPAdapter(
-            pool_connections=2, pool_maxsize=settings.upstream_pool_size, max_retries=0
+            pool_connections=2, pool_maxsize=settings.upstream_pool_size, max_retries=retry
         )
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
 
     @property
     def has_default_key(self) -> bool:
-        """Whether API_KEY configured at least one key."""
-        return self._default_key is not None
+        """Whether API_KEY or KEY_FILE configured at least one key."""
+        return len(self.pool) > 0
 
     def close(self) -> None:
         """Close pooled connections."""
         self._session.close()
+
+    def list_models(self, api_key: Secret | None = None) -> dict[str, Any]:
+        """The upstream's ``GET /models`` body (an OpenAI list). Raises like :meth:`complete`."""
+        response = self._call("GET", "/models", None, False, api_key)
+        try:
+            body = response.json()
+        except ValueError:
+            raise UpstreamError("upstream_bad_response") from None
+        finally:
+            response.close()
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+            raise UpstreamError("upstream_bad_response")
+        return body
 
     def complete(self, req: ChatRequest) -> ChatResult:
         """One whole answer. Raises ``UpstreamError``/``UpstreamTimeout``/``BadRequest``."""
@@ -119,17 +165,61 @@ class UpstreamBackend:
             payload["prompt"] = req.prompt
         if stream:
             payload["stream"] = True
+        response = self._call("POST", path, payload, stream, req.api_key)
+        if stream:
+            _set_read_timeout(response, self._idle_timeout)
+        return response
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        payload: dict[str, Any] | None,
+        stream: bool,
+        api_key: Secret | None,
+    ) -> requests.Response:
+        """One upstream call answered 200, moving over the pool's keys as they are refused."""
+        self._count_call()
+        if api_key is not None or not len(self.pool):
+            response = self._send(method, path, payload, stream, api_key)
+            if response.status_code != 200:
+                raise _error_for(response)
+            return response
+        for key in self.pool.usable():
+            response = self._send(method, path, payload, stream, key)
+            if response.status_code == 200:
+                self.pool.succeeded(key)
+                return response
+            reason, retry_after = _key_failure(response)
+            if reason is None:
+                raise _error_for(response)
+            response.close()
+            self.pool.failed(key, reason, retry_after)
+        retry = self.pool.retry_after()
+        raise ServiceError(
+            "no_upstream_key", status=503, headers={"Retry-After": str(retry)} if retry else None
+        )
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        payload: dict[str, Any] | None,
+        stream: bool,
+        key: Secret | None,
+    ) -> requests.Response:
         headers = {"Accept": "text/event-stream" if stream else "application/json"}
-        key = req.api_key or self._default_key
         if key:
             headers["Authorization"] = f"Bearer {key.get_secret_value()}"
         try:
-            response = self._session.post(
+            return self._session.request(
+                method,
                 self._base_url + path,
                 json=payload,
                 headers=headers,
                 timeout=self._timeout,
                 stream=stream,
+                proxies=self._proxies,
             )
         except (requests.ConnectTimeout, requests.ReadTimeout):
             log.warning("upstream timed out before answering")
@@ -138,12 +228,79 @@ class UpstreamBackend:
             # The exception text holds the upstream URL: log its type only.
             log.warning("upstream unreachable: %s", type(exc).__name__)
             raise UpstreamError("upstream_unreachable") from None
-        if response.status_code != 200:
-            try:
-                raise _http_error(response)
-            finally:
-                response.close()
-        return response
+
+    def _count_call(self) -> None:
+        if self._rpm is None:
+            return
+        limiter, item = self._rpm
+        try:
+            allowed = limiter.hit(item, "chatservice", "upstream")
+        except (redis.RedisError, OSError):
+            # Like the per-client limits: a storage outage lets calls through (logged).
+            log.warning("UPSTREAM_RPM storage unreachable; call not counted")
+            return
+        if not allowed:
+            raise ServiceError("server_busy", status=429, headers={"Retry-After": "60"})
+
+
+def outbound_proxies(settings: Settings) -> dict[str, str] | None:
+    """The proxies for upstream calls: CHAT_PROXY (or PROXY) for everything, else
+    HTTPS_PROXY/HTTP_PROXY by the upstream URL's scheme unless NO_PROXY covers its host.
+    """
+    if settings.proxy:
+        return {"http": settings.proxy, "https": settings.proxy}
+    scheme = settings.upstream_base_url.split("://", 1)[0]
+    proxy = settings.https_proxy if scheme == "https" else settings.http_proxy
+    if not proxy or should_bypass_proxies(settings.upstream_base_url, settings.no_proxy):
+        return None
+    return {scheme: proxy}
+
+
+def _upstream_rpm(
+    settings: Settings,
+) -> tuple[MovingWindowRateLimiter, RateLimitItemPerMinute] | None:
+    if not settings.upstream_rpm:
+        return None
+    storage = storage_from_string(settings.ratelimit_storage_uri)
+    return MovingWindowRateLimiter(storage), RateLimitItemPerMinute(settings.upstream_rpm)
+
+
+def _set_read_timeout(response: requests.Response, seconds: float) -> None:
+    """From now on, each read of this response may wait ``seconds`` (the idle timeout)."""
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        sock.settimeout(seconds)
+
+
+def _error_code(response: requests.Response) -> str:
+    try:
+        error = response.json().get("error") or {}
+        return str(error.get("code") or error.get("type") or "")
+    except (ValueError, AttributeError):
+        return ""
+
+
+def _key_failure(response: requests.Response) -> tuple[str | None, float | None]:
+    """Why the upstream refused the key (a keypool reason) and its Retry-After, or None."""
+    status = response.status_code
+    if status == 401:
+        return INVALID, None
+    if status == 403:
+        return FORBIDDEN, None
+    if status == 429:
+        if _error_code(response) == "insufficient_quota":
+            return QUOTA, None
+        retry = response.headers.get("Retry-After", "")
+        return RATE_LIMITED, float(retry) if retry.isdigit() else None
+    return None, None
+
+
+def _error_for(response: requests.Response) -> UpstreamError | BadRequest:
+    try:
+        return _http_error(response)
+    finally:
+        response.close()
 
 
 def _parse_chunk(event: str, model: str) -> ChatChunk:
@@ -184,12 +341,7 @@ def _stream_failure(exc: BaseException) -> UpstreamError:
 def _http_error(response: requests.Response) -> UpstreamError | BadRequest:
     """Map an upstream HTTP error status to ours, reading only its machine-readable code."""
     status = response.status_code
-    code = ""
-    try:
-        error = response.json().get("error") or {}
-        code = str(error.get("code") or error.get("type") or "")
-    except (ValueError, AttributeError):
-        pass
+    code = _error_code(response)
     log.warning("upstream answered HTTP %s (%s)", status, code or "no code")
     if status in (401, 403):
         return UpstreamError("upstream_unauthorized", status=401)

@@ -1,0 +1,158 @@
+"""The upstream key pool: round-robin over usable keys, with cool-downs and disabling.
+
+Keys come from API_KEY (comma-separated) and KEY_FILE (one per line; blank lines, ``#``
+comments, spaces and Windows line endings ignored). Each key is *usable*, *cooling down*
+until a time, or *disabled*:
+
+- 401, 403 and 429 ``insufficient_quota`` disable a key when AUTO_REMOVE_KEYS is true (seed
+  003's ``-a``); with it false they only count as failures;
+- a plain 429 cools the key down for its ``Retry-After``, or an exponential backoff
+  (1, 2, 4 ... up to 300 s) when the upstream gives none; it comes back by itself;
+- transient upstream faults (5xx, timeouts, overload) never touch a key's state.
+
+The marks live in the shared state (memory per worker, or Redis across workers and
+machines), under an id derived from a hash of the key, never the key itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from chatservice.settings import ConfigError, Secret, Settings
+from chatservice.state import SharedState
+
+log = logging.getLogger(__name__)
+
+#: Key-related failures, as reported by the upstream client.
+INVALID, FORBIDDEN, QUOTA, RATE_LIMITED = (
+    "invalid_key",
+    "forbidden",
+    "insufficient_quota",
+    "rate_limited",
+)
+DISABLING = (INVALID, FORBIDDEN, QUOTA)
+BACKOFF_START, BACKOFF_MAX = 1.0, 300.0
+
+
+def read_key_file(path: str) -> list[Secret]:
+    """Keys from a KEY_FILE; raises :class:`ConfigError` when it cannot be read."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ConfigError(f"KEY_FILE: cannot read {path}: {exc.strerror}") from None
+    keys = []
+    for line in text.splitlines():
+        key = line.split("#", 1)[0].strip()
+        if key:
+            keys.append(Secret(key))
+    return keys
+
+
+def key_id(key: Secret) -> str:
+    """A stable, non-reversible id for a key (16 hex digits of its SHA-256)."""
+    return hashlib.sha256(key.get_secret_value().encode()).hexdigest()[:16]
+
+
+class KeyPool:
+    """The configured upstream keys and their shared state.
+
+    :param keys: the keys, in configuration order (duplicates dropped).
+    :param state: where the marks live; its ``clock`` (epoch seconds) times the cool-downs.
+    :param auto_remove: disable keys the upstream rejects (AUTO_REMOVE_KEYS).
+    """
+
+    def __init__(self, keys: list[Secret], state: SharedState, auto_remove: bool) -> None:
+        unique = {key_id(key): key for key in keys}
+        self._keys = list(unique.values())
+        self._state = state
+        self._auto_remove = auto_remove
+        self._turn = itertools.count()
+
+    def _clock(self) -> float:
+        return self._state.clock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, state: SharedState) -> KeyPool:
+        """The pool for API_KEY plus KEY_FILE."""
+        keys = list(settings.api_keys)
+        if settings.key_file:
+            keys.extend(read_key_file(settings.key_file))
+        return cls(keys, state, settings.auto_remove_keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def usable(self) -> list[Secret]:
+        """Usable keys, starting at the next one in round-robin order."""
+        if not self._keys:
+            return []
+        start = next(self._turn) % len(self._keys)
+        ordered = self._keys[start:] + self._keys[:start]
+        return [key for key in ordered if self._status(key_id(key))[0] == "usable"]
+
+    def retry_after(self) -> int | None:
+        """Whole seconds until the first cooling key is usable again; None if none cools."""
+        waits = [
+            until - self._clock()
+            for state, until in map(self._status, self._ids())
+            if state == "cooling" and until is not None
+        ]
+        return max(1, math.ceil(min(waits))) if waits else None
+
+    def succeeded(self, key: Secret) -> None:
+        """A call on ``key`` went through: its backoff starts over."""
+        if self._state.get(f"key:{key_id(key)}:strikes") is not None:
+            self._state.delete(f"key:{key_id(key)}:strikes")
+
+    def failed(self, key: Secret, reason: str, retry_after: float | None = None) -> None:
+        """The upstream refused ``key`` for ``reason`` (one of the module's constants)."""
+        ident = key_id(key)
+        self._state.incr(f"key:{ident}:failures")
+        self._state.set(f"key:{ident}:last_error", reason)
+        if reason in DISABLING:
+            if self._auto_remove:
+                self._state.set(f"key:{ident}:disabled", "1")
+                log.warning("upstream key %s disabled (%s)", key.masked(), reason)
+            return
+        strikes = self._state.incr(f"key:{ident}:strikes")
+        seconds = (
+            retry_after if retry_after else min(BACKOFF_MAX, BACKOFF_START * 2 ** (strikes - 1))
+        )
+        self._state.set(f"key:{ident}:cooldown", str(self._clock() + seconds), ttl=seconds)
+        log.warning("upstream key %s cooling down for %.0f s", key.masked(), seconds)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every key, masked, with ``state`` (usable/cooling/disabled), ``cooldown_until``
+        (epoch seconds or None), ``failures`` and ``last_error``.
+        """
+        rows = []
+        for key in self._keys:
+            ident = key_id(key)
+            state, until = self._status(ident)
+            rows.append(
+                {
+                    "key": key.masked(),
+                    "id": ident,
+                    "state": state,
+                    "cooldown_until": until,
+                    "failures": int(self._state.get(f"key:{ident}:failures") or 0),
+                    "last_error": self._state.get(f"key:{ident}:last_error"),
+                }
+            )
+        return rows
+
+    def _ids(self) -> list[str]:
+        return [key_id(key) for key in self._keys]
+
+    def _status(self, ident: str) -> tuple[str, float | None]:
+        if self._state.get(f"key:{ident}:disabled"):
+            return "disabled", None
+        until = self._state.get(f"key:{ident}:cooldown")
+        if until is not None and float(until) > self._clock():
+            return "cooling", float(until)
+        return "usable", None
