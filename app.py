@@ -7,13 +7,15 @@ importing this module creates nothing.
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import sys
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from config import ConfigError, Settings, load_settings
+from config import ConfigError, Settings
 
 log = logging.getLogger("chatservice.server")
 _app: Any = None
@@ -63,13 +65,38 @@ def __getattr__(name: str) -> Any:
     return _app
 
 
-def main() -> int:
+#: Command-line flags for the common settings: flag -> environment variable it overrides.
+FLAGS = {
+    "--host": ("HOST", "address to listen on (default 0.0.0.0)"),
+    "--port": ("PORT", "port to listen on (default 5000)"),
+    "--route": ("ROUTE", "path prefix of every face (default api; empty for /)"),
+    "--workers": ("WORKERS", "gunicorn gevent worker processes (default 1)"),
+    "--config": ("CONFIG_FILE", "TOML settings file (default config.toml when present)"),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> dict[str, str]:
+    """The environment overrides given on the command line, ``{"PORT": "8080", ...}``."""
+    parser = argparse.ArgumentParser(
+        prog="app.py",
+        description="chatservice: a self-hosted ChatGPT API (gunicorn with gevent workers).",
+        epilog="Every setting can also come from the environment, a .env file or the TOML "
+        "file; flags win over all of them. .env.example lists every variable.",
+    )
+    for flag, (variable, text) in FLAGS.items():
+        parser.add_argument(flag, dest=variable, metavar=variable, help=text)
+    args = parser.parse_args(argv)
+    return {name: value for name, value in vars(args).items() if value is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
     """Run the server until it is stopped; exit status 2 on an invalid setting."""
+    overrides = parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        settings = load_settings()
+        settings = Settings.from_env({**os.environ, **overrides})
     except ConfigError as exc:
         log.error("invalid configuration: %s", exc)
         return 2
