@@ -280,7 +280,7 @@ FIELDS: tuple[Field, ...] = (
     Field("CHAT_TOPP", "chat_top_p", _optional_number(0, 1), ""),
     Field("CHAT_PRESENCEPENALTY", "chat_presence_penalty", _optional_number(-2, 2), ""),
     Field("CHAT_FREQUENCYPENALTY", "chat_frequency_penalty", _optional_number(-2, 2), ""),
-    Field("CONFIG_FILE", "config_file", _path, "config.toml"),
+    Field("CONFIG_FILE", "config_file", _path, ""),
     Field("LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error"), "info"),
     Field("LOG_PROMPTS", "log_prompts", _bool, "0"),
 )
@@ -349,7 +349,7 @@ class Settings:
         **overrides: Any,
     ) -> Settings:
         """Read settings: ``environ`` (default: ``os.environ``), then ``env_file``, then the
-        TOML file CONFIG_FILE (default ``config.toml``, when present), then defaults.
+        TOML file CONFIG_FILE (empty: ``config.toml``, when present), then defaults.
 
         Seed 001's ``CHAT_``-prefixed names and the lower-case proxy variables are accepted as
         aliases (:data:`ALIASES`); the canonical name wins. ``overrides`` set attributes
