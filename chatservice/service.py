@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Response, current_app, jsonify
 
-from chatservice.backends import Backends
+from chatservice.backends import Backend, Backends
 from chatservice.errors import ErrorRenderer, FaceRegistry, ServiceError
 from chatservice.i18n import Catalogs
 from chatservice.models import ChatChunk, ChatRequest, ChatResult
@@ -44,6 +44,14 @@ def current_service() -> Service:
     return current_app.extensions["chatservice"]
 
 
+def select_backend(req: ChatRequest) -> Backend:
+    """The backend that answers ``req`` (logging the prompt when LOG_PROMPTS is on)."""
+    service = current_service()
+    if service.settings.log_prompts:
+        log.info("prompt model=%s messages=%r prompt=%r", req.model, req.messages, req.prompt)
+    return service.backends.select(req)
+
+
 def respond(
     req: ChatRequest,
     render_result: Callable[[ChatResult], dict[str, Any]],
@@ -51,18 +59,19 @@ def respond(
     render_error: ErrorRenderer,
     *,
     every_chunk: bool = False,
+    wrap: Callable[[Iterator[ChatChunk]], Iterator[ChatChunk]] | None = None,
+    final_event: dict[str, Any] | None = None,
 ) -> Response:
     """Answer ``req`` from the backend BACKEND selects, in the calling face's envelope.
 
     Streams become ``text/event-stream`` (see :func:`chatservice.sse.event_stream`); chunks
     with nothing to show (a role-only first chunk) are dropped unless ``every_chunk`` (the
-    OpenAI-compatible face relays them all). Errors raised before the answer starts
-    propagate to the app's error handler.
+    OpenAI-compatible face relays them all). ``wrap`` sees the chunks on their way (the
+    chat room records the answer with it) and ``final_event`` is written before ``[DONE]``.
+    Errors raised before the answer starts propagate to the app's error handler.
     """
     service = current_service()
-    if service.settings.log_prompts:
-        log.info("prompt model=%s messages=%r prompt=%r", req.model, req.messages, req.prompt)
-    backend = service.backends.select(req)
+    backend = select_backend(req)
     if not req.stream:
         return jsonify(render_result(backend.complete(req)))
     lang = request_language()
@@ -73,7 +82,9 @@ def respond(
     chunks = backend.stream(req)
     if not every_chunk:
         chunks = _without_empty(chunks)
-    return event_stream(chunks, render_chunk, stream_error)
+    if wrap is not None:
+        chunks = wrap(chunks)
+    return event_stream(chunks, render_chunk, stream_error, final_event)
 
 
 def _without_empty(chunks: Iterator[ChatChunk]) -> Iterator[ChatChunk]:

@@ -78,12 +78,14 @@ def event_stream(
     chunks: Iterator[ChatChunk],
     render_chunk: Callable[[ChatChunk], Any],
     render_error: Callable[[ServiceError], Any],
+    final_event: Any = None,
 ) -> Response:
     """A ``text/event-stream`` response relaying ``chunks`` as they arrive.
 
     The first chunk is pulled before the response starts, so an error before any event is
     raised here and answered as a normal JSON error. After that, an error becomes one error
-    event (``render_error``) and the stream closes without ``[DONE]``. When the client goes
+    event (``render_error``) and the stream closes without ``[DONE]``. A ``final_event``
+    is written after the last chunk, just before ``[DONE]``. When the client goes
     away, the WSGI server closes the response, which closes ``chunks`` and so the upstream
     request or the local generation.
     """
@@ -106,6 +108,8 @@ def event_stream(
             log.exception("stream failed")
             yield encode_event(render_error(InternalError()))
             return
+        if final_event is not None:
+            yield encode_event(final_event)
         yield DONE
 
     response = Response(generate(), mimetype="text/event-stream", headers=HEADERS)

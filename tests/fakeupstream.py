@@ -153,7 +153,7 @@ class _Handler(BaseHTTPRequestHandler):
             reply = self.fake.next_reply()
         try:
             self._answer(reply, item, body if isinstance(body, dict) else {})
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:  # broken pipe, reset: the service hung up on us
             item.client_gone = True
         finally:
             item.finished = time.monotonic()

@@ -1,24 +1,234 @@
-"""The chat-room face of seed 001 (being written)."""
+"""The chat-room face of seed 001 (ChatGPT-API on gin): a conversation kept on the server.
+
+``POST /{ROUTE}/chat-room`` with ``{"role": "user"|"system"|"assistant" (default user),
+"content": <non-empty string>, "name": <optional string>}`` answers
+``{"code":200,"msg":"success","data":<answer text>}``. ``POST /{ROUTE}/chat-room/stream``
+takes the same body and answers Server-Sent Events: every OpenAI chunk as the backend produced
+it (``data: {"object":"chat.completion.chunk",...}``), then
+``data: {"code":200,"msg":"success","data":""}`` and ``data: [DONE]`` (the seed wrote bare
+chunks with no SSE framing). ``POST /{ROUTE}/chat-room/reset`` forgets the room's history and
+answers ``{"code":200,"msg":"success","data":""}``.
+
+A room is named by the ``X-Room-Id`` header (1..128 of ``[A-Za-z0-9_.:-]``), else by the
+client IP (after TRUSTED_PROXIES). Its history lives in the shared state (memory or Redis, as
+RATELIMIT_STORAGE_URI says) as a JSON list of messages, expiring CONVERSATION_TTL seconds
+after the last successful turn. The model is sent BOT_DESC as the system message, then the
+history, then the new turn; a successful turn appends the turn and the answer and keeps the
+newest HISTORY_MAX_MESSAGES messages. A failed turn leaves the history as it was.
+
+Sampling comes from the seed's settings: model CHAT_MODEL (else DEFAULT_MODEL), CHAT_MAXTOKENS,
+CHAT_TEMPERATURE, CHAT_TOPP, CHAT_PRESENCEPENALTY, CHAT_FREQUENCYPENALTY; unset ones are not
+sent, so the upstream's own defaults apply.
+
+Failure: HTTP status equal to ``code``,
+``{"code":<status>,"msg":<localized reason>,"data":null,"error":<stable key>}``.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, Response, jsonify, request
 
-from chatservice.errors import ServiceError
+from chatservice import validation
+from chatservice.errors import BadRequest, ServiceError, UpstreamError
+from chatservice.models import ChatChunk, ChatRequest
+from chatservice.routes import add_post_rule
+from chatservice.service import current_service, respond, select_backend
+from chatservice.settings import Settings
+from chatservice.state import SharedState
+from chatservice.web import read_json_object
+
+log = logging.getLogger(__name__)
+
+ROOM_HEADER = "X-Room-Id"
+_ROOM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+#: The CHAT_* settings sent under OpenAI's names when set (seed 001's model parameters).
+SAMPLING = {
+    "temperature": "chat_temperature",
+    "top_p": "chat_top_p",
+    "presence_penalty": "chat_presence_penalty",
+    "frequency_penalty": "chat_frequency_penalty",
+}
+SUCCESS_DONE = {"code": 200, "msg": "success", "data": ""}
 
 
 def prefix(route: str) -> str:
-    """The face's path prefix."""
+    """The face's path prefix: ``{ROUTE}/chat-room``."""
     return f"{route}/chat-room"
 
 
 def create_blueprint(route: str) -> Blueprint:
-    """The face's blueprint (being written)."""
-    return Blueprint("chatroom", __name__)
+    """The face's blueprint: POST ``/chat-room``, ``/chat-room/stream``, ``/chat-room/reset``."""
+    blueprint = Blueprint("chatroom", __name__)
+    base = prefix(route)
+    add_post_rule(blueprint, base, chat_room)
+    add_post_rule(blueprint, base + "/stream", chat_room_stream)
+    add_post_rule(blueprint, base + "/reset", chat_room_reset)
+    return blueprint
 
 
 def render_error(err: ServiceError, message: str) -> dict[str, Any]:
-    """The face's error envelope."""
-    return {"code": err.status, "msg": message, "data": {"error": err.key}}
+    """The face's failure envelope: ``code`` is the HTTP status, ``error`` the stable key."""
+    return {"code": err.status, "msg": message, "data": None, "error": err.key}
+
+
+class Room:
+    """One room's history in the shared state.
+
+    :param state: where histories live (:class:`~chatservice.state.SharedState`).
+    :param key: the state key, ``room:id:<X-Room-Id>`` or ``room:ip:<client IP>``.
+    :param ttl: seconds of idleness after which the history is forgotten (CONVERSATION_TTL).
+    :param max_messages: how many messages are kept, newest first (HISTORY_MAX_MESSAGES).
+    """
+
+    def __init__(self, state: SharedState, key: str, ttl: float, max_messages: int) -> None:
+        self.state = state
+        self.key = key
+        self.ttl = ttl
+        self.max_messages = max_messages
+
+    def history(self) -> list[dict[str, str]]:
+        """The stored messages, oldest first, without the system prompt; ``[]`` when none."""
+        raw = self.state.get(self.key)
+        if raw is None:
+            return []
+        try:
+            messages = json.loads(raw)
+        except ValueError:
+            messages = None
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            # Only this face writes the key; a bad value must not lock the room forever.
+            log.warning("unreadable chat-room history, starting afresh")
+            return []
+        return messages
+
+    def save(self, messages: list[dict[str, str]]) -> None:
+        """Store the newest ``max_messages`` of ``messages``, expiring ``ttl`` from now."""
+        kept = messages[-self.max_messages :]
+        self.state.set(self.key, json.dumps(kept, ensure_ascii=False), ttl=self.ttl)
+
+    def reset(self) -> None:
+        """Forget the history."""
+        self.state.delete(self.key)
+
+
+def current_room() -> Room:
+    """The room of this request: the ``X-Room-Id`` header, else the client IP.
+
+    The two kinds of name get separate key spaces, so a client cannot reach another
+    client's IP-keyed room by sending that IP as its room id. Raises ``BadRequest``
+    (``invalid_room_id``) for a header that is present but malformed.
+    """
+    service = current_service()
+    room_id = request.headers.get(ROOM_HEADER)
+    if room_id is not None:
+        if not _ROOM_ID.fullmatch(room_id):
+            raise BadRequest("invalid_room_id")
+        key = f"room:id:{room_id}"
+    else:
+        key = f"room:ip:{request.remote_addr or 'unknown'}"
+    settings = service.settings
+    return Room(service.state, key, settings.conversation_ttl, settings.history_max_messages)
+
+
+def read_turn(body: dict[str, Any]) -> dict[str, str]:
+    """Validate the body into one message ``{"role", "content"[, "name"]}``.
+
+    ``role`` defaults to ``user``; ``content`` must be a non-empty string; ``name`` (an
+    optional non-empty string) is forwarded to the model. Raises ``BadRequest``.
+    """
+    role = validation.string(body, "role", non_empty=True) or "user"
+    if role not in validation.ROLES:
+        raise BadRequest("invalid_turn_role", field="role")
+    content = validation.string(body, "content", required=True, non_empty=True)
+    name = validation.string(body, "name", non_empty=True)
+    turn = {"role": role, "content": content}
+    if name is not None:
+        turn["name"] = name
+    return turn
+
+
+def build_request(
+    history: list[dict[str, str]], turn: dict[str, str], settings: Settings, stream: bool
+) -> ChatRequest:
+    """The model request: BOT_DESC as the system message, the history, then ``turn``."""
+    params = {
+        name: getattr(settings, attr)
+        for name, attr in SAMPLING.items()
+        if getattr(settings, attr) is not None
+    }
+    return ChatRequest(
+        kind="chat",
+        model=settings.chat_model or settings.default_model,
+        max_tokens=settings.chat_max_tokens,
+        messages=[{"role": "system", "content": settings.bot_desc}, *history, turn],
+        params=params,
+        stream=stream,
+    )
+
+
+def chat_room() -> Response:
+    """POST /{ROUTE}/chat-room: one turn, answered as a whole."""
+    room = current_room()
+    turn = read_turn(read_json_object())
+    history = room.history()
+    req = build_request(history, turn, current_service().settings, stream=False)
+    result = select_backend(req).complete(req)
+    room.save([*history, turn, {"role": "assistant", "content": result.text}])
+    return jsonify({"code": 200, "msg": "success", "data": result.text})
+
+
+def chat_room_stream() -> Response:
+    """POST /{ROUTE}/chat-room/stream: one turn, answered as Server-Sent Events.
+
+    OpenAI chunks as they come, then ``{"code":200,"msg":"success","data":""}`` and
+    ``[DONE]``. An error before the first event is an ordinary JSON error; after it, one
+    error event ends the stream without ``[DONE]`` and the history is left unchanged.
+    """
+    room = current_room()
+    turn = read_turn(read_json_object())
+    history = room.history()
+    req = build_request(history, turn, current_service().settings, stream=True)
+    return respond(
+        req,
+        render_result=lambda result: result.raw,
+        render_chunk=lambda chunk: chunk.raw,
+        render_error=render_error,
+        every_chunk=True,
+        wrap=lambda chunks: _recorded(chunks, room, [*history, turn]),
+        final_event=SUCCESS_DONE,
+    )
+
+
+def chat_room_reset() -> Response:
+    """POST /{ROUTE}/chat-room/reset: forget the room's history."""
+    current_room().reset()
+    return jsonify(SUCCESS_DONE)
+
+
+def _recorded(
+    chunks: Iterator[ChatChunk], room: Room, messages: list[dict[str, str]]
+) -> Iterator[ChatChunk]:
+    """Relay ``chunks``; once the answer finished, store it after ``messages`` in ``room``.
+
+    A stream that ends without a finish reason is an interrupted answer: it raises
+    ``upstream_interrupted`` and stores nothing. Closing this generator (client gone)
+    closes ``chunks``, which stops the upstream request or the local generation.
+    """
+    parts: list[str] = []
+    finished = False
+    try:
+        for chunk in chunks:
+            parts.append(chunk.text)
+            finished = finished or chunk.finish_reason is not None
+            yield chunk
+    finally:
+        chunks.close()  # type: ignore[attr-defined]
+    if not finished:
+        raise UpstreamError("upstream_interrupted")
+    room.save([*messages, {"role": "assistant", "content": "".join(parts)}])
