@@ -116,3 +116,17 @@ class ChatChunk:
     def empty(self) -> bool:
         """True when the chunk carries no text, no finish reason and no usage."""
         return not self.text and self.finish_reason is None and not self.usage
+
+
+#: Ends a transcript-style answer before the model writes the next human turn.
+TRANSCRIPT_STOP = ["Human:"]
+
+
+def for_model(req: ChatRequest) -> ChatRequest:
+    """``req`` as the model it names needs it: a chat request for a completion model
+    (:func:`is_completion_model`) becomes a transcript prompt with the stop ``Human:``.
+    """
+    if req.kind == "chat" and is_completion_model(req.model):
+        req.kind, req.prompt = "completion", flatten_messages(req.messages)
+        req.params.setdefault("stop", TRANSCRIPT_STOP)
+    return req

@@ -344,3 +344,13 @@ def test_a_client_leaving_a_stream_stops_the_upstream_and_keeps_no_history(live_
     )
     assert r.status_code == 200
     assert sent_messages(upstream, 1) == [SYSTEM, user("next")]
+
+
+def test_completion_model_gets_a_transcript_prompt(make_app, fake):
+    client = make_app(API_KEY="sk-x", CHAT_MODEL="gpt-3.5-turbo-instruct", BOT_DESC="Be kind.")
+    r = client.test_client().post("/api/chat-room", json={"role": "user", "content": "hi"})
+    assert r.status_code == 200
+    sent = fake.received[0]
+    assert sent.path == "/v1/completions"
+    assert sent.json["prompt"] == "Be kind.\nHuman: hi\nAI:"
+    assert sent.json["stop"] == ["Human:"]

@@ -19,19 +19,11 @@ from flask import Blueprint, Response
 
 from chatservice import validation
 from chatservice.errors import ServiceError
-from chatservice.models import (
-    ChatChunk,
-    ChatRequest,
-    ChatResult,
-    flatten_messages,
-    is_completion_model,
-)
+from chatservice.models import ChatChunk, ChatRequest, ChatResult, for_model
 from chatservice.routes import add_post_rule
 from chatservice.service import current_service, respond
 from chatservice.settings import Secret, Settings
 from chatservice.web import read_json_object
-
-TRANSCRIPT_STOP = ["Human:"]
 
 
 def prefix(route: str) -> str:
@@ -80,10 +72,7 @@ def build_request(body: dict[str, Any], settings: Settings) -> ChatRequest:
         stream=stream,
         api_key=Secret(api_key.strip()) if api_key else None,
     )
-    if is_completion_model(model):
-        req.kind, req.prompt = "completion", flatten_messages(messages)
-        req.params["stop"] = TRANSCRIPT_STOP
-    return req
+    return for_model(req)
 
 
 def ask() -> Response:

@@ -36,7 +36,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from chatservice import validation
 from chatservice.errors import BadRequest, ServiceError, UpstreamError
-from chatservice.models import ChatChunk, ChatRequest
+from chatservice.models import ChatChunk, ChatRequest, for_model
 from chatservice.routes import add_post_rule
 from chatservice.service import current_service, respond, select_backend
 from chatservice.settings import Settings
@@ -156,13 +156,15 @@ def read_turn(body: dict[str, Any]) -> dict[str, str]:
 def build_request(
     history: list[dict[str, str]], turn: dict[str, str], settings: Settings, stream: bool
 ) -> ChatRequest:
-    """The model request: BOT_DESC as the system message, the history, then ``turn``."""
+    """The model request: BOT_DESC as the system message, the history, then ``turn``
+    (as a transcript prompt for a completion model).
+    """
     params = {
         name: getattr(settings, attr)
         for name, attr in SAMPLING.items()
         if getattr(settings, attr) is not None
     }
-    return ChatRequest(
+    req = ChatRequest(
         kind="chat",
         model=settings.chat_model or settings.default_model,
         max_tokens=settings.chat_max_tokens,
@@ -170,6 +172,7 @@ def build_request(
         params=params,
         stream=stream,
     )
+    return for_model(req)
 
 
 def chat_room() -> Response:
