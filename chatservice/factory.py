@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         backends=Backends(settings, state),
         faces=faces,
         state=state,
+        store=create_state(settings.store_url),
     )
     app.extensions["chatservice"] = service
     app.extensions["chatservice.catalogs"] = catalogs

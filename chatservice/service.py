@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Service:
-    """Everything the factory wires for one app: settings, catalogs, backends, faces, and
-    the shared state (memory or Redis, as RATELIMIT_STORAGE_URI says).
+    """Everything the factory wires for one app: settings, catalogs, backends, faces, the
+    shared state (at RATELIMIT_STORAGE_URI: key marks, chat rooms) and the store (at
+    STORE_URL: conversations, shared conversations, turn locks, the auth replay cache).
     """
 
     settings: Settings
@@ -37,6 +38,7 @@ class Service:
     backends: Backends
     faces: FaceRegistry
     state: SharedState
+    store: SharedState
 
 
 def current_service() -> Service:

@@ -226,6 +226,18 @@ def _storage_uri(raw: str) -> str:
     return value
 
 
+def _store_url(raw: str) -> str:
+    value = raw.strip()
+    if value.startswith("sqlite://"):
+        if len(value) <= len("sqlite:///") or not value.startswith("sqlite:///"):
+            raise ValueError("expected sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        return value
+    try:
+        return _storage_uri(value)
+    except ValueError:
+        raise ValueError("expected sqlite:///path.db, redis://host:6379 or memory://") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class Field:
     """One environment variable: its name, parser, default (raw string) and attribute."""
@@ -280,6 +292,14 @@ FIELDS: tuple[Field, ...] = (
     Field("CHAT_TOPP", "chat_top_p", _optional_number(0, 1), ""),
     Field("CHAT_PRESENCEPENALTY", "chat_presence_penalty", _optional_number(-2, 2), ""),
     Field("CHAT_FREQUENCYPENALTY", "chat_frequency_penalty", _optional_number(-2, 2), ""),
+    Field("STORE_URL", "store_url", _store_url, "sqlite:///data/chatservice.db"),
+    Field("MAX_CONTEXT_MESSAGES", "max_context_messages", _int(1), "20"),
+    Field("COMPLETION_MODEL", "completion_model", _text, "gpt-3.5-turbo-instruct"),
+    Field("TURBO_MODEL", "turbo_model", _text, "gpt-3.5-turbo"),
+    Field("GPT4_MODEL", "gpt4_model", _text, "gpt-4"),
+    Field("AUTH_MODE", "auth_mode", _choice("none", "simple", "normal"), "none"),
+    Field("AUTH_TOKEN", "auth_token", _secret, ""),
+    Field("AUTH_REPLAY_WINDOW", "auth_replay_window", _seconds, "86400"),
     Field("CONFIG_FILE", "config_file", _path, ""),
     Field("LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error"), "info"),
     Field("LOG_PROMPTS", "log_prompts", _bool, "0"),
@@ -337,6 +357,14 @@ class Settings:
     chat_top_p: float | None
     chat_presence_penalty: float | None
     chat_frequency_penalty: float | None
+    store_url: str
+    max_context_messages: int
+    completion_model: str
+    turbo_model: str
+    gpt4_model: str
+    auth_mode: str
+    auth_token: Secret | None
+    auth_replay_window: float
     config_file: str
     log_level: str
     log_prompts: bool
@@ -377,6 +405,8 @@ class Settings:
             except ValueError as exc:
                 raise ConfigError(f"{field.env}: {exc}") from None
         values.update(overrides)
+        if values["auth_mode"] != "none" and values["auth_token"] is None:
+            raise ConfigError(f"AUTH_TOKEN: required when AUTH_MODE is {values['auth_mode']}")
         return cls(**values)
 
     @property

@@ -1,17 +1,29 @@
-"""Small shared key-value state: key-pool marks, chat-room histories.
+"""Small shared key-value state with expiry, in memory, SQLite or Redis.
 
-It lives in the same storage as the rate limits (RATELIMIT_STORAGE_URI): ``memory://`` keeps
-it in the worker process, ``redis://`` shares it between workers and machines. Values are
-strings with an optional time to live in seconds. Redis failures raise
+Two instances exist per app. The *state* lives where the rate limits live
+(RATELIMIT_STORAGE_URI): key-pool marks and chat-room histories. The *store* lives at
+STORE_URL: conversations, shared conversations, turn locks and the auth replay cache.
+
+- ``memory://`` keeps values in the worker process (lost on restart, not shared);
+- ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` keeps them in one file in
+  WAL mode, shared by every worker on the machine and kept across restarts;
+- ``redis://...`` shares them between workers and machines; expiry is Redis's own TTL.
+
+Values are strings with an optional time to live in seconds. ``add`` (set if absent) and
+``delete_if`` (delete if the value matches) are atomic in every backend, which is what locks
+and the replay cache need. Storage failures raise
 :class:`~chatservice.errors.ServiceError` ``store_unavailable`` (503), never a traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Protocol
 
 import redis
@@ -19,8 +31,8 @@ import redis
 from chatservice.errors import ServiceError
 
 PREFIX = "chatservice:"
-#: Seconds a Redis command may take before the request fails with a 503.
-REDIS_TIMEOUT = 2.0
+#: Seconds a Redis command or a SQLite lock wait may take before the request fails with 503.
+STORAGE_TIMEOUT = 2.0
 
 
 class SharedState(Protocol):
@@ -34,11 +46,20 @@ class SharedState(Protocol):
     def set(self, key: str, value: str, ttl: float | None = None) -> None:
         """Store ``value``; ``ttl`` seconds from now it expires (None: never)."""
 
+    def add(self, key: str, value: str, ttl: float | None = None) -> bool:
+        """Store ``value`` only if ``key`` is absent or expired; True if it was stored."""
+
     def delete(self, key: str) -> None:
         """Forget ``key``."""
 
+    def delete_if(self, key: str, value: str) -> bool:
+        """Forget ``key`` only if it holds ``value``; True if it did."""
+
     def incr(self, key: str) -> int:
         """Add one to an integer value (absent counts as 0) and return it; keeps the TTL."""
+
+    def ping(self) -> None:
+        """Raise ``ServiceError`` (store_unavailable) unless the storage answers."""
 
 
 class MemoryState:
@@ -57,12 +78,28 @@ class MemoryState:
     def set(self, key: str, value: str, ttl: float | None = None) -> None:
         """See :class:`SharedState`."""
         with self._lock:
-            self._data[key] = (value, None if ttl is None else self.clock() + ttl)
+            self._data[key] = (value, _expiry(self.clock(), ttl))
+
+    def add(self, key: str, value: str, ttl: float | None = None) -> bool:
+        """See :class:`SharedState`."""
+        with self._lock:
+            if self._live(key) is not None:
+                return False
+            self._data[key] = (value, _expiry(self.clock(), ttl))
+            return True
 
     def delete(self, key: str) -> None:
         """See :class:`SharedState`."""
         with self._lock:
             self._data.pop(key, None)
+
+    def delete_if(self, key: str, value: str) -> bool:
+        """See :class:`SharedState`."""
+        with self._lock:
+            if self._live(key) != value:
+                return False
+            del self._data[key]
+            return True
 
     def incr(self, key: str) -> int:
         """See :class:`SharedState`."""
@@ -71,6 +108,9 @@ class MemoryState:
             expires = self._data[key][1] if key in self._data else None
             self._data[key] = (str(value), expires)
             return value
+
+    def ping(self) -> None:
+        """Memory always answers."""
 
     def _live(self, key: str) -> str | None:
         item = self._data.get(key)
@@ -83,17 +123,135 @@ class MemoryState:
         return value
 
 
+class SqliteState:
+    """State in one SQLite file (WAL mode), safe for several worker processes.
+
+    Each operation opens its own short connection, so greenlets never share one; SQLite's
+    own file locking makes ``add``/``delete_if``/``incr`` atomic across processes. Expired
+    rows are ignored when read and swept now and then.
+    """
+
+    _SWEEP_EVERY = 300.0
+
+    def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._path = path
+        self._swept = 0.0
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL,"
+                " expires REAL)"
+            )
+
+    def get(self, key: str) -> str | None:
+        """See :class:`SharedState`."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT value FROM state WHERE key = ? AND (expires IS NULL OR expires > ?)",
+                (key, self.clock()),
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def set(self, key: str, value: str, ttl: float | None = None) -> None:
+        """See :class:`SharedState`."""
+        now = self.clock()
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO state (key, value, expires) VALUES (?, ?, ?) ON CONFLICT(key)"
+                " DO UPDATE SET value = excluded.value, expires = excluded.expires",
+                (key, value, _expiry(now, ttl)),
+            )
+            self._sweep(db, now)
+
+    def add(self, key: str, value: str, ttl: float | None = None) -> bool:
+        """See :class:`SharedState`."""
+        now = self.clock()
+        with self._connect() as db:
+            cursor = db.execute(
+                "INSERT INTO state (key, value, expires) VALUES (?, ?, ?) ON CONFLICT(key)"
+                " DO UPDATE SET value = excluded.value, expires = excluded.expires"
+                " WHERE state.expires IS NOT NULL AND state.expires <= ?",
+                (key, value, _expiry(now, ttl), now),
+            )
+            return cursor.rowcount == 1
+
+    def delete(self, key: str) -> None:
+        """See :class:`SharedState`."""
+        with self._connect() as db:
+            db.execute("DELETE FROM state WHERE key = ?", (key,))
+
+    def delete_if(self, key: str, value: str) -> bool:
+        """See :class:`SharedState`."""
+        with self._connect() as db:
+            cursor = db.execute(
+                "DELETE FROM state WHERE key = ? AND value = ? AND (expires IS NULL OR"
+                " expires > ?)",
+                (key, value, self.clock()),
+            )
+            return cursor.rowcount == 1
+
+    def incr(self, key: str) -> int:
+        """See :class:`SharedState`."""
+        now = self.clock()
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute(
+                "SELECT value, expires FROM state WHERE key = ? AND (expires IS NULL OR"
+                " expires > ?)",
+                (key, now),
+            ).fetchone()
+            value = (int(row[0]) if row else 0) + 1
+            db.execute(
+                "INSERT OR REPLACE INTO state (key, value, expires) VALUES (?, ?, ?)",
+                (key, str(value), row[1] if row else None),
+            )
+            db.execute("COMMIT")
+            return value
+
+    def ping(self) -> None:
+        """See :class:`SharedState`."""
+        with self._connect() as db:
+            db.execute("SELECT 1").fetchone()
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        try:
+            db = sqlite3.connect(self._path, timeout=STORAGE_TIMEOUT, isolation_level=None)
+        except sqlite3.Error:
+            raise ServiceError("store_unavailable", status=503) from None
+        try:
+            yield db
+        except sqlite3.Error:
+            raise ServiceError("store_unavailable", status=503) from None
+        finally:
+            db.close()
+
+    def _sweep(self, db: sqlite3.Connection, now: float) -> None:
+        if now - self._swept >= self._SWEEP_EVERY:
+            self._swept = now
+            db.execute("DELETE FROM state WHERE expires IS NOT NULL AND expires <= ?", (now,))
+
+
 class RedisState:
     """State in Redis under the ``chatservice:`` prefix; TTLs are Redis's own (``PX``)."""
+
+    _DELETE_IF = (
+        "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
+        "else return 0 end"
+    )
 
     def __init__(self, url: str) -> None:
         self.clock = time.time
         self._redis = redis.Redis.from_url(
             url.replace("redis+unix://", "unix://", 1),
-            socket_timeout=REDIS_TIMEOUT,
-            socket_connect_timeout=REDIS_TIMEOUT,
+            socket_timeout=STORAGE_TIMEOUT,
+            socket_connect_timeout=STORAGE_TIMEOUT,
             decode_responses=True,
         )
+        self._delete_if = self._redis.register_script(self._DELETE_IF)
 
     def get(self, key: str) -> str | None:
         """See :class:`SharedState`."""
@@ -103,19 +261,40 @@ class RedisState:
     def set(self, key: str, value: str, ttl: float | None = None) -> None:
         """See :class:`SharedState`."""
         with _redis_errors():
-            self._redis.set(
-                PREFIX + key, value, px=None if ttl is None else max(1, int(ttl * 1000))
-            )
+            self._redis.set(PREFIX + key, value, px=_milliseconds(ttl))
+
+    def add(self, key: str, value: str, ttl: float | None = None) -> bool:
+        """See :class:`SharedState`."""
+        with _redis_errors():
+            return bool(self._redis.set(PREFIX + key, value, px=_milliseconds(ttl), nx=True))
 
     def delete(self, key: str) -> None:
         """See :class:`SharedState`."""
         with _redis_errors():
             self._redis.delete(PREFIX + key)
 
+    def delete_if(self, key: str, value: str) -> bool:
+        """See :class:`SharedState`."""
+        with _redis_errors():
+            return bool(self._delete_if(keys=[PREFIX + key], args=[value]))
+
     def incr(self, key: str) -> int:
         """See :class:`SharedState`."""
         with _redis_errors():
             return int(self._redis.incr(PREFIX + key))
+
+    def ping(self) -> None:
+        """See :class:`SharedState`."""
+        with _redis_errors():
+            self._redis.ping()
+
+
+def _expiry(now: float, ttl: float | None) -> float | None:
+    return None if ttl is None else now + ttl
+
+
+def _milliseconds(ttl: float | None) -> int | None:
+    return None if ttl is None else max(1, int(ttl * 1000))
 
 
 @contextlib.contextmanager
@@ -126,8 +305,18 @@ def _redis_errors() -> Iterator[None]:
         raise ServiceError("store_unavailable", status=503) from None
 
 
-def create_state(storage_uri: str) -> SharedState:
-    """The state for RATELIMIT_STORAGE_URI: memory for ``memory://``, else Redis."""
-    if storage_uri.startswith("memory://"):
+def sqlite_path(url: str) -> str:
+    """The file of a ``sqlite://`` URL: three slashes a relative path, four an absolute one."""
+    path = url.removeprefix("sqlite://")
+    if path in ("", "/", "/:memory:"):
+        raise ValueError("expected sqlite:///path/to/file.db")
+    return os.path.expanduser(path[1:])
+
+
+def create_state(url: str) -> SharedState:
+    """The state for a storage URL: ``memory://``, ``sqlite:///...`` or ``redis://...``."""
+    if url.startswith("memory://"):
         return MemoryState()
-    return RedisState(storage_uri)
+    if url.startswith("sqlite://"):
+        return SqliteState(sqlite_path(url))
+    return RedisState(url)

@@ -47,7 +47,8 @@ def make_app(fake: FakeUpstream) -> Callable[..., Flask]:
     """Build an app from environment-style settings; the upstream is the fake one."""
 
     def make(**env: str) -> Flask:
-        app = create_app(settings_from({"UPSTREAM_BASE_URL": fake.url, **env}))
+        env = {"UPSTREAM_BASE_URL": fake.url, "STORE_URL": "memory://", **env}
+        app = create_app(settings_from(env))
         app.testing = True
         return app
 
@@ -121,7 +122,8 @@ def live_server(tmp_path: Path, upstream: FakeUpstream) -> Iterator[Callable[...
     servers: list[LiveServer] = []
 
     def start(**env: str) -> LiveServer:
-        env = {"UPSTREAM_BASE_URL": upstream.url, **env}
+        store = f"sqlite:///{tmp_path}/store.db"  # four slashes: an absolute path
+        env = {"UPSTREAM_BASE_URL": upstream.url, "STORE_URL": store, **env}
         server = LiveServer(env, tmp_path / f"server-{len(servers)}.log")
         servers.append(server)
         server.wait_ready()

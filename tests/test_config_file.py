@@ -133,7 +133,8 @@ def test_flags_win_over_the_environment(tmp_path, upstream):
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    env.update({"PORT": "1", "ROUTE": "api", "API_KEY": "sk-x", "UPSTREAM_BASE_URL": upstream.url})
+    env.update({"PORT": "1", "ROUTE": "api", "API_KEY": "sk-x", "UPSTREAM_BASE_URL": upstream.url,
+                "STORE_URL": f"sqlite:///{tmp_path}/store.db"})
     upstream.reset()
     with open(tmp_path / "log", "wb") as log:
         proc = subprocess.Popen(
