@@ -15,14 +15,14 @@ from chatservice.errors import FaceRegistry, register_error_handlers
 from chatservice.i18n import Catalogs
 from chatservice.limits import create_limiter, limit_face
 from chatservice.logs import configure_logging, init_access_log
-from chatservice.routes import admin, api, chat, chatroom, openai_api, ops, ws
+from chatservice.routes import admin, api, chat, chatroom, conversations, openai_api, ops, ws
 from chatservice.service import Service
 from chatservice.settings import Settings
 from chatservice.state import create_state
 from chatservice.web import request_language
 
 #: The chat faces, each a module with ``prefix``, ``create_blueprint`` and ``render_error``.
-FACES = (api, chat, openai_api, chatroom, ws)
+FACES = (api, chat, openai_api, chatroom, ws, conversations)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
