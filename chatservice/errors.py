@@ -142,7 +142,9 @@ def to_service_error(exc: BaseException) -> ServiceError:
         if code == 413:
             return PayloadTooLarge(limit=current_app.config.get("MAX_CONTENT_LENGTH"))
         if code == 400:
-            return BadRequest("invalid_json")
+            # Bodies are parsed by the faces themselves (web.read_json_object), so a werkzeug
+            # 400 is something else: a malformed request line, a websocket mismatch.
+            return BadRequest()
         if code >= 500:
             return InternalError()
         return ServiceError("http_error", status=code, status_code=code)

@@ -450,7 +450,7 @@ def test_get_on_the_chat_face_is_405_in_its_envelope(app_client):
     }
 
 
-@pytest.mark.parametrize("path", ["/no/such/path", "/api/nothing", "/api/v1/chat/more"])
+@pytest.mark.parametrize("path", ["/no/such/path", "/api/nothing", "/api/chatroom-typo"])
 def test_unknown_path_is_404_json(app_client, path):
     response = app_client.get(path)
     assert response.status_code == 404
@@ -536,3 +536,11 @@ def test_huge_integer_in_a_number_field_is_out_of_range(app_client, fake, field)
     assert response.status_code == 400
     assert response.get_json()["data"]["error"] == "out_of_range"
     assert fake.received == []
+
+
+def test_unknown_path_under_v1_is_404_in_openai_shape(app_client):
+    # /api/v1/... belongs to the OpenAI-compatible face: its clients parse OpenAI errors.
+    response = app_client.get("/api/v1/chat/more")
+    assert response.status_code == 404
+    error = response.get_json()["error"]
+    assert error["code"] == "not_found" and error["message"] == CATALOGS["en"]["not_found"]
