@@ -95,7 +95,7 @@ class LiveServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited: {self.log_path.read_text()}")
-            with contextlib.suppress(requests.ConnectionError):
+            with contextlib.suppress(requests.RequestException):
                 if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return
             time.sleep(0.1)

@@ -134,6 +134,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass
 
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except ConnectionResetError:  # an idle keep-alive connection closed by the service
+            pass
+
     def do_GET(self) -> None:
         self._send_json(200, {"object": "list", "data": []})
 

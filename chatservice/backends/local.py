@@ -146,8 +146,10 @@ class LocalBackend:
     def _start(self, req: ChatRequest, stream: bool) -> Any:
         llama = self._load()
         options = {name: req.params[name] for name in _SAMPLING if name in req.params}
-        if req.max_tokens is not None:
-            options["max_tokens"] = req.max_tokens
+        # OpenAI's newer name for the same bound, used when max_tokens is absent.
+        max_tokens = req.max_tokens or req.params.get("max_completion_tokens")
+        if max_tokens is not None:
+            options["max_tokens"] = max_tokens
         with _context_errors():
             if req.kind == "chat":
                 return llama.create_chat_completion(messages=req.messages, stream=stream, **options)

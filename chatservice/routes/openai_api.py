@@ -1,24 +1,273 @@
-"""The OpenAI-compatible face (being written)."""
+"""The OpenAI-compatible face: ``/{ROUTE}/v1/chat/completions``, ``/completions``, ``/models``.
+
+Requests and responses follow the OpenAI API reference (platform.openai.com/docs/api-reference)
+so the official SDKs and tools built on them work with ``base_url = <server>/{ROUTE}/v1``.
+
+- ``POST chat/completions``: ``messages`` (required, objects with a string ``role``; content is
+  not checked, since OpenAI allows content parts and null), ``model`` (default DEFAULT_MODEL),
+  ``stream``, ``max_tokens``/``max_completion_tokens`` (positive integers).
+- ``POST completions``: ``prompt`` (required, a string or a list), same other fields.
+- Every other body field (``temperature``, ``stream_options``, ``tools``, unknown ones) is
+  forwarded as is: the upstream, not this face, decides what it accepts.
+- Answers are the backend's own OpenAI-shaped bodies, passed on unchanged; a stream relays
+  every chunk (the role-only first one, the usage-only last one) then ``data: [DONE]``.
+- ``GET models`` and ``GET models/<id>``: the upstream's models (when the upstream is in use)
+  and the embedded model (unless BACKEND=openai), as OpenAI ``model`` objects.
+- ``Authorization: Bearer sk-...`` is used as the upstream key for that request; other bearer
+  values are ignored, since the SDK insists on some ``api_key`` even for a keyless server.
+- Errors: ``{"error": {"message", "type", "param", "code"}}`` with the HTTP status, ``code``
+  being the stable key (``missing_field``, ``upstream_timeout``, ``model_not_found``...).
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, Response, jsonify, request
 
-from chatservice.errors import ServiceError
+from chatservice import validation
+from chatservice.backends.local import bundled_model_path
+from chatservice.errors import BadRequest, NotFound, ServiceError, UpstreamError
+from chatservice.models import ChatChunk, ChatRequest, ChatResult, Kind
+from chatservice.routes import add_post_rule
+from chatservice.service import Service, current_service, respond
+from chatservice.settings import Secret, Settings
+from chatservice.web import read_json_object
+
+#: Body fields :class:`ChatRequest` carries itself, and ``lang`` (the language of our own
+#: error messages, which OpenAI would reject as an unknown argument); every other field
+#: goes upstream in ``params``.
+OWN_FIELDS = frozenset({"model", "messages", "prompt", "stream", "max_tokens", "lang"})
+#: ``owned_by`` of the embedded model in the model list.
+LOCAL_OWNER = "chatservice"
+
+#: OpenAI's error ``type`` for each status it documents (api-reference "Error codes").
+_ERROR_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    429: "rate_limit_error",
+    500: "server_error",
+}
 
 
 def prefix(route: str) -> str:
-    """The face's path prefix."""
+    """The face's path prefix: ``{ROUTE}/v1`` and everything below it.
+
+    ``{ROUTE}/v1/chat`` itself belongs to the chat face (registered exact, so longer).
+    """
     return f"{route}/v1"
 
 
 def create_blueprint(route: str) -> Blueprint:
-    """The face's blueprint (being written)."""
-    return Blueprint("openai_api", __name__)
+    """The face's blueprint: two POST endpoints and the two model endpoints."""
+    blueprint = Blueprint("openai_api", __name__)
+    base = prefix(route)
+    add_post_rule(blueprint, f"{base}/chat/completions", chat_completions)
+    add_post_rule(blueprint, f"{base}/completions", completions)
+    blueprint.add_url_rule(
+        f"{base}/models", view_func=list_models, methods=["GET"], strict_slashes=False
+    )
+    # ``path``: Ollama, vLLM and LiteLLM model ids contain slashes ("org/name").
+    blueprint.add_url_rule(
+        f"{base}/models/<path:model_id>", view_func=retrieve_model, methods=["GET"]
+    )
+    return blueprint
+
+
+def error_type(err: ServiceError) -> str:
+    """OpenAI's error ``type`` for ``err``: by status, ``insufficient_quota`` for a spent key.
+
+    4xx not listed (400, 404, 405, 413...) are ``invalid_request_error``; 5xx other than 500
+    (502, 503, 504) are ``api_error``.
+    """
+    if err.key == "upstream_quota":
+        return "insufficient_quota"
+    if err.status in _ERROR_TYPES:
+        return _ERROR_TYPES[err.status]
+    return "api_error" if err.status >= 500 else "invalid_request_error"
 
 
 def render_error(err: ServiceError, message: str) -> dict[str, Any]:
-    """The face's error envelope."""
-    return {"code": err.status, "msg": message, "data": {"error": err.key}}
+    """OpenAI's error body; ``param`` is the offending field when the error names one."""
+    return {
+        "error": {
+            "message": message,
+            "type": error_type(err),
+            "param": err.params.get("field"),
+            "code": err.key,
+        }
+    }
+
+
+def client_key() -> Secret | None:
+    """The upstream key the client brought as ``Authorization: Bearer sk-...``, if any."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() == "bearer" and token.startswith("sk-"):
+        return Secret(token)
+    return None
+
+
+def build_request(kind: Kind, body: dict[str, Any], settings: Settings) -> ChatRequest:
+    """Validate an OpenAI request body and build the model request (raises ``BadRequest``).
+
+    Only what this service itself needs is checked (the input's shape, ``model``, ``stream``,
+    token limits); everything else is the upstream's to judge.
+    """
+    if kind == "chat":
+        messages = _chat_messages(body)
+        prompt: Any = ""
+    else:
+        messages = []
+        prompt = _prompt(body)
+    model = validation.string(body, "model", non_empty=True) or settings.default_model
+    stream = validation.boolean(body, "stream", False)
+    max_tokens = _positive_integer(body, "max_tokens")
+    # Checked here so a bad value is our 400, but sent as the client wrote it: the newer name
+    # stays in params, where the upstream gets it unchanged.
+    _positive_integer(body, "max_completion_tokens")
+    return ChatRequest(
+        kind=kind,
+        model=model,
+        max_tokens=max_tokens,
+        messages=messages,
+        prompt=prompt,
+        params={name: value for name, value in body.items() if name not in OWN_FIELDS},
+        stream=stream,
+        api_key=client_key(),
+    )
+
+
+def _chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    messages = body.get("messages")
+    if messages is None:
+        raise BadRequest("missing_field", field="messages")
+    if not isinstance(messages, list):
+        raise BadRequest("not_a_list", field="messages")
+    if not messages:
+        raise BadRequest("empty_field", field="messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRequest("invalid_chat_message", field="messages", index=index)
+    return messages
+
+
+def _prompt(body: dict[str, Any]) -> str | list[Any]:
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise BadRequest("missing_field", field="prompt")
+    # A list may hold strings or token ids (OpenAI accepts both): the backend judges the items.
+    if not isinstance(prompt, str | list):
+        raise BadRequest("invalid_prompt", field="prompt")
+    return prompt
+
+
+def _positive_integer(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadRequest("not_a_positive_integer", field=name)
+    return value
+
+
+def chat_completions() -> Response:
+    """``POST {ROUTE}/v1/chat/completions``: a ``chat.completion`` or a stream of chunks."""
+    return _answer("chat")
+
+
+def completions() -> Response:
+    """``POST {ROUTE}/v1/completions``: a ``text_completion`` or a stream of chunks."""
+    return _answer("completion")
+
+
+def _answer(kind: Kind) -> Response:
+    req = build_request(kind, read_json_object(), current_service().settings)
+    return respond(req, render_result, render_chunk, render_error, every_chunk=True)
+
+
+def render_result(result: ChatResult) -> dict[str, Any]:
+    """The backend's OpenAI-shaped body, unchanged."""
+    return result.raw
+
+
+def render_chunk(chunk: ChatChunk) -> dict[str, Any]:
+    """The backend's OpenAI-shaped chunk, unchanged."""
+    return chunk.raw
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def list_models() -> Response:
+    """``GET {ROUTE}/v1/models``: ``{"object": "list", "data": [model, ...]}``."""
+    return jsonify({"object": "list", "data": available_models(current_service())})
+
+
+def retrieve_model(model_id: str) -> Response:
+    """``GET {ROUTE}/v1/models/<id>``: one model object, or 404 ``model_not_found``."""
+    service = current_service()
+    if service.backends.mode != "openai" and model_id == service.backends.local.model_id:
+        return jsonify(local_model_entry(service.settings))
+    for entry in _upstream_models(service):
+        if entry["id"] == model_id:
+            return jsonify(entry)
+    raise NotFound("model_not_found", field="model", model=model_id)
+
+
+def available_models(service: Service) -> list[dict[str, Any]]:
+    """The models a request to this server can use, as OpenAI ``model`` objects.
+
+    The embedded model (unless BACKEND=openai) first, then the upstream's own list when the
+    upstream would answer (BACKEND=openai, or BACKEND=auto with API_KEY or a client key).
+    An upstream entry with the embedded model's id is left out: requests naming it go to the
+    embedded model.
+    """
+    models = []
+    local_id = None
+    if service.backends.mode != "openai":
+        models.append(local_model_entry(service.settings))
+        local_id = service.backends.local.model_id
+    models.extend(entry for entry in _upstream_models(service) if entry["id"] != local_id)
+    return models
+
+
+def local_model_entry(settings: Settings) -> dict[str, Any]:
+    """The embedded model as an OpenAI ``model`` object.
+
+    ``created`` is the GGUF file's modification time (0 when the file cannot be found): the
+    model has no creation date of its own that llama.cpp reports.
+    """
+    try:
+        created = int(os.path.getmtime(settings.local_model_path or bundled_model_path()))
+    except OSError:
+        created = 0
+    return {
+        "id": settings.local_model_id,
+        "object": "model",
+        "created": created,
+        "owned_by": LOCAL_OWNER,
+    }
+
+
+def _upstream_models(service: Service) -> list[dict[str, Any]]:
+    """The upstream's model objects when it is in use, else none.
+
+    Raises the upstream's ``UpstreamError``/``UpstreamTimeout``, and ``upstream_bad_response``
+    when its body is not an OpenAI list. Entries are passed on as the upstream wrote them.
+    """
+    backends = service.backends
+    api_key = client_key() if backends.mode != "local" else None
+    in_use = backends.mode == "openai" or (
+        backends.mode == "auto" and (api_key is not None or backends.upstream.has_default_key)
+    )
+    if not in_use:
+        return []
+    body = backends.upstream.list_models(api_key)
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list) or not all(
+        isinstance(entry, dict) and isinstance(entry.get("id"), str) for entry in data
+    ):
+        raise UpstreamError("upstream_bad_response")
+    return data
