@@ -10,6 +10,7 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from chatservice import auth
 from chatservice.backends import Backends
 from chatservice.errors import FaceRegistry, register_error_handlers
 from chatservice.i18n import Catalogs
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     for face in FACES:
         blueprint = face.create_blueprint(settings.route)
         limit_face(limiter, settings, blueprint)
+        # Per face, so /healthz and the admin view (ADMIN_TOKEN) stay outside AUTH_MODE.
+        auth.protect(blueprint, bearer=face is openai_api)
         app.register_blueprint(blueprint)
         faces.register(
             face.prefix(settings.route), face.render_error, exact=getattr(face, "EXACT", False)

@@ -26,7 +26,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from chatservice import validation
+from chatservice import auth, validation
 from chatservice.backends.local import bundled_model_path
 from chatservice.errors import BadRequest, NotFound, ServiceError, UpstreamError
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, Kind
@@ -101,10 +101,19 @@ def render_error(err: ServiceError, message: str) -> dict[str, Any]:
 
 
 def client_key() -> Secret | None:
-    """The upstream key the client brought as ``Authorization: Bearer sk-...``, if any."""
+    """The upstream key the client brought as ``Authorization: Bearer sk-...``, if any.
+
+    Other bearer values are not keys (the openai SDK insists on sending something, people
+    pass "x"), and the service's own AUTH_TOKEN is a credential for us, never for upstream.
+    """
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
-    if scheme.lower() == "bearer" and token.startswith("sk-"):
+    settings = current_service().settings
+    if (
+        scheme.lower() == "bearer"
+        and token.startswith("sk-")
+        and not auth.is_service_token(settings, token)
+    ):
         return Secret(token)
     return None
 
