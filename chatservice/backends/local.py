@@ -60,7 +60,9 @@ class LocalBackend:
         self.model_id = settings.local_model_id
         self._path = settings.local_model_path
         self._context_tokens = settings.local_context_tokens
-        self._threads = settings.local_threads or os.cpu_count() or 1
+        # llama.cpp's threads busy-wait: all cores would starve the gevent hub and collapse
+        # when other workers or processes want the CPU too. Half the cores by default.
+        self._threads = settings.local_threads or max(1, (os.cpu_count() or 1) // 2)
         self._max_queue = settings.local_max_queue
         self._llama: Any = None
         self._pool: gevent.threadpool.ThreadPool | None = None
