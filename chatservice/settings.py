@@ -165,6 +165,21 @@ def _path(raw: str) -> str:
     return os.path.expanduser(raw.strip())
 
 
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _aliases(raw: str) -> dict[str, str]:
+    """``old=new,old2=new2`` -> ``{"old": "new", ...}`` (MODEL_ALIASES)."""
+    aliases = {}
+    for item in _list(raw):
+        old, sep, new = item.partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise ValueError(f"expected name=model pairs separated by commas, got {item!r}")
+        aliases[old.strip()] = new.strip()
+    return aliases
+
+
 def _raw_text(raw: str) -> str:
     return raw
 
@@ -303,6 +318,14 @@ FIELDS: tuple[Field, ...] = (
     Field("CONFIG_FILE", "config_file", _path, ""),
     Field("LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error"), "info"),
     Field("LOG_PROMPTS", "log_prompts", _bool, "0"),
+    Field("LOG_FORMAT", "log_format", _choice("text", "json"), "text"),
+    Field("LOG_DIR", "log_dir", _path, ""),
+    Field("LOG_RETENTION_DAYS", "log_retention_days", _int(1), "14"),
+    Field("GRACEFUL_TIMEOUT", "graceful_timeout", _seconds, "30"),
+    Field("CORS_ORIGINS", "cors_origins", _list, ""),
+    Field("PLAYGROUND", "playground", _bool, "1"),
+    Field("ALLOWED_MODELS", "allowed_models", _list, ""),
+    Field("MODEL_ALIASES", "model_aliases", _aliases, ""),
 )
 
 
@@ -368,6 +391,14 @@ class Settings:
     config_file: str
     log_level: str
     log_prompts: bool
+    log_format: str
+    log_dir: str
+    log_retention_days: int
+    graceful_timeout: float
+    cors_origins: tuple[str, ...]
+    playground: bool
+    allowed_models: tuple[str, ...]
+    model_aliases: dict[str, str]
 
     @classmethod
     def from_env(
