@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from chatservice.backends.local import LocalBackend
+from chatservice.backends.modelpolicy import ModelPolicy
 from chatservice.backends.upstream import UpstreamBackend
 from chatservice.models import ChatChunk, ChatRequest, ChatResult
 from chatservice.settings import Settings
@@ -33,11 +34,16 @@ class Backends:
 
     def __init__(self, settings: Settings, state: SharedState) -> None:
         self.mode = settings.backend
+        self.policy = ModelPolicy(settings.allowed_models, settings.model_aliases)
         self.upstream = UpstreamBackend(settings, state)
         self.local = LocalBackend(settings)
 
     def select(self, req: ChatRequest) -> Backend:
-        """The backend that answers ``req``."""
+        """The backend that answers ``req``, after MODEL_ALIASES replaced its model.
+
+        Raises ``BadRequest`` (``model_not_allowed``) for a model ALLOWED_MODELS excludes.
+        """
+        req.model = self.policy.resolve(req.model)
         if self.mode == "local" or (self.mode == "auto" and req.model == self.local.model_id):
             return self.local
         if self.mode == "openai" or req.api_key or self.upstream.has_default_key:

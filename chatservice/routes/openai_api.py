@@ -216,10 +216,7 @@ def list_models() -> Response:
 
 def retrieve_model(model_id: str) -> Response:
     """``GET {ROUTE}/v1/models/<id>``: one model object, or 404 ``model_not_found``."""
-    service = current_service()
-    if service.backends.mode != "openai" and model_id == service.backends.local.model_id:
-        return jsonify(local_model_entry(service.settings))
-    for entry in _upstream_models(service):
+    for entry in available_models(current_service()):
         if entry["id"] == model_id:
             return jsonify(entry)
     raise NotFound("model_not_found", field="model", model=model_id)
@@ -231,7 +228,7 @@ def available_models(service: Service) -> list[dict[str, Any]]:
     The embedded model (unless BACKEND=openai) first, then the upstream's own list when the
     upstream would answer (BACKEND=openai, or BACKEND=auto with API_KEY or a client key).
     An upstream entry with the embedded model's id is left out: requests naming it go to the
-    embedded model.
+    embedded model. Only models ALLOWED_MODELS allows are listed.
     """
     models = []
     local_id = None
@@ -239,7 +236,7 @@ def available_models(service: Service) -> list[dict[str, Any]]:
         models.append(local_model_entry(service.settings))
         local_id = service.backends.local.model_id
     models.extend(entry for entry in _upstream_models(service) if entry["id"] != local_id)
-    return models
+    return [entry for entry in models if service.backends.policy.allows(entry["id"])]
 
 
 def local_model_entry(settings: Settings) -> dict[str, Any]:
