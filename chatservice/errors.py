@@ -119,8 +119,9 @@ class InternalError(ServiceError):
     key = "internal_error"
 
 
-#: Renders one face's error body: (error, localized message) -> JSON-able dict.
-ErrorRenderer = Callable[[ServiceError, str], dict[str, Any]]
+#: Renders one face's error body: (error, localized message) -> a JSON-able dict, or a
+#: string for faces that answer plain text (seed 003's conversations).
+ErrorRenderer = Callable[[ServiceError, str], dict[str, Any] | str]
 
 
 def to_service_error(exc: BaseException) -> ServiceError:
@@ -193,7 +194,8 @@ def error_response(err: ServiceError, renderer: ErrorRenderer, lang: str) -> Res
     """The HTTP response for ``err`` in a face's envelope, message in ``lang``."""
     catalogs = current_app.extensions["chatservice.catalogs"]
     message = catalogs.translate(err.key, lang, **err.params)
-    response = jsonify(renderer(err, message))
+    body = renderer(err, message)
+    response = Response(body, mimetype="text/plain") if isinstance(body, str) else jsonify(body)
     response.status_code = err.status
     response.headers.update(err.headers)
     return response
