@@ -27,7 +27,8 @@ class Reply:
     ``stall`` holds the connection silently before anything; ``drop`` closes it without a
     response; ``drop_after`` closes a stream after that many chunks; ``pause_after`` waits
     ``pause`` seconds after that many chunks; ``finish: False`` ends a stream without its
-    finish reason and ``[DONE]``.
+    finish reason and ``[DONE]``; ``truncate`` sends only that many bytes of a whole answer
+    and closes; ``raw_stream`` is sent as the SSE body, byte for byte.
     """
 
     text: str | None = None
@@ -42,6 +43,8 @@ class Reply:
     pause_after: int | None = None
     pause: float = 0.0
     finish: bool = True
+    truncate: int | None = None
+    raw_stream: bytes | None = None
 
 
 @dataclasses.dataclass
@@ -179,6 +182,14 @@ class _Handler(BaseHTTPRequestHandler):
         text = reply.text if reply.text is not None else answer_for(self.path, body)
         chat = self.path.endswith("/chat/completions")
         model = body.get("model", "fake-model")
+        if reply.raw_stream is not None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self._chunk(reply.raw_stream)
+            self.wfile.write(b"0\r\n\r\n")
+            return
         if body.get("stream"):
             self._stream(reply, text, chat, model)
         else:
@@ -203,6 +214,7 @@ class _Handler(BaseHTTPRequestHandler):
                     "usage": usage,
                 },
                 reply.headers,
+                reply.truncate,
             )
 
     def _stream(self, reply: Reply, text: str, chat: bool, model: str) -> None:
@@ -248,7 +260,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
 
-    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+    def _send_json(
+        self,
+        status: int,
+        payload: Any,
+        headers: dict[str, str] | None = None,
+        truncate: int | None = None,
+    ) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -256,5 +274,11 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
+        if truncate is not None:  # the connection breaks in the middle of the body
+            self.wfile.write(data[:truncate])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         self.wfile.write(data)
         self.wfile.flush()

@@ -16,6 +16,7 @@ machines), under an id derived from a hash of the key, never the key itself.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -23,6 +24,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from chatservice.errors import ServiceError
 from chatservice.settings import ConfigError, Secret, Settings
 from chatservice.state import SharedState
 
@@ -106,11 +108,21 @@ class KeyPool:
 
     def succeeded(self, key: Secret) -> None:
         """A call on ``key`` went through: its backoff starts over."""
-        if self._state.get(f"key:{key_id(key)}:strikes") is not None:
-            self._state.delete(f"key:{key_id(key)}:strikes")
+        with contextlib.suppress(ServiceError):  # best effort, see _status
+            if self._state.get(f"key:{key_id(key)}:strikes") is not None:
+                self._state.delete(f"key:{key_id(key)}:strikes")
 
     def failed(self, key: Secret, reason: str, retry_after: float | None = None) -> None:
-        """The upstream refused ``key`` for ``reason`` (one of the module's constants)."""
+        """The upstream refused ``key`` for ``reason`` (one of the module's constants).
+
+        Marks are best effort: with their storage down the refusal is only logged.
+        """
+        try:
+            self._mark(key, reason, retry_after)
+        except ServiceError:
+            log.warning("key pool state unreachable; %s not marked", key.masked())
+
+    def _mark(self, key: Secret, reason: str, retry_after: float | None) -> None:
         ident = key_id(key)
         self._state.incr(f"key:{ident}:failures")
         self._state.set(f"key:{ident}:last_error", reason)
@@ -150,9 +162,16 @@ class KeyPool:
         return [key_id(key) for key in self._keys]
 
     def _status(self, ident: str) -> tuple[str, float | None]:
-        if self._state.get(f"key:{ident}:disabled"):
+        try:
+            disabled = self._state.get(f"key:{ident}:disabled")
+            until = self._state.get(f"key:{ident}:cooldown")
+        except ServiceError:
+            # The marks' storage is down: a key we cannot judge is tried, and the upstream
+            # itself says whether it works. Losing the pool's memory beats refusing everyone.
+            log.warning("key pool state unreachable; treating keys as usable")
+            return "usable", None
+        if disabled:
             return "disabled", None
-        until = self._state.get(f"key:{ident}:cooldown")
         if until is not None and float(until) > self._clock():
             return "cooling", float(until)
         return "usable", None

@@ -224,6 +224,9 @@ class UpstreamBackend:
         except (requests.ConnectTimeout, requests.ReadTimeout):
             log.warning("upstream timed out before answering")
             raise UpstreamTimeout() from None
+        except requests.exceptions.ChunkedEncodingError:
+            log.warning("upstream connection broke in the middle of its answer")
+            raise UpstreamError("upstream_interrupted") from None
         except requests.RequestException as exc:
             # The exception text holds the upstream URL: log its type only.
             log.warning("upstream unreachable: %s", type(exc).__name__)
