@@ -107,7 +107,9 @@ class LiveServer:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            # gunicorn's quick shutdown: a graceful one waits for idle keep-alive connections
+            # (the graceful path has its own test).
+            self.proc.send_signal(signal.SIGQUIT)
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
