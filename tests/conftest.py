@@ -68,9 +68,13 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """``python3 app.py`` (gunicorn, gevent workers) on 127.0.0.1 in a subprocess."""
+    """``python3 app.py`` (gunicorn, gevent workers) on 127.0.0.1 in a subprocess.
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    ``args`` replaces ``app.py`` as the Python command line (``-m gunicorn ...``, flags);
+    ``{port}`` in them is replaced by the server's port.
+    """
+
+    def __init__(self, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -82,8 +86,9 @@ class LiveServer:
         }
         full_env.update({"HOST": "127.0.0.1", "PORT": str(self.port), **env})
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        command = [arg.replace("{port}", str(self.port)) for arg in args or ("app.py",)]
         self.proc = subprocess.Popen(
-            [sys.executable, "app.py"],
+            [sys.executable, *command],
             cwd=ROOT,
             env=full_env,
             stdout=self._log,
@@ -123,10 +128,10 @@ def live_server(tmp_path: Path, upstream: FakeUpstream) -> Iterator[Callable[...
     """Start real servers with the given environment; all are stopped after the test."""
     servers: list[LiveServer] = []
 
-    def start(**env: str) -> LiveServer:
+    def start(*args: str, **env: str) -> LiveServer:
         store = f"sqlite:///{tmp_path}/store.db"  # four slashes: an absolute path
         env = {"UPSTREAM_BASE_URL": upstream.url, "STORE_URL": store, **env}
-        server = LiveServer(env, tmp_path / f"server-{len(servers)}.log")
+        server = LiveServer(env, tmp_path / f"server-{len(servers)}.log", args)
         servers.append(server)
         server.wait_ready()
         return server
@@ -148,11 +153,8 @@ def redis_url(redis_server: str) -> str:
     return redis_server
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory) -> Iterator[str]:
-    """A real ``redis-server`` on a free loopback port (``.ci/run`` installs the package)."""
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
+def start_redis(port: int, workdir: Path) -> subprocess.Popen:
+    """A real ``redis-server`` on 127.0.0.1:``port``, answering PING when this returns."""
     proc = subprocess.Popen(
         [
             "redis-server",
@@ -176,13 +178,20 @@ def redis_server(tmp_path_factory) -> Iterator[str]:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
                 if sock.recv(16).startswith(b"+PONG"):
-                    break
+                    return proc
         except OSError:
             pass
         if time.monotonic() > deadline:
             proc.kill()
             raise AssertionError("redis-server did not start")
         time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[str]:
+    """A real ``redis-server`` on a free loopback port (``.ci/run`` installs the package)."""
+    port = free_port()
+    proc = start_redis(port, tmp_path_factory.mktemp("redis"))
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(timeout=10)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
 
 from chatservice.settings import ConfigError, Settings
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 
 
 def load(env: dict[str, str]) -> Settings:
@@ -128,34 +127,18 @@ def test_help_lists_the_common_flags():
         assert flag in out
 
 
-def test_flags_win_over_the_environment(tmp_path, upstream):
-    import os
-
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    env.update({"PORT": "1", "ROUTE": "api", "API_KEY": "sk-x", "UPSTREAM_BASE_URL": upstream.url,
-                "STORE_URL": f"sqlite:///{tmp_path}/store.db"})
-    upstream.reset()
-    with open(tmp_path / "log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port), "--route", "v9"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    r = requests.post(
-                        f"http://127.0.0.1:{port}/v9", json={"user_content": "x"}, timeout=5
-                    )
-                    break
-                except requests.ConnectionError:
-                    assert time.monotonic() < deadline and proc.poll() is None
-                    time.sleep(0.1)
-            assert r.json()["current_response"] == "echo: x"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=15)
+def test_flags_win_over_the_environment(live_server, upstream):
+    server = live_server(
+        "app.py",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--route",
+        "v9",
+        PORT="1",
+        ROUTE="api",
+        API_KEY="sk-x",
+    )
+    r = requests.post(server.url + "/v9", json={"user_content": "x"}, timeout=5)
+    assert r.json()["current_response"] == "echo: x"

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import free_port
+from tests.conftest import free_port, start_redis
 from tests.fakeupstream import Reply
 
 ANSWER = "alpha beta gamma delta epsilon"
@@ -190,22 +189,8 @@ def test_sigterm_lets_streams_finish_and_refuses_new_connections(live_server, up
 
 def test_redis_going_away_gives_503_and_recovers(live_server, upstream, tmp_path):
     port = free_port()
-    command = [
-        "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(tmp_path),
-    ]
-    redis_proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    redis_proc = start_redis(port, tmp_path)
     try:
-        time.sleep(0.3)
         url = f"redis://127.0.0.1:{port}/0"
         server = live_server(
             API_KEY="sk-x", RATELIMIT_STORAGE_URI=url, STORE_URL=url, MINUTE_LIMIT="100"
@@ -225,7 +210,7 @@ def test_redis_going_away_gives_503_and_recovers(live_server, upstream, tmp_path
         # Stateless requests go on: the rate limiter lets them through while its storage is
         # down (a documented choice) and the key pool treats missing marks as usable keys.
         assert post("/api", {"user_content": "x"}).status_code == 200
-        redis_proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        redis_proc = start_redis(port, tmp_path)
         deadline = time.monotonic() + 10
         while post("/api/chat-room", {"content": "three"}).status_code != 200:
             assert time.monotonic() < deadline

@@ -111,51 +111,22 @@ def test_server_log_has_no_secrets_or_prompts(live_server, upstream):
         assert secret not in log
 
 
-def test_gunicorn_command_line_serves_app_module(tmp_path, upstream):
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT, free_port
-
-    port = free_port()
-    env = {**os.environ, "API_KEY": "sk-x", "UPSTREAM_BASE_URL": upstream.url}
-    log = open(tmp_path / "gunicorn.log", "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-k",
-            "gevent",
-            "-w",
-            "2",
-            "-b",
-            f"127.0.0.1:{port}",
-            "app:app",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+def test_gunicorn_command_line_serves_app_module(live_server, upstream):
+    server = live_server(
+        "-m",
+        "gunicorn",
+        "-k",
+        "gevent",
+        "-w",
+        "2",
+        "-b",
+        "127.0.0.1:{port}",
+        "app:app",
+        API_KEY="sk-x",
     )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                r = requests.post(
-                    f"http://127.0.0.1:{port}/api", json={"user_content": "hi"}, timeout=5
-                )
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.1)
-        assert r.json()["current_response"] == "echo: hi"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        log.close()
-    text = (tmp_path / "gunicorn.log").read_text()
+    r = requests.post(server.url + "/api", json={"user_content": "hi"}, timeout=5)
+    assert r.json()["current_response"] == "echo: hi"
+    text = server.log_text()
     assert text.count("Booting worker") == 2
     assert "MonkeyPatchWarning" not in text and "Traceback" not in text
 
