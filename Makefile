@@ -32,3 +32,9 @@ format: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Benchmark of one gevent worker (bench/run.py; needs Debian's wrk, nginx optional):
+# `make bench`, or `make bench BENCH_ARGS="--quick --only streaming"`.
+.PHONY: bench
+bench: install
+	$(PY) bench/run.py $(BENCH_ARGS)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
+from chatservice import logs
 from config import ConfigError, Settings
 
 log = logging.getLogger("chatservice.server")
@@ -22,31 +25,129 @@ _app: Any = None
 
 
 class Server(BaseApplication):
-    """gunicorn with gevent workers, bound to HOST:PORT, WORKERS processes."""
+    """gunicorn with gevent workers, bound to HOST:PORT, WORKERS processes.
 
-    def __init__(self, settings: Settings) -> None:
+    The master also runs the log hub when LOG_DIR is set (:mod:`chatservice.logs`: one writer
+    for the log files, fed by the workers) and reloads the configuration on SIGHUP
+    (:meth:`refresh_settings`, issue 7, as seed 001 watched its config file).
+
+    :param settings: the configuration the first workers use.
+    :param overrides: the command-line flags' variables, which keep winning on a reload.
+    """
+
+    def __init__(self, settings: Settings, overrides: dict[str, str] | None = None) -> None:
         self.settings = settings
+        self.overrides = dict(overrides or {})
         super().__init__()
 
     def load_config(self) -> None:
-        """Apply our settings to gunicorn's (called by gunicorn)."""
+        """Apply our settings to gunicorn's (called by gunicorn, again on each reload)."""
         options = {
             "bind": f"{self.settings.host}:{self.settings.port}",
             "workers": self.settings.workers,
             "worker_class": "gevent",
             # Streams and local generation can outlast gunicorn's 30 s default.
             "timeout": max(60, int(self.settings.upstream_read_timeout) + 30),
-            "graceful_timeout": 30,
+            # gunicorn counts whole seconds: round up, never cut a stream's allowance short.
+            "graceful_timeout": math.ceil(self.settings.graceful_timeout),
+            "loglevel": self.settings.log_level,
             "accesslog": None,
+            # gunicorn's control socket sits at one path per user (~/.gunicorn): several
+            # servers on a machine would fight over it, and nothing here uses it.
+            "control_socket_disable": True,
         }
         for key, value in options.items():
             self.cfg.set(key, value)
+        share_metrics(self.cfg, self.settings.workers)  # WORKERS>1: see share_metrics
 
     def load(self) -> Any:
         """Build the app in the worker (called by gunicorn after the fork)."""
         from chatservice import create_app
 
         return create_app(self.settings)
+
+    def refresh_settings(self) -> bool:
+        """Re-read the configuration (environment, ``.env``, TOML file, command-line flags)
+        for the workers a reload starts; apply the new log settings in the master.
+
+        Returns ``False`` when the new configuration is invalid: one error line names the
+        problem and everything stays as it was, workers included.
+        """
+        try:
+            settings = Settings.from_env({**os.environ, **self.overrides})
+            logs.apply_settings(settings)
+        except ConfigError as exc:
+            log.error("configuration reload refused, the running one stays in force: %s", exc)
+            return False
+        self.settings = settings
+        log.info("configuration reloaded; new workers use it")
+        return True
+
+    def run(self) -> None:
+        """Serve until stopped (gunicorn's ``run`` with :class:`ReloadingArbiter`)."""
+        try:
+            ReloadingArbiter(self).run()
+        except RuntimeError as exc:
+            log.error("gunicorn stopped: %s", exc)
+            sys.exit(1)
+
+
+class ReloadingArbiter(Arbiter):
+    """gunicorn's arbiter, refusing a SIGHUP reload whose configuration is invalid.
+
+    gunicorn's own reload always replaces the workers; when :meth:`Server.refresh_settings`
+    refuses the new configuration nothing happens instead, so the running workers keep their
+    Settings and their in-memory state (rate-limit counters, conversations in memory://).
+    An accepted reload is gunicorn's: new workers start with the new settings, the old ones
+    get SIGTERM and finish their in-flight requests and streams within GRACEFUL_TIMEOUT.
+    """
+
+    app: Server
+
+    def reload(self) -> None:
+        """Reload if the new configuration is valid (called by gunicorn on SIGHUP)."""
+        if self.app.refresh_settings():
+            super().reload()
+
+
+# --- /metrics across workers (issue 5): prometheus-client's multi-process mode ---------------
+_metrics_dir: str | None = None
+
+
+def share_metrics(cfg: Any, workers: int) -> None:
+    """With several workers, make every worker's metrics visible from any one of them.
+
+    In the master, before the workers fork: a fresh private directory (mode 0700, so no stale
+    file of an earlier run is merged in) becomes PROMETHEUS_MULTIPROC_DIR, which the workers
+    inherit; gunicorn's ``child_exit`` hook marks a dead worker's live gauges gone and
+    ``on_exit`` removes the directory. Called from ``load_config``, so a SIGHUP reload keeps
+    the hooks (and the directory). prometheus-client is imported in the master only once a
+    worker exits, after the variable is set, as its multi-process mode requires.
+    """
+    global _metrics_dir
+    if workers < 2 and _metrics_dir is None:  # a reload down to one worker keeps the hooks
+        return
+    import shutil
+    import tempfile
+
+    if _metrics_dir is None:
+        _metrics_dir = tempfile.mkdtemp(prefix="chatservice-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+    path = _metrics_dir
+    previous_child_exit, previous_on_exit = cfg.child_exit, cfg.on_exit
+
+    def child_exit(server: Any, worker: Any) -> None:
+        previous_child_exit(server, worker)
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, path)
+
+    def on_exit(server: Any) -> None:
+        previous_on_exit(server)
+        shutil.rmtree(path, ignore_errors=True)
+
+    cfg.set("child_exit", child_exit)
+    cfg.set("on_exit", on_exit)
 
 
 def __getattr__(name: str) -> Any:
@@ -92,15 +193,19 @@ def parse_args(argv: list[str] | None = None) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     """Run the server until it is stopped; exit status 2 on an invalid setting."""
     overrides = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format=logs.TEXT_FORMAT)
     try:
         settings = Settings.from_env({**os.environ, **overrides})
+        logs.apply_settings(settings)
     except ConfigError as exc:
         log.error("invalid configuration: %s", exc)
         return 2
-    Server(settings).run()
+    try:
+        Server(settings, overrides).run()
+    finally:
+        # The master writes out its workers' last records and closes the log files; a
+        # worker (gunicorn's fork returns here when it exits) closes its sender.
+        logs.shutdown()
     return 0
 
 

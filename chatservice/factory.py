@@ -10,13 +10,24 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from chatservice import auth
+from chatservice import auth, http_headers, metrics
 from chatservice.backends import Backends
 from chatservice.errors import FaceRegistry, register_error_handlers
 from chatservice.i18n import Catalogs
 from chatservice.limits import create_limiter, limit_face
 from chatservice.logs import configure_logging, init_access_log
-from chatservice.routes import admin, api, chat, chatroom, conversations, openai_api, ops, ws
+from chatservice.routes import (
+    admin,
+    api,
+    chat,
+    chatroom,
+    conversations,
+    docs,
+    openai_api,
+    ops,
+    playground,
+    ws,
+)
 from chatservice.service import Service
 from chatservice.settings import Settings
 from chatservice.state import create_state
@@ -54,8 +65,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["chatservice"] = service
     app.extensions["chatservice.catalogs"] = catalogs
+    # Before the limiter: its timer then starts before a request can be refused with 429.
+    metrics.init_app(app, service)
 
     limiter = create_limiter(app, settings)
+    http_headers.init_app(app, settings, limiter)
     for face in FACES:
         blueprint = face.create_blueprint(settings.route)
         limit_face(limiter, settings, blueprint)
@@ -67,6 +81,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         )
     app.register_blueprint(admin.create_blueprint(settings.route))
     app.register_blueprint(ops.create_blueprint())
+    app.register_blueprint(docs.create_blueprint())  # /openapi.json, /docs: no limit, no auth
+    # The page is not a chat face: no rate limit and no AUTH_MODE check on loading it.
+    if settings.playground:
+        app.register_blueprint(playground.create_blueprint(settings.route))
     register_error_handlers(app, faces, request_language)
     init_access_log(app)
 

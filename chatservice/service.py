@@ -17,6 +17,7 @@ from flask import Response, current_app, jsonify
 from chatservice.backends import Backend, Backends
 from chatservice.errors import ErrorRenderer, FaceRegistry, ServiceError
 from chatservice.i18n import Catalogs
+from chatservice.logs import record, record_result, record_stream
 from chatservice.models import ChatChunk, ChatRequest, ChatResult
 from chatservice.settings import Settings
 from chatservice.sse import event_stream
@@ -47,11 +48,14 @@ def current_service() -> Service:
 
 
 def select_backend(req: ChatRequest) -> Backend:
-    """The backend that answers ``req`` (logging the prompt when LOG_PROMPTS is on)."""
+    """The backend that answers ``req`` (logging the prompt when LOG_PROMPTS is on); the
+    model and the backend go into the request's access record."""
     service = current_service()
     if service.settings.log_prompts:
         log.info("prompt model=%s messages=%r prompt=%r", req.model, req.messages, req.prompt)
-    return service.backends.select(req)
+    backend = service.backends.select(req)
+    record(model=req.model, backend="local" if backend is service.backends.local else "upstream")
+    return backend
 
 
 def respond(
@@ -75,13 +79,15 @@ def respond(
     service = current_service()
     backend = select_backend(req)
     if not req.stream:
-        return jsonify(render_result(backend.complete(req)))
+        result = backend.complete(req)
+        record_result(result)
+        return jsonify(render_result(result))
     lang = request_language()
 
     def stream_error(err: ServiceError) -> dict[str, Any]:
         return render_error(err, service.catalogs.translate(err.key, lang, **err.params))
 
-    chunks = backend.stream(req)
+    chunks = record_stream(backend.stream(req))
     if not every_chunk:
         chunks = _without_empty(chunks)
     if wrap is not None:

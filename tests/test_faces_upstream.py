@@ -252,7 +252,12 @@ def test_upstream_401_never_leaks_key_or_text(make_app, fake, caplog):
     client = make_app(API_KEY="sk-secret-configured-key").test_client()
     leaked = "Incorrect API key provided: sk-secr**********-key at http://upstream.internal"
     fake.push(Reply(status=401, body={"error": {"message": leaked, "code": "invalid_api_key"}}))
-    r = client.post("/api", json={"user_content": "a", "api_key": "sk-secret-request-key"})
+    # A client address that cannot be mistaken for the upstream's in the access log.
+    r = client.post(
+        "/api",
+        json={"user_content": "a", "api_key": "sk-secret-request-key"},
+        environ_base={"REMOTE_ADDR": "192.0.2.7"},
+    )
     assert r.status_code == 401
     text = r.get_data(as_text=True)
     for secret in ("sk-secret", "Incorrect API key", "upstream.internal", "127.0.0.1"):

@@ -36,6 +36,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from chatservice import validation
 from chatservice.errors import BadRequest, ServiceError, UpstreamError
+from chatservice.logs import record_result
 from chatservice.models import ChatChunk, ChatRequest, for_model
 from chatservice.routes import add_post_rule
 from chatservice.service import current_service, respond, select_backend
@@ -182,6 +183,7 @@ def chat_room() -> Response:
     history = room.history()
     req = build_request(history, turn, current_service().settings, stream=False)
     result = select_backend(req).complete(req)
+    record_result(result)
     room.save([*history, turn, {"role": "assistant", "content": result.text}])
     return jsonify({"code": 200, "msg": "success", "data": result.text})
 

@@ -66,6 +66,7 @@ from chatservice.conversations import (
     lock_ttl,
 )
 from chatservice.errors import BadRequest, NotFound, ServiceError, UpstreamError
+from chatservice.logs import record_result, record_stream
 from chatservice.models import ChatChunk, ChatRequest
 from chatservice.routes import add_post_rule
 from chatservice.service import current_service, select_backend
@@ -199,7 +200,9 @@ def answer_of(asks: _Asks) -> str:
 
     def attempt(current: _Asks) -> str:
         backend, req = _prepare(current, stream=False)
-        return backend.complete(req).text.strip()
+        result = backend.complete(req)
+        record_result(result)
+        return result.text.strip()
 
     return _fitting(asks, attempt)
 
@@ -222,7 +225,7 @@ def stream_of(
 
     def attempt(current: _Asks) -> tuple[Iterator[ChatChunk], ChatChunk | None]:
         backend, req = _prepare(current, stream=True)
-        chunks = backend.stream(req)
+        chunks = record_stream(backend.stream(req))
         try:
             return chunks, next(chunks, None)
         except BaseException:

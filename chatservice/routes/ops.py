@@ -1,18 +1,113 @@
-"""Operational endpoints outside ROUTE and outside the rate limits: ``GET /healthz``."""
+"""Operational endpoints, at the root (outside ROUTE), outside the rate limits and AUTH_MODE.
+
+- ``GET /healthz``: liveness, ``{"status": "ok"}`` while the worker serves requests.
+- ``GET /readyz``: readiness (issue 5), 200 ``{"status": "ready", "checks": {...}}`` or 503
+  ``{"status": "not_ready", "checks": {...}, "failing": [...]}``. Checks: ``store``
+  (STORE_URL answers), ``shared_state`` (RATELIMIT_STORAGE_URI's store, holding the key marks
+  and chat rooms, answers) and ``backend`` (the default backend can answer: a usable upstream
+  key, or a keyless upstream with BACKEND=openai, or, when the embedded model answers by
+  default, its GGUF file present and llama-cpp-python installed, checked without loading
+  anything). Each value is ``ok`` or a stable reason; never a URL, a path or a key.
+- ``GET /metrics``: Prometheus text (OpenMetrics when the scraper asks for it), see
+  :mod:`chatservice.metrics`.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+import importlib.util
+import logging
+from pathlib import Path
+
+from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
+
+from chatservice.backends.local import bundled_model_path
+from chatservice.errors import ServiceError
+from chatservice.metrics import current_metrics
+from chatservice.service import Service, current_service
+from chatservice.state import SharedState
+
+log = logging.getLogger(__name__)
+
+OK = "ok"
 
 
 def create_blueprint() -> Blueprint:
-    """``GET /healthz`` answers ``{"status": "ok"}`` while the worker serves requests."""
+    """The ``ops`` blueprint: ``/healthz``, ``/readyz`` and ``/metrics``."""
     blueprint = Blueprint("ops", __name__)
     blueprint.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
+    blueprint.add_url_rule("/readyz", view_func=readyz, methods=["GET"])
+    blueprint.add_url_rule("/metrics", view_func=metrics, methods=["GET"])
     return blueprint
 
 
 def healthz() -> ResponseReturnValue:
     """Liveness: the worker's hub is free to answer."""
     return jsonify(status="ok")
+
+
+def readyz() -> ResponseReturnValue:
+    """Readiness: 200 when every check is ``ok``, else 503 naming the failing ones."""
+    service = current_service()
+    checks = {
+        "store": store_check(service.store),
+        "shared_state": store_check(service.state),
+        "backend": backend_check(service),
+    }
+    failing = [name for name, result in checks.items() if result != OK]
+    if failing:
+        log.warning("not ready: %s", ", ".join(f"{name}={checks[name]}" for name in failing))
+        return jsonify(status="not_ready", checks=checks, failing=failing), 503
+    return jsonify(status="ready", checks=checks)
+
+
+def metrics() -> Response:
+    """The app's metrics (every worker's, in multi-process mode)."""
+    body, content_type = current_metrics().exposition(request.headers.get("Accept"))
+    return Response(body, content_type=content_type)
+
+
+def store_check(store: SharedState) -> str:
+    """``ok``, or ``unavailable`` when ``store.ping()`` raises ``store_unavailable``."""
+    try:
+        store.ping()
+    except ServiceError:
+        return "unavailable"
+    return OK
+
+
+def backend_check(service: Service) -> str:
+    """Whether the backend answering requests by default (Backends' BACKEND rule) can answer.
+
+    ``no_usable_key``: every configured key is disabled or cooling down (with the marks'
+    store down the pool tries every key, so that counts as usable);
+    ``model_missing`` / ``llama_cpp_missing``: the embedded model cannot be loaded.
+    """
+    backends = service.backends
+    upstream = backends.upstream
+    if backends.mode == "local" or (backends.mode == "auto" and not upstream.has_default_key):
+        return local_model_check(service.settings.local_model_path)
+    if not upstream.has_default_key:
+        return OK  # BACKEND=openai with no key: a keyless upstream (Ollama, vLLM)
+    try:
+        # The snapshot, not usable(): a probe must not move the keys' round-robin turn.
+        rows = upstream.pool.snapshot()
+    except ServiceError:
+        # The marks' store is down (shared_state names it): the pool then tries every key.
+        return OK
+    return OK if any(row["state"] == "usable" for row in rows) else "no_usable_key"
+
+
+def local_model_check(configured_path: str) -> str:
+    """``ok`` when the GGUF file (LOCAL_MODEL_PATH, else the bundled one) exists and
+    llama-cpp-python is installed; neither is loaded.
+    """
+    try:
+        path = configured_path or bundled_model_path()
+    except FileNotFoundError:
+        return "model_missing"
+    if not Path(path).is_file():
+        return "model_missing"
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "llama_cpp_missing"
+    return OK

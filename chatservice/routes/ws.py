@@ -42,9 +42,10 @@ from simple_websocket import ConnectionClosed, Server
 from chatservice import validation
 from chatservice.errors import BadRequest, InternalError, RateLimited, ServiceError
 from chatservice.i18n import negotiate
+from chatservice.logs import record_stream
 from chatservice.models import ChatRequest
 from chatservice.routes.chat import build_request
-from chatservice.service import Service, current_service
+from chatservice.service import Service, current_service, select_backend
 from chatservice.web import request_language
 
 log = logging.getLogger(__name__)
@@ -213,10 +214,7 @@ class _Session:
 
     def _answer(self, req: ChatRequest, seq: str, arrived: float, sentences: bool) -> None:
         """Stream the answer to ``req`` as frames (pieces, or sentences when ``sentences``)."""
-        settings = self.service.settings
-        if settings.log_prompts:
-            log.info("prompt model=%s messages=%r prompt=%r", req.model, req.messages, req.prompt)
-        chunks = self.service.backends.select(req).stream(req)
+        chunks = record_stream(select_backend(req).stream(req))
         pending = ""
         finished = False
         try:

@@ -1,0 +1,306 @@
+"""Prometheus metrics (issue 5, "Operations"): defined per app, served at ``GET /metrics``.
+
+Every app owns its metrics: :func:`init_app` (called by the factory) builds a
+:class:`Metrics` with its own ``CollectorRegistry``, so the many apps a test session builds
+never share a counter. The one exception is prometheus-client's multi-process mode, used when
+``PROMETHEUS_MULTIPROC_DIR`` is set in the worker's environment: ``python3 app.py`` creates a
+fresh private directory and sets it in the gunicorn master before the workers fork whenever
+WORKERS > 1 (and marks dead workers with ``mark_process_dead`` from gunicorn's ``child_exit``
+hook). Each worker then writes its values to memory-mapped files in that directory, the
+metric objects are registered nowhere (the documented rule, or every sample would be exported
+twice), and a scrape, whichever worker answers it, merges all the files with a
+``MultiProcessCollector`` built for that scrape. Running ``gunicorn -w N 'app:app'`` directly
+needs the same two things done by hand: the variable set to an empty directory before the
+start, and the ``child_exit`` hook.
+
+Exported, every name prefixed ``chatservice_``:
+
+- ``requests_total{face, route, status}``: every answered request; ``face`` is the blueprint
+  (``api``, ``chat``, ``openai_api``, ``chatroom``, ``ws``, ``conversations``, ``ops``,
+  ``admin``; ``none`` when no route matched), ``route`` the URL rule (``/api/v1/chat``,
+  ``/api/chatgpt/share/<share_id>``; ``<unmatched>`` for a 404, so a client cannot mint label
+  values), ``status`` the HTTP status.
+- ``request_duration_seconds{face, route}``: histogram of the time until the response starts
+  (the whole answer for JSON; the first event for a stream, which is what a client waits for).
+- ``backend_duration_seconds{backend}``: the upstream's (``backend="upstream"``) or the
+  embedded model's (``local``) latency per call: the whole answer, or the first chunk of a
+  stream; failures included.
+- ``backend_errors_total{backend, type}``: calls that failed, ``type`` being the error's
+  stable key (``upstream_timeout``, ``upstream_error``, ``upstream_unauthorized``,
+  ``no_upstream_key``, ``upstream_interrupted``, ``local_model_busy``...), whether the
+  failure came before the answer or in the middle of a stream.
+- ``tokens_total{backend, direction}``: ``in`` = prompt tokens, ``out`` = completion tokens,
+  from the ``usage`` the backend reported (a stream reports it only when asked, with
+  ``stream_options.include_usage``).
+- ``streams_in_flight``: ``text/event-stream`` responses started and not yet closed (gauge,
+  summed over live workers).
+- ``upstream_keys{state}``: configured upstream keys by state (``usable``, ``cooling``,
+  ``disabled``), computed at scrape time from the key pool's snapshot; never a key or its id.
+  The marks live in RATELIMIT_STORAGE_URI's store, so with ``memory://`` and several workers
+  this is the scraping worker's view; with Redis it is everyone's.
+- ``rate_limited_total{face}``: requests refused by the per-client limits (HOUR/MINUTE/
+  SECOND_LIMIT), told apart from the upstream's own 429s.
+
+Upstream latency, errors and tokens are recorded by wrapping the app's two backends
+(:class:`InstrumentedBackend`), so every face, including the WebSocket one that calls
+``Backends.select`` directly, is covered without a line in the backends or the faces.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Flask, Response, current_app, g, request
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from chatservice.errors import ServiceError
+from chatservice.models import ChatChunk, ChatRequest, ChatResult
+
+log = logging.getLogger(__name__)
+
+#: Environment variable naming the directory of prometheus-client's multi-process mode.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+EXTENSION = "chatservice.metrics"
+UNMATCHED = "<unmatched>"
+KEY_STATES = ("usable", "cooling", "disabled")
+#: Chat answers take from milliseconds (a cache, a 404) to minutes (a long local generation).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_STARTED = "_metrics_started"
+
+
+class Metrics:
+    """One app's metric objects and how to expose them.
+
+    :param multiprocess: write to ``PROMETHEUS_MULTIPROC_DIR``'s files and expose the merge of
+        every worker's (see the module docstring) instead of a registry of this app's own.
+    """
+
+    def __init__(self, multiprocess: bool = False) -> None:
+        self.multiprocess = multiprocess
+        #: This app's registry; None in multi-process mode, where a scrape merges the files.
+        self.registry = None if multiprocess else CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter(
+            "chatservice_requests",
+            "Answered HTTP requests by face, URL rule and status.",
+            ["face", "route", "status"],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "chatservice_request_duration_seconds",
+            "Seconds until the response started (a stream: its first event).",
+            ["face", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.backend_seconds = Histogram(
+            "chatservice_backend_duration_seconds",
+            "Seconds per backend call: the whole answer, or a stream's first chunk.",
+            ["backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.backend_errors = Counter(
+            "chatservice_backend_errors",
+            "Failed backend calls by backend and error key.",
+            ["backend", "type"],
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "chatservice_tokens",
+            "Tokens reported by the backends: in = prompt, out = completion.",
+            ["backend", "direction"],
+            registry=registry,
+        )
+        self.streams = Gauge(
+            "chatservice_streams_in_flight",
+            "Event streams started and not yet closed.",
+            registry=registry,
+            # Only live workers' streams are in flight; a dead worker's files are dropped.
+            multiprocess_mode="livesum",
+        )
+        self.rate_limited = Counter(
+            "chatservice_rate_limited",
+            "Requests refused by the per-client rate limits.",
+            ["face"],
+            registry=registry,
+        )
+        self._key_states: KeyStates | None = None
+
+    def watch_keys(self, pool: Any) -> None:
+        """Export ``pool``'s key states (a :class:`~chatservice.backends.keypool.KeyPool`)."""
+        self._key_states = KeyStates(pool)
+        if self.registry is not None:
+            self.registry.register(self._key_states)
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The metrics text and its Content-Type, in the format ``accept`` asks for
+        (Prometheus text by default, OpenMetrics when asked).
+        """
+        registry = self.registry
+        if registry is None:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            if self._key_states is not None:
+                registry.register(self._key_states)
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(registry), content_type
+
+    def observe_response(self, response: Response) -> None:
+        """Count the current request's ``response`` (an ``after_request`` hook)."""
+        face = request.blueprint or "none"
+        route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
+        self.requests.labels(face, route, str(response.status_code)).inc()
+        started = g.get(_STARTED)
+        if started is not None:
+            self.request_seconds.labels(face, route).observe(time.perf_counter() - started)
+        if response.status_code == 429 and _refused_by_limiter():
+            self.rate_limited.labels(face).inc()
+        if response.is_streamed and response.mimetype == "text/event-stream":
+            self.streams.inc()
+            # Closed by the WSGI server when the stream ends or the client goes away.
+            response.call_on_close(self.streams.dec)
+
+    def count_tokens(self, backend: str, usage: Any) -> None:
+        """Add a backend's OpenAI ``usage`` (``prompt_tokens``/``completion_tokens``)."""
+        if not isinstance(usage, dict):
+            return
+        for field, direction in (("prompt_tokens", "in"), ("completion_tokens", "out")):
+            value = usage.get(field)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                self.tokens.labels(backend, direction).inc(value)
+
+
+class KeyStates:
+    """A collector: the pool's keys by state, read from its snapshot at scrape time."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        """The family without samples, so registering does not read the store."""
+        return [self._family()]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """One sample per state; nothing when the store holding the marks is down."""
+        try:
+            rows = self._pool.snapshot()
+        except ServiceError:
+            log.warning("key states not exported: the shared state is unavailable")
+            return
+        family = self._family()
+        for state in KEY_STATES:
+            family.add_metric([state], sum(1 for row in rows if row["state"] == state))
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "chatservice_upstream_keys", "Configured upstream keys by state.", labels=["state"]
+        )
+
+
+class InstrumentedBackend:
+    """A backend that records its latency, errors and tokens, delegating everything else.
+
+    :param backend: the wrapped backend (``UpstreamBackend`` or ``LocalBackend``); attributes
+        other than ``complete`` and ``stream`` are its own (``pool``, ``model_id``...).
+    :param name: the ``backend`` label, ``upstream`` or ``local``.
+    """
+
+    def __init__(self, backend: Any, name: str, metrics: Metrics) -> None:
+        self._backend = backend
+        self._name = name
+        self._metrics = metrics
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._backend, attribute)
+
+    def complete(self, req: ChatRequest) -> ChatResult:
+        """The wrapped ``complete``; re-raises whatever it raises, after counting it."""
+        started = time.perf_counter()
+        try:
+            result = self._backend.complete(req)
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        finally:
+            self._observe(started)
+        self._metrics.count_tokens(self._name, result.usage)
+        return result
+
+    def stream(self, req: ChatRequest) -> Iterator[ChatChunk]:
+        """The wrapped ``stream``; closing this iterator closes the wrapped one."""
+        started = time.perf_counter()
+        waiting = True  # for the first chunk, the latency observed
+        chunks = self._backend.stream(req)
+        try:
+            for chunk in chunks:
+                if waiting:
+                    waiting = False
+                    self._observe(started)
+                self._metrics.count_tokens(self._name, chunk.usage)
+                yield chunk
+        except Exception as exc:
+            if waiting:
+                self._observe(started)
+            self._failed(exc)
+            raise
+        finally:
+            chunks.close()  # type: ignore[attr-defined]
+
+    def _observe(self, started: float) -> None:
+        self._metrics.backend_seconds.labels(self._name).observe(time.perf_counter() - started)
+
+    def _failed(self, exc: Exception) -> None:
+        key = exc.key if isinstance(exc, ServiceError) else "internal_error"
+        self._metrics.backend_errors.labels(self._name, key).inc()
+
+
+def _refused_by_limiter() -> bool:
+    """Whether flask-limiter refused this request (not an upstream's or a queue's 429)."""
+    limiter = current_app.extensions.get("chatservice.limiter")
+    current = getattr(limiter, "current_limit", None) if limiter is not None else None
+    return bool(current is not None and current.breached)
+
+
+def multiprocess_enabled() -> bool:
+    """True when this process writes its metrics to ``PROMETHEUS_MULTIPROC_DIR``."""
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def current_metrics() -> Metrics:
+    """The :class:`Metrics` of the app handling the current request."""
+    return current_app.extensions[EXTENSION]
+
+
+def init_app(app: Flask, service: Any) -> Metrics:
+    """Create ``app``'s metrics, install the request hooks and wrap ``service``'s backends.
+
+    Call it before the rate limiter is created: hooks run in registration order, so the
+    timer then starts before a request can be refused with 429.
+    """
+    metrics = Metrics(multiprocess=multiprocess_enabled())
+    app.extensions[EXTENSION] = metrics
+    backends = service.backends
+    backends.upstream = InstrumentedBackend(backends.upstream, "upstream", metrics)
+    backends.local = InstrumentedBackend(backends.local, "local", metrics)
+    metrics.watch_keys(backends.upstream.pool)
+
+    @app.before_request
+    def start_timer() -> None:
+        setattr(g, _STARTED, time.perf_counter())
+
+    @app.after_request
+    def count_response(response: Response) -> Response:
+        metrics.observe_response(response)
+        return response
+
+    return metrics

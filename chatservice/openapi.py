@@ -1,0 +1,1482 @@
+"""The OpenAPI 3.1 document of every HTTP face, built from the settings it describes.
+
+:func:`build_document` writes the paths under ROUTE, the security requirements of AUTH_MODE
+and the optional operations (the playground) as this app serves them, so the document served
+at ``GET /openapi.json`` is true for this deployment. Request schemas state the constraints the
+faces really enforce (``chatservice.validation`` and each face's ``build_request``): fields
+may be ``null`` where the face treats null as absent, and fields a face ignores or forwards
+unchecked carry no type, so a client (or schemathesis) can rely on "valid by the schema" meaning
+"not refused as a bad request". ``tests/test_openapi.py`` fails when a route is undocumented.
+
+Every POST path also answers with a trailing slash (``chatservice.routes.add_post_rule``); the
+document lists each path once, without it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from chatservice.settings import Settings
+
+OPENAPI_VERSION = "3.1.0"
+#: Version of the HTTP interface described (``info.version``).
+API_VERSION = "1.0.0"
+
+JSON = "application/json"
+TEXT = "text/plain"
+SSE = "text/event-stream"
+HTML = "text/html"
+
+Schema = dict[str, Any]
+
+TAG_API = "Docker ChatGPT API (seeds 002/004)"
+TAG_CHAT = "chatgpt-service (seed 000)"
+TAG_OPENAI = "OpenAI-compatible"
+TAG_WS = "WebSocket (seed 000)"
+TAG_ROOM = "Chat room (seed 001)"
+TAG_CONV = "Conversations (seed 003)"
+TAG_ADMIN = "Admin"
+TAG_OPS = "Operations"
+TAG_DOCS = "Documentation"
+
+TAGS = [
+    {"name": TAG_API, "description": "`POST /{ROUTE}`: the Docker ChatGPT API platform."},
+    {"name": TAG_CHAT, "description": "`POST /{ROUTE}/v1/chat`: chatgpt-service."},
+    {
+        "name": TAG_OPENAI,
+        "description": "OpenAI's own request and response schema under `/{ROUTE}/v1`, so the "
+        "official SDKs work with `base_url = <server>/{ROUTE}/v1`.",
+    },
+    {"name": TAG_WS, "description": "`/{ROUTE}/ws`: chatgpt-websocket streaming."},
+    {"name": TAG_ROOM, "description": "`/{ROUTE}/chat-room`: a conversation kept on the server."},
+    {
+        "name": TAG_CONV,
+        "description": "`/{ROUTE}/chatgpt/...`: Alice ChatGPT conversations, plain-text bodies.",
+    },
+    {"name": TAG_ADMIN, "description": "Operator views, behind ADMIN_TOKEN."},
+    {"name": TAG_OPS, "description": "Health, readiness and metrics: outside ROUTE, no limits."},
+    {"name": TAG_DOCS, "description": "This document and its human-readable page."},
+]
+
+#: What each error status means on the chat faces; the stable key in the body says exactly why.
+ERROR_TEXT = {
+    400: "The request is invalid: bad JSON, a wrong type or range, a missing field, a model "
+    "ALLOWED_MODELS excludes, or the upstream refused the request.",
+    401: "Authentication failed (AUTH_MODE), or the upstream refused the key.",
+    404: "No such resource.",
+    409: "The conversation is busy with another turn, or has nothing to regenerate or roll back.",
+    413: "The body is larger than MAX_BODY_BYTES.",
+    426: "A plain HTTP request to the WebSocket path.",
+    429: "A rate limit was hit (HOUR_LIMIT, MINUTE_LIMIT, SECOND_LIMIT, UPSTREAM_RPM) or the "
+    "upstream key is limited; see `Retry-After`.",
+    502: "The upstream API failed, broke off, or answered something unreadable.",
+    503: "No usable upstream key, the upstream is overloaded, the store is unavailable, or the "
+    "embedded model is busy or cannot be loaded.",
+    504: "The upstream API did not answer in time.",
+}
+#: Error statuses every model-answering operation can give.
+MODEL_ERRORS = (400, 401, 413, 429, 502, 503, 504)
+
+STREAM_TEXT = (
+    'With `"stream": true`: Server-Sent Events, one `data: <JSON>` event per chunk as it is '
+    "generated, then `data: [DONE]`. An error before the first event is an ordinary JSON error "
+    "response; after it, one event in the face's error envelope ends the stream (no `[DONE]`)."
+)
+
+#: The characters ``str.strip()`` removes (``str.isspace``), spelled out: ``\s`` means another
+#: set in ECMA-262 regexes (JSON Schema's), in Python's ``re`` and in generators of test data.
+_SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+#: Strings that ``.strip()`` leaves non-empty (``validation.string(non_empty=True)``).
+_NON_BLANK = f"[^{_SPACE}]"
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _or_null(schema: Schema) -> Schema:
+    """``schema`` that also accepts ``null``: the faces read a null field as an absent one."""
+    schema = copy.deepcopy(schema)
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        schema["type"] = [kind, "null"]
+    elif isinstance(kind, list) and "null" not in kind:
+        schema["type"] = [*kind, "null"]
+    return schema
+
+
+def _content(media: str, schema: Schema, example: Any = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"schema": schema}
+    if example is not None:
+        entry["example"] = example
+    return {media: entry}
+
+
+def _sse(payload: Schema, description: str) -> dict[str, Any]:
+    """``text/event-stream`` content: as OpenAPI 3.1 tools read it, the schema of one event
+    (``data``, ``event``, ``id``), whose ``data`` is JSON matching ``payload`` or ``[DONE]``.
+    """
+    event = {
+        "type": "object",
+        "description": description,
+        "required": ["data"],
+        "properties": {
+            "data": {
+                "type": "string",
+                "description": "JSON, or `[DONE]` after the last chunk.",
+                "if": {"const": "[DONE]"},
+                "else": {"contentMediaType": JSON, "contentSchema": payload},
+            },
+        },
+    }
+    return _content(SSE, event)
+
+
+def _json_body(schema: Schema, example: Any = None) -> dict[str, Any]:
+    return {"required": True, "content": _content(JSON, schema, example)}
+
+
+def _error_responses(media: str, schema: Schema, statuses: tuple[int, ...]) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    for status in statuses:
+        response: dict[str, Any] = {
+            "description": ERROR_TEXT[status],
+            "content": _content(media, schema),
+        }
+        if status == 429:
+            response["headers"] = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
+        responses[str(status)] = response
+    return responses
+
+
+def _alias(first: str, second: str, schema: Schema) -> Schema:
+    """``second`` must match ``schema`` unless ``first`` is present and not null
+    (``validation._get``: the first present, non-null spelling wins).
+    """
+    return {
+        "if": {"required": [first], "properties": {first: {"not": {"type": "null"}}}},
+        "else": {"properties": {second: schema}},
+    }
+
+
+def _lang_parameter() -> dict[str, Any]:
+    return {"$ref": "#/components/parameters/lang"}
+
+
+# --- schemas -----------------------------------------------------------------------------------
+
+
+def _schemas() -> dict[str, Schema]:
+    """``components.schemas``: request bodies, envelopes and stream events of every face."""
+    lang = {
+        "description": "Language of error messages: `en`, `zh_CN`, `zh_TW` or `ru` (also "
+        "`zh-CN`, `zh-Hans`...). Takes precedence over `Accept-Language`; values that name no "
+        "known language, and non-strings, are ignored.",
+        "examples": ["zh_CN"],
+    }
+    usage = {
+        "type": ["object", "null"],
+        "description": "Token counts as the backend reported them.",
+        "properties": {
+            "prompt_tokens": {"type": "integer"},
+            "completion_tokens": {"type": "integer"},
+            "total_tokens": {"type": "integer"},
+        },
+    }
+    model = {
+        "type": ["string", "null"],
+        "pattern": _NON_BLANK,
+        "description": "The model; default DEFAULT_MODEL. Completion models (`text-davinci-003`, "
+        "`*instruct*`, `davinci*`...) are asked through `/completions` with a transcript prompt. "
+        "MODEL_ALIASES renames it; a model ALLOWED_MODELS excludes is a 400 "
+        "`model_not_allowed`. LOCAL_MODEL_ID names the embedded model.",
+        "examples": ["gpt-3.5-turbo"],
+    }
+    message = {
+        "type": "object",
+        "description": "One turn of a conversation; other fields are ignored.",
+        "required": ["role", "content"],
+        "properties": {
+            "role": {"enum": ["system", "user", "assistant"]},
+            "content": {"type": "string"},
+        },
+    }
+    max_tokens = {
+        "type": ["integer", "null"],
+        "minimum": 1,
+        "maximum": 4096,
+    }
+    finish_reason = {
+        "type": ["string", "null"],
+        "description": "Why the answer ended (`stop`, `length`...); null until the last chunk.",
+    }
+    return {
+        "Message": message,
+        "Usage": usage,
+        # --- POST /{ROUTE} (seeds 002/004)
+        "ApiRequest": {
+            "type": "object",
+            "required": ["user_content"],
+            # Each second spelling is read only when the first is absent or null.
+            "allOf": [
+                _alias("system_content", "sys_content", {"type": ["string", "null"]}),
+                _alias(
+                    "continuous_dialogue",
+                    "continuous",
+                    {"type": ["array", "null"], "items": _ref("Message")},
+                ),
+            ],
+            "properties": {
+                "user_content": {
+                    "type": "string",
+                    "pattern": _NON_BLANK,
+                    "description": "The question; not blank.",
+                },
+                "system_content": {
+                    "type": ["string", "null"],
+                    "description": "System prompt; replaces a leading system turn of the history.",
+                },
+                "sys_content": {
+                    "description": "Same as `system_content` (the seed README's spelling): a "
+                    "string or null, used (and checked) only when `system_content` is absent "
+                    "or null.",
+                },
+                "continuous_dialogue": {
+                    "type": ["array", "null"],
+                    "items": _ref("Message"),
+                    "description": "Earlier turns (the `result` of the previous answer).",
+                },
+                "continuous": {
+                    "description": "Same as `continuous_dialogue`: a list of `Message` or null, "
+                    "used (and checked) only when `continuous_dialogue` is absent or null.",
+                },
+                "model": model,
+                "api_key": {
+                    "type": ["string", "null"],
+                    "pattern": "^[ -~]*$",
+                    "description": "An upstream API key for this request only (printable ASCII: "
+                    "it travels in a header); never stored or logged.",
+                    "writeOnly": True,
+                },
+                "max_tokens": {**max_tokens, "default": 100},
+                "stream": {"type": ["boolean", "null"], "default": False},
+                "lang": lang,
+            },
+        },
+        "ApiSuccess": {
+            "type": "object",
+            "required": ["code", "msg", "data", "result", "current_response"],
+            "properties": {
+                "code": {"const": 200},
+                "msg": {"const": "success"},
+                "data": {
+                    "type": "object",
+                    "required": ["response", "model", "finish_reason", "usage"],
+                    "properties": {
+                        "response": {"type": "string"},
+                        "model": {"type": "string"},
+                        "finish_reason": finish_reason,
+                        "usage": _ref("Usage"),
+                    },
+                },
+                "result": {
+                    "type": "array",
+                    "items": _ref("Message"),
+                    "description": "The whole history including this answer: send it back as "
+                    "`continuous` for the next turn.",
+                },
+                "current_response": {"type": "string", "description": "The answer again."},
+            },
+        },
+        "ApiChunk": {
+            "type": "object",
+            "description": "One stream event of `POST /{ROUTE}`: the new text in `data.response`.",
+            "required": ["code", "msg", "data"],
+            "properties": {
+                "code": {"const": 200},
+                "msg": {"const": "success"},
+                "data": {
+                    "type": "object",
+                    "required": ["response", "finish_reason", "model"],
+                    "properties": {
+                        "response": {"type": "string"},
+                        "finish_reason": finish_reason,
+                        "model": {"type": "string"},
+                        "usage": _ref("Usage"),
+                    },
+                },
+            },
+        },
+        "ApiError": {
+            "type": "object",
+            "description": "The failure envelope of `POST /{ROUTE}`; `code` equals the HTTP "
+            "status.",
+            "required": ["code", "msg", "data"],
+            "properties": {
+                "code": {"type": "integer"},
+                "msg": {"const": "failed"},
+                "data": {
+                    "type": "object",
+                    "required": ["response", "error"],
+                    "properties": {
+                        "response": {"type": "string", "description": "Localized reason."},
+                        "error": {"type": "string", "description": "Stable machine key."},
+                    },
+                },
+            },
+        },
+        # --- POST /{ROUTE}/v1/chat (seed 000)
+        "ChatRequest": {
+            "type": "object",
+            "description": "`query` and/or a non-empty `messages`: at least one.",
+            "anyOf": [
+                {"required": ["query"], "properties": {"query": {"type": "string"}}},
+                {
+                    "required": ["messages"],
+                    "properties": {"messages": {"type": "array", "minItems": 1}},
+                },
+            ],
+            "properties": {
+                "query": {
+                    "type": ["string", "null"],
+                    "description": "The question (appended after `messages`).",
+                },
+                "messages": {"type": ["array", "null"], "items": _ref("Message")},
+                "model": model,
+                "openai_parameter": {
+                    "type": ["boolean", "null"],
+                    "default": True,
+                    "description": "true: only the model, the input and `max_tokens` are sent, "
+                    "so the upstream's own sampling defaults apply. false: every parameter is "
+                    "sent, with the seed's defaults for the absent ones (temperature 0, top_p "
+                    '1, penalties 0, `stop: ["Human:"]` for completion models).',
+                },
+                "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+                "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+                "max_tokens": {**max_tokens, "default": 500},
+                "frequency_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
+                "presence_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
+                "best_of": {
+                    "type": ["integer", "null"],
+                    "minimum": 1,
+                    "maximum": 20,
+                    "description": "Sent to completion models only.",
+                },
+                "stop": {
+                    "type": ["string", "array", "null"],
+                    "items": {"type": "string"},
+                    "maxItems": 4,
+                    "description": "A stop sequence or up to 4.",
+                },
+                "stream": {"type": ["boolean", "null"], "default": False},
+                "lang": lang,
+            },
+        },
+        "ChatSuccess": {
+            "type": "object",
+            "required": ["code", "msg", "data"],
+            "properties": {
+                "code": {"const": 0},
+                "msg": {"const": "ok"},
+                "data": {
+                    "type": "object",
+                    "required": ["response", "finish_reason", "usage", "model"],
+                    "properties": {
+                        "response": {"type": "string"},
+                        "finish_reason": finish_reason,
+                        "usage": _ref("Usage"),
+                        "model": {"type": "string"},
+                    },
+                },
+            },
+        },
+        "ChatChunk": {
+            "type": "object",
+            "description": "One stream event of `POST /{ROUTE}/v1/chat`.",
+            "required": ["code", "msg", "data"],
+            "properties": {
+                "code": {"const": 0},
+                "msg": {"const": "ok"},
+                "data": {
+                    "type": "object",
+                    "required": ["response", "finish_reason", "model"],
+                    "properties": {
+                        "response": {"type": "string"},
+                        "finish_reason": finish_reason,
+                        "model": {"type": "string"},
+                        "usage": _ref("Usage"),
+                    },
+                },
+            },
+        },
+        "ChatError": {
+            "type": "object",
+            "description": "The failure envelope of seed 000 (`/v1/chat`, and `/ws` before the "
+            "upgrade); `code` equals the HTTP status, `msg` is the localized reason.",
+            "required": ["code", "msg", "data"],
+            "properties": {
+                "code": {"type": "integer"},
+                "msg": {"type": "string"},
+                "data": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string", "description": "Stable key."}},
+                },
+            },
+        },
+        # --- OpenAI-compatible
+        "ChatCompletionRequest": {
+            "type": "object",
+            "description": "OpenAI's chat completion request. Only `messages`, `model`, "
+            "`stream`, `max_tokens` and `max_completion_tokens` are checked here; every other "
+            "field (`temperature`, `tools`, `stream_options`, ...) is forwarded unchanged and "
+            "judged by the upstream.",
+            "required": ["messages"],
+            "properties": {
+                "messages": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["role"],
+                        "properties": {"role": {"type": "string"}},
+                        "description": "Content is not checked: OpenAI allows content parts "
+                        "and null.",
+                    },
+                },
+                "model": model,
+                "stream": {"type": ["boolean", "null"], "default": False},
+                "max_tokens": {"type": ["integer", "null"], "minimum": 1},
+                "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
+                "lang": lang,
+            },
+        },
+        "CompletionRequest": {
+            "type": "object",
+            "description": "OpenAI's (legacy) completion request; fields other than those "
+            "below are forwarded unchanged.",
+            "required": ["prompt"],
+            "properties": {
+                "prompt": {
+                    "type": ["string", "array"],
+                    "description": "A string, or a list of strings or token ids.",
+                },
+                "model": model,
+                "stream": {"type": ["boolean", "null"], "default": False},
+                "max_tokens": {"type": ["integer", "null"], "minimum": 1},
+                "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
+                "lang": lang,
+            },
+        },
+        "Completion": {
+            "type": "object",
+            "description": "The backend's `chat.completion` or `text_completion` object, passed "
+            "on as the upstream sent it.",
+            "required": ["choices"],
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"type": "string"},
+                "created": {"type": "integer"},
+                "model": {"type": "string"},
+                "choices": {"type": "array", "items": {"type": "object"}},
+                "usage": _ref("Usage"),
+            },
+        },
+        "CompletionChunk": {
+            "type": "object",
+            "description": "A `chat.completion.chunk` or `text_completion` chunk, passed on as "
+            "the backend produced it (the usage-only last chunk has no choices).",
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"type": "string"},
+                "model": {"type": "string"},
+                "choices": {"type": "array", "items": {"type": "object"}},
+                "usage": _ref("Usage"),
+            },
+        },
+        "Model": {
+            "type": "object",
+            "description": "An OpenAI `model` object; upstream entries are passed on as written.",
+            "required": ["id"],
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"const": "model"},
+                "created": {"type": "integer"},
+                "owned_by": {"type": "string"},
+            },
+        },
+        "ModelList": {
+            "type": "object",
+            "required": ["object", "data"],
+            "properties": {
+                "object": {"const": "list"},
+                "data": {"type": "array", "items": _ref("Model")},
+            },
+        },
+        "OpenAIError": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["message", "type", "param", "code"],
+                    "properties": {
+                        "message": {"type": "string", "description": "Localized."},
+                        "type": {
+                            "type": "string",
+                            "examples": ["invalid_request_error", "rate_limit_error"],
+                        },
+                        "param": {"type": ["string", "null"], "description": "The field."},
+                        "code": {"type": "string", "description": "Stable key."},
+                    },
+                },
+            },
+        },
+        # --- WebSocket frames (documented here; the socket is not HTTP)
+        "WsRequestFrame": {
+            "type": "object",
+            "description": "A client text frame on `/{ROUTE}/ws`.",
+            "required": ["seq", "data"],
+            "properties": {
+                "seq": {
+                    "type": "string",
+                    "pattern": _NON_BLANK,
+                    "description": "Echoed in every answer frame; not blank.",
+                },
+                "data": {
+                    "allOf": [_ref("ChatRequest")],
+                    "properties": {
+                        "origin_stream": {
+                            "type": ["boolean", "null"],
+                            "default": True,
+                            "description": "true: each piece as it comes; false: whole sentences.",
+                        }
+                    },
+                },
+            },
+        },
+        "WsAnswerFrame": {
+            "type": "object",
+            "description": "A server frame: a piece of the answer (`code` 0), or an error "
+            "(`code` the HTTP status it would have had, `msg` localized, `data.error` the key).",
+            "required": ["code", "msg", "seq", "data"],
+            "properties": {
+                "code": {"type": "integer"},
+                "msg": {"type": "string"},
+                "seq": {"type": "string"},
+                "data": {
+                    "type": "object",
+                    "required": ["consume_time", "finish_reason", "contents"],
+                    "properties": {
+                        "consume_time": {
+                            "type": "string",
+                            "description": "Seconds since the frame arrived, two decimals.",
+                        },
+                        "finish_reason": finish_reason,
+                        "contents": {"type": "string"},
+                        "error": {"type": "string"},
+                    },
+                },
+            },
+        },
+        # --- chat room (seed 001)
+        "RoomTurn": {
+            "type": "object",
+            "required": ["content"],
+            "properties": {
+                "role": {
+                    "enum": ["system", "user", "assistant", None],
+                    "default": "user",
+                },
+                "content": {
+                    "type": "string",
+                    "pattern": _NON_BLANK,
+                    "description": "The message; not blank.",
+                },
+                "name": {
+                    "type": ["string", "null"],
+                    "pattern": _NON_BLANK,
+                    "description": "The speaker's name, forwarded to the model; not blank.",
+                },
+            },
+        },
+        "RoomSuccess": {
+            "type": "object",
+            "required": ["code", "msg", "data"],
+            "properties": {
+                "code": {"const": 200},
+                "msg": {"const": "success"},
+                "data": {"type": "string", "description": "The answer (empty after reset)."},
+            },
+        },
+        "RoomError": {
+            "type": "object",
+            "required": ["code", "msg", "data", "error"],
+            "properties": {
+                "code": {"type": "integer"},
+                "msg": {"type": "string", "description": "Localized reason."},
+                "data": {"type": "null"},
+                "error": {"type": "string", "description": "Stable key."},
+            },
+        },
+        # --- conversations (seed 003)
+        "TurboCreate": {
+            "type": "object",
+            "properties": {
+                "prompt": {"type": ["string", "null"], "description": "The system prompt."},
+                "stream": {
+                    "type": ["boolean", "null"],
+                    "default": False,
+                    "description": "Answer `chat` and `regenerate` as Server-Sent Events.",
+                },
+            },
+        },
+        "RolePlayCreate": {
+            "type": "object",
+            "required": ["human_name", "ai_name", "prompt"],
+            "properties": {
+                "human_name": _ref("RoleName"),
+                "ai_name": _ref("RoleName"),
+                "prompt": {
+                    "type": "string",
+                    "pattern": _NON_BLANK,
+                    "description": "The scene; not blank.",
+                },
+            },
+        },
+        "RoleName": {
+            "type": "string",
+            "description": "1 to 64 characters once trimmed, without line breaks or `:`.",
+            "pattern": f"^[{_SPACE}]*[^{_SPACE}:](?:[^\\r\\n:]{{0,62}}[^{_SPACE}:])?[{_SPACE}]*$",
+        },
+        "QuickAnswer": {
+            "type": "object",
+            "required": ["question"],
+            "properties": {
+                "question": {
+                    "type": "string",
+                    "pattern": _NON_BLANK,
+                    "description": "Not blank.",
+                },
+                "prompt": {"type": ["string", "null"]},
+                "examples": {
+                    "type": ["array", "null"],
+                    "items": {"type": "string"},
+                    "description": "Questions and answers alternating: an even number.",
+                },
+                "convType": {
+                    "enum": ["", "turbo", "gpt3", "gpt4", None],
+                    "description": "`gpt3`: the transcript preset (COMPLETION_MODEL); `turbo` "
+                    "or empty: TURBO_MODEL; `gpt4`: GPT4_MODEL.",
+                },
+                "stream": {"type": ["boolean", "null"], "default": False},
+            },
+        },
+        "SharedConversation": {
+            "type": "object",
+            "required": ["Id", "Prompt", "SentenceList"],
+            "properties": {
+                "Id": {"type": "string"},
+                "Prompt": {"type": "string"},
+                "SentenceList": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        # --- admin and operations
+        "KeyList": {
+            "type": "object",
+            "required": ["keys"],
+            "properties": {
+                "keys": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["key", "id", "state", "cooldown_until", "failures"],
+                        "properties": {
+                            "key": {"type": "string", "description": "Masked: `sk-...abcd`."},
+                            "id": {"type": "string"},
+                            "state": {"enum": ["usable", "cooling", "disabled"]},
+                            "cooldown_until": {
+                                "type": ["number", "null"],
+                                "description": "Epoch seconds.",
+                            },
+                            "failures": {"type": "integer"},
+                            "last_error": {"type": ["string", "null"]},
+                        },
+                    },
+                }
+            },
+        },
+        "Status": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"type": "string"}},
+        },
+    }
+
+
+# --- operations --------------------------------------------------------------------------------
+
+
+def _security(settings: Settings, *, bearer: bool = False) -> list[dict[str, list[str]]] | None:
+    """The security requirement of a face's operations under AUTH_MODE (auth.py)."""
+    mode = settings.auth_mode
+    if mode == "simple":
+        return [{"token": []}, {"bearer": []}] if bearer else [{"token": []}]
+    if mode == "normal":
+        return [{"token": [], "uuid": []}]
+    # No client authentication: the OpenAI face still reads a bearer sk-... as upstream key.
+    return [{}, {"bearer": []}] if bearer else None
+
+
+def _op(
+    tag: str,
+    operation_id: str,
+    summary: str,
+    responses: dict[str, Any],
+    *,
+    description: str | None = None,
+    body: dict[str, Any] | None = None,
+    parameters: list[dict[str, Any]] | None = None,
+    security: list[dict[str, list[str]]] | None = None,
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {"tags": [tag], "operationId": operation_id, "summary": summary}
+    if description:
+        operation["description"] = description
+    if parameters:
+        operation["parameters"] = parameters
+    if body is not None:
+        operation["requestBody"] = body
+    operation["responses"] = responses
+    if security is not None:
+        operation["security"] = security
+    return operation
+
+
+def _model_operations(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The faces that answer from a model: /{ROUTE}, /v1/chat, the OpenAI face."""
+    route = settings.route
+    lang = [_lang_parameter()]
+    openai_security = _security(settings, bearer=True)
+    return {
+        route or "/": {
+            "post": _op(
+                TAG_API,
+                "api_ask",
+                "Ask a question (seeds 002/004)",
+                {
+                    "200": {
+                        "description": "The answer. " + STREAM_TEXT + " Events are `ApiChunk`.",
+                        "content": {
+                            **_content(JSON, _ref("ApiSuccess")),
+                            **_sse(
+                                {"anyOf": [_ref("ApiChunk"), _ref("ApiError")]},
+                                "An `ApiChunk`, or the `ApiError` that ends a failed stream.",
+                            ),
+                        },
+                    },
+                    **_error_responses(JSON, _ref("ApiError"), MODEL_ERRORS),
+                },
+                body=_json_body(
+                    _ref("ApiRequest"), {"user_content": "What is the capital of France?"}
+                ),
+                parameters=lang,
+                security=_security(settings),
+            )
+        },
+        f"{route}/v1/chat": {
+            "post": _op(
+                TAG_CHAT,
+                "chat",
+                "Chat or complete (seed 000)",
+                {
+                    "200": {
+                        "description": "The answer. " + STREAM_TEXT + " Events are `ChatChunk`.",
+                        "content": {
+                            **_content(JSON, _ref("ChatSuccess")),
+                            **_sse(
+                                {"anyOf": [_ref("ChatChunk"), _ref("ChatError")]},
+                                "A `ChatChunk`, or the `ChatError` that ends a failed stream.",
+                            ),
+                        },
+                    },
+                    **_error_responses(JSON, _ref("ChatError"), MODEL_ERRORS),
+                },
+                body=_json_body(_ref("ChatRequest"), {"query": "Hello"}),
+                parameters=lang,
+                security=_security(settings),
+            )
+        },
+        f"{route}/v1/chat/completions": {
+            "post": _op(
+                TAG_OPENAI,
+                "openai_chat_completions",
+                "Create a chat completion",
+                {
+                    "200": {
+                        "description": 'A `chat.completion`; with `"stream": true` Server-Sent '
+                        "Events relaying every `chat.completion.chunk` as the backend produced "
+                        "it (role-only first chunk and usage chunk included), then "
+                        "`data: [DONE]`.",
+                        "content": {
+                            **_content(JSON, _ref("Completion")),
+                            **_sse(
+                                {"anyOf": [_ref("CompletionChunk"), _ref("OpenAIError")]},
+                                "A `chat.completion.chunk`, or the error that ends a failed "
+                                "stream.",
+                            ),
+                        },
+                    },
+                    **_error_responses(JSON, _ref("OpenAIError"), MODEL_ERRORS),
+                },
+                description="A bearer `sk-...` that is not AUTH_TOKEN is used as the upstream "
+                "key for this request.",
+                body=_json_body(
+                    _ref("ChatCompletionRequest"),
+                    {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "Hi"}]},
+                ),
+                parameters=lang,
+                security=openai_security,
+            )
+        },
+        f"{route}/v1/completions": {
+            "post": _op(
+                TAG_OPENAI,
+                "openai_completions",
+                "Create a completion",
+                {
+                    "200": {
+                        "description": 'A `text_completion`; with `"stream": true` Server-Sent '
+                        "Events of its chunks, then `data: [DONE]`.",
+                        "content": {
+                            **_content(JSON, _ref("Completion")),
+                            **_sse(
+                                {"anyOf": [_ref("CompletionChunk"), _ref("OpenAIError")]},
+                                "A `text_completion` chunk, or the error that ends a failed "
+                                "stream.",
+                            ),
+                        },
+                    },
+                    **_error_responses(JSON, _ref("OpenAIError"), MODEL_ERRORS),
+                },
+                body=_json_body(_ref("CompletionRequest"), {"prompt": "Say hi"}),
+                parameters=lang,
+                security=openai_security,
+            )
+        },
+        f"{route}/v1/models": {
+            "get": _op(
+                TAG_OPENAI,
+                "openai_list_models",
+                "List models",
+                {
+                    "200": {
+                        "description": "The embedded model (unless BACKEND=openai), then the "
+                        "upstream's own list when the upstream would answer; only models "
+                        "ALLOWED_MODELS allows.",
+                        "content": _content(JSON, _ref("ModelList")),
+                    },
+                    **_error_responses(JSON, _ref("OpenAIError"), (401, 429, 502, 503, 504)),
+                },
+                parameters=lang,
+                security=openai_security,
+            )
+        },
+        f"{route}/v1/models/{{model_id}}": {
+            "get": _op(
+                TAG_OPENAI,
+                "openai_retrieve_model",
+                "Retrieve a model",
+                {
+                    "200": {"description": "The model.", "content": _content(JSON, _ref("Model"))},
+                    **_error_responses(JSON, _ref("OpenAIError"), (401, 404, 429, 502, 503, 504)),
+                },
+                parameters=[
+                    {
+                        "name": "model_id",
+                        "in": "path",
+                        "required": True,
+                        "description": "The model id; may contain `/` (`org/name`).",
+                        "schema": {"type": "string"},
+                    },
+                    *lang,
+                ],
+                security=openai_security,
+            )
+        },
+    }
+
+
+def _room_operations(settings: Settings) -> dict[str, dict[str, Any]]:
+    base = f"{settings.route}/chat-room"
+    parameters = [
+        {
+            "name": "X-Room-Id",
+            "in": "header",
+            "required": False,
+            "description": "The room; without it, the client IP names the room.",
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"},
+        },
+        _lang_parameter(),
+    ]
+    errors = _error_responses(JSON, _ref("RoomError"), MODEL_ERRORS)
+    success = _content(JSON, _ref("RoomSuccess"))
+    security = _security(settings)
+    turn = _json_body(_ref("RoomTurn"), {"role": "user", "content": "Hello"})
+    return {
+        base: {
+            "post": _op(
+                TAG_ROOM,
+                "chat_room",
+                "Say something in the room",
+                {"200": {"description": "The answer in `data`.", "content": success}, **errors},
+                description="The model gets BOT_DESC, the room's history "
+                "(HISTORY_MAX_MESSAGES, forgotten after CONVERSATION_TTL idle seconds) and this "
+                "turn; a failed turn leaves the history unchanged.",
+                body=turn,
+                parameters=parameters,
+                security=security,
+            )
+        },
+        f"{base}/stream": {
+            "post": _op(
+                TAG_ROOM,
+                "chat_room_stream",
+                "Say something in the room, answered as a stream",
+                {
+                    "200": {
+                        "description": "Server-Sent Events: OpenAI chunks as they come, then "
+                        '`data: {"code":200,"msg":"success","data":""}` and `data: [DONE]`. An '
+                        "error after the first event is one `RoomError` event, no `[DONE]`.",
+                        "content": _sse(
+                            {
+                                "anyOf": [
+                                    _ref("CompletionChunk"),
+                                    _ref("RoomSuccess"),
+                                    _ref("RoomError"),
+                                ]
+                            },
+                            "A chunk, the closing `RoomSuccess`, or the `RoomError` that ends "
+                            "a failed stream.",
+                        ),
+                    },
+                    **errors,
+                },
+                body=turn,
+                parameters=parameters,
+                security=security,
+            )
+        },
+        f"{base}/reset": {
+            "post": _op(
+                TAG_ROOM,
+                "chat_room_reset",
+                "Forget the room's history",
+                {
+                    "200": {"description": "Done; `data` is empty.", "content": success},
+                    **_error_responses(JSON, _ref("RoomError"), (400, 401, 413, 429, 503)),
+                },
+                parameters=parameters,
+                security=security,
+            )
+        },
+    }
+
+
+def _conversation_operations(settings: Settings) -> dict[str, dict[str, Any]]:
+    base = f"{settings.route}/chatgpt"
+    security = _security(settings)
+    lang = _lang_parameter()
+    conversation = {
+        "name": "conversation",
+        "in": "header",
+        "required": True,
+        "description": "The conversation id (as `create*` answered it). Missing: 400; not an "
+        "id of 1..64 `[A-Za-z0-9]` or unknown: 404.",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9]{1,64}$"},
+    }
+    text_answer = {"type": "string"}
+    # The face answers its errors as the bare localized message.
+    error_schema = {"type": "string", "description": "The localized reason."}
+
+    def errors(*statuses: int) -> dict[str, Any]:
+        return _error_responses(TEXT, error_schema, statuses)
+
+    def text(description: str, example: str | None = None) -> dict[str, Any]:
+        return {"description": description, "content": _content(TEXT, text_answer, example)}
+
+    def text_body(description: str, schema: Schema | None = None) -> dict[str, Any]:
+        return {
+            "required": False,
+            "description": description,
+            "content": _content(TEXT, schema or {"type": "string"}),
+        }
+
+    answer_stream = _sse(
+        {
+            "anyOf": [
+                {"type": "string", "description": "A piece of the answer."},
+                {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "properties": {
+                        "error": {"type": "string", "description": "Stable key."},
+                        "message": {"type": "string", "description": "Localized."},
+                    },
+                },
+            ]
+        },
+        'One `data: "<piece>"` JSON string per piece of the answer, then `data: [DONE]`; an '
+        'error after the first event is one `{"error": <key>, "message": <localized>}` event.',
+    )
+    created = text("The new conversation's id.", "b0WcKTJ3yGQzU9sS2rVh1A")
+    create_errors = errors(400, 401, 413, 429, 503)
+    turn_errors = errors(400, 401, 404, 409, 413, 429, 502, 503, 504)
+    read_errors = errors(400, 401, 404, 429, 503)
+    locked_errors = errors(400, 401, 404, 409, 429, 503)
+
+    def post(operation_id: str, summary: str, responses: dict[str, Any], **extra: Any) -> Any:
+        params = extra.pop("parameters", [lang])
+        return {
+            "post": _op(
+                TAG_CONV,
+                operation_id,
+                summary,
+                responses,
+                parameters=params,
+                security=security,
+                **extra,
+            )
+        }
+
+    return {
+        f"{base}/create": post(
+            "conversation_create",
+            "Start a transcript conversation",
+            {"200": created, **create_errors},
+            body=text_body("The prompt; empty for the seed's default."),
+            parameters=[
+                {
+                    "name": "settings",
+                    "in": "header",
+                    "required": False,
+                    "description": "Empty for the default preset, or `FriendChat`.",
+                    "schema": {"enum": ["", "FriendChat"]},
+                },
+                lang,
+            ],
+        ),
+        f"{base}/createTurbo": post(
+            "conversation_create_turbo",
+            "Start a TURBO_MODEL chat",
+            {"200": created, **create_errors},
+            body={
+                "required": False,
+                "description": "The prompt as plain text, or a JSON object (a body starting "
+                "with `{` is read as JSON).",
+                "content": {
+                    **_content(TEXT, {"type": "string", "pattern": f"^(?![{_SPACE}]*\\{{)"}),
+                    **_content(JSON, _ref("TurboCreate")),
+                },
+            },
+        ),
+        f"{base}/createGPT4": post(
+            "conversation_create_gpt4",
+            "Start a GPT4_MODEL chat",
+            {"200": created, **create_errors},
+            body=text_body("The prompt; empty for the default."),
+        ),
+        f"{base}/createRolePlay": post(
+            "conversation_create_role_play",
+            "Start a role-play transcript between two named roles",
+            {"200": created, **create_errors},
+            body=_json_body(
+                _ref("RolePlayCreate"),
+                {"human_name": "Alice", "ai_name": "Bob", "prompt": "Two friends chat."},
+            ),
+        ),
+        f"{base}/chat": post(
+            "conversation_chat",
+            "Ask the conversation a question",
+            {
+                "200": {
+                    "description": "The answer (as a stream for a streaming createTurbo "
+                    "conversation).",
+                    "content": {**_content(TEXT, text_answer), **answer_stream},
+                },
+                **turn_errors,
+            },
+            body={
+                "required": True,
+                "description": "The question; not blank.",
+                "content": _content(TEXT, {"type": "string", "pattern": _NON_BLANK}),
+            },
+            parameters=[conversation, lang],
+        ),
+        f"{base}/regenerate": post(
+            "conversation_regenerate",
+            "Answer the last question again, replacing the answer",
+            {
+                "200": {
+                    "description": "The new answer (a stream for a streaming conversation).",
+                    "content": {**_content(TEXT, text_answer), **answer_stream},
+                },
+                **turn_errors,
+            },
+            parameters=[conversation, lang],
+        ),
+        f"{base}/rollback": post(
+            "conversation_rollback",
+            "Forget the last question and answer",
+            {"200": text("Done.", "Rollback Succeeded"), **locked_errors},
+            parameters=[conversation, lang],
+        ),
+        f"{base}/context": post(
+            "conversation_context",
+            "The transcript",
+            {
+                "200": text("The prompt, a blank line, then `Human: `/`AI: ` lines."),
+                **read_errors,
+            },
+            parameters=[conversation, lang],
+        ),
+        f"{base}/contextArray": post(
+            "conversation_context_array",
+            "Questions and answers, alternating",
+            {
+                "200": {
+                    "description": "Oldest first.",
+                    "content": _content(JSON, {"type": "array", "items": {"type": "string"}}),
+                },
+                **read_errors,
+            },
+            parameters=[conversation, lang],
+        ),
+        f"{base}/finish": post(
+            "conversation_finish",
+            "Delete the conversation (its shared copy stays)",
+            {"200": text("Done.", "Conversation finished"), **locked_errors},
+            parameters=[conversation, lang],
+        ),
+        f"{base}/store": post(
+            "conversation_store",
+            "Keep a copy for sharing (again: overwrite it)",
+            {"200": text("Done (the seed's answer).", "保存成功"), **read_errors},
+            parameters=[conversation, lang],
+        ),
+        f"{base}/share/{{share_id}}": {
+            "get": _op(
+                TAG_CONV,
+                "conversation_share",
+                "A stored conversation; open without credentials",
+                {
+                    "200": {
+                        "description": "The stored copy.",
+                        "content": _content(JSON, _ref("SharedConversation")),
+                    },
+                    **errors(404, 503),
+                },
+                parameters=[
+                    {
+                        "name": "share_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    lang,
+                ],
+                # Open to anyone under every AUTH_MODE, as in the seed.
+                security=[] if security is not None else None,
+            )
+        },
+        f"{base}/quickAnswer": post(
+            "conversation_quick_answer",
+            "A one-off answer",
+            {
+                "200": {
+                    "description": 'The answer; with `"stream": true` a stream.',
+                    "content": {**_content(TEXT, text_answer), **answer_stream},
+                },
+                **errors(*MODEL_ERRORS),
+            },
+            body=_json_body(_ref("QuickAnswer"), {"question": "What is 2+2?"}),
+        ),
+        f"{base}/summary": post(
+            "conversation_summary",
+            "Summarize a text (COMPLETION_MODEL)",
+            {"200": text("The summary."), **errors(*MODEL_ERRORS)},
+            body={
+                "required": True,
+                "description": "The text; not blank.",
+                "content": _content(TEXT, {"type": "string", "pattern": _NON_BLANK}),
+            },
+        ),
+    }
+
+
+def _other_operations(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The WebSocket handshake, the admin view, operations, the playground and these docs."""
+    route = settings.route
+    paths: dict[str, dict[str, Any]] = {
+        f"{route}/ws": {
+            "get": _op(
+                TAG_WS,
+                "websocket",
+                "Open the WebSocket (streaming chat)",
+                {
+                    "101": {
+                        "description": "Switching Protocols. Send text frames "
+                        "`WsRequestFrame` (`data` holds the `POST /v1/chat` fields plus "
+                        "`origin_stream`); get `WsAnswerFrame` frames, the last of each answer "
+                        "with `finish_reason` set. An error is one frame with a non-zero "
+                        "`code`; the socket stays open. Frames on one socket are answered in "
+                        "order and each counts against the rate limits."
+                    },
+                    **_error_responses(JSON, _ref("ChatError"), (401, 426)),
+                },
+                description="A request without a WebSocket upgrade is answered 426.",
+                parameters=[_lang_parameter()],
+                security=_security(settings),
+            )
+        },
+        f"{route}/admin/keys": {
+            "get": _op(
+                TAG_ADMIN,
+                "admin_keys",
+                "The upstream key pool, masked",
+                {
+                    "200": {
+                        "description": "Every key, masked, with its state.",
+                        "content": _content(JSON, _ref("KeyList")),
+                    },
+                    "401": {
+                        "description": "No or a wrong ADMIN_TOKEN bearer.",
+                        "content": _content(JSON, _ref("ApiError")),
+                    },
+                    "404": {
+                        "description": "ADMIN_TOKEN is not set.",
+                        "content": _content(JSON, _ref("ApiError")),
+                    },
+                },
+                security=[{"adminToken": []}],
+            )
+        },
+        "/healthz": {
+            "get": _op(
+                TAG_OPS,
+                "healthz",
+                "Liveness",
+                {
+                    "200": {
+                        "description": "The worker answers.",
+                        "content": _content(JSON, _ref("Status"), {"status": "ok"}),
+                    }
+                },
+            )
+        },
+        "/readyz": {
+            "get": _op(
+                TAG_OPS,
+                "readyz",
+                "Readiness",
+                {
+                    "200": {
+                        "description": "The store is reachable and a usable key (or the "
+                        "embedded model) is there.",
+                        "content": _content(JSON, _ref("Status")),
+                    },
+                    "503": {
+                        "description": "Not ready; the body says what is missing.",
+                        "content": _content(JSON, {"type": "object"}),
+                    },
+                },
+            )
+        },
+        "/metrics": {
+            "get": _op(
+                TAG_OPS,
+                "metrics",
+                "Prometheus metrics",
+                {
+                    "200": {
+                        "description": "Prometheus text exposition format.",
+                        "content": _content(TEXT, {"type": "string"}),
+                    }
+                },
+            )
+        },
+        "/openapi.json": {
+            "get": _op(
+                TAG_DOCS,
+                "openapi",
+                "This document",
+                {
+                    "200": {
+                        "description": "OpenAPI 3.1.",
+                        "content": _content(JSON, {"type": "object"}),
+                    }
+                },
+            )
+        },
+        "/docs": {
+            "get": _op(
+                TAG_DOCS,
+                "docs",
+                "This document as a page",
+                {"200": {"description": "HTML.", "content": _content(HTML, {"type": "string"})}},
+            )
+        },
+    }
+    if settings.playground:
+        paths.update(_playground_operations(route))
+    return paths
+
+
+def _playground_operations(route: str) -> dict[str, dict[str, Any]]:
+    """The playground page (PLAYGROUND on), its settings, and ``/`` sending browsers to it."""
+    paths: dict[str, dict[str, Any]] = {
+        f"{route}/playground": {
+            "get": _op(
+                TAG_DOCS,
+                "playground",
+                "A chat page to try the service from a browser (PLAYGROUND)",
+                {"200": {"description": "HTML.", "content": _content(HTML, {"type": "string"})}},
+                description="It chats through the OpenAI-compatible face, so AUTH_MODE and the "
+                "rate limits apply to its chats, not to loading the page.",
+            )
+        },
+        f"{route}/playground/config.json": {
+            "get": _op(
+                TAG_DOCS,
+                "playground_config",
+                "What the playground page needs to know about this server (no secret)",
+                {
+                    "200": {
+                        "description": "ROUTE, AUTH_MODE, DEFAULT_MODEL and CHAT_LANG.",
+                        "content": _content(
+                            JSON,
+                            {
+                                "type": "object",
+                                "required": ["route", "auth_mode", "default_model"],
+                                "properties": {
+                                    "route": {"type": "string"},
+                                    "auth_mode": {"enum": ["none", "simple", "normal"]},
+                                    "default_model": {"type": "string"},
+                                    "default_lang": {"type": "string"},
+                                },
+                            },
+                        ),
+                    }
+                },
+            )
+        },
+    }
+    if route:
+        # With an empty ROUTE, "/" is the POST face of seeds 002/004 and nothing else.
+        paths["/"] = {
+            "get": _op(
+                TAG_DOCS,
+                "root",
+                "Sends browsers to the playground",
+                {
+                    "302": {
+                        "description": "Redirect to the playground page.",
+                        "headers": {"Location": {"required": True, "schema": {"type": "string"}}},
+                    }
+                },
+            )
+        }
+    return paths
+
+
+def build_document(settings: Settings) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for an app built from ``settings`` (a new dict each call).
+
+    Paths follow ROUTE; operation security follows AUTH_MODE (none: no requirement; simple:
+    the ``token`` header, or on the OpenAI face a bearer; normal: ``token`` and ``uuid``); the
+    playground is listed when PLAYGROUND is on.
+    """
+    paths: dict[str, dict[str, Any]] = {}
+    for group in (
+        _model_operations(settings),
+        _room_operations(settings),
+        _conversation_operations(settings),
+        _other_operations(settings),
+    ):
+        paths.update(group)
+    return {
+        "openapi": OPENAPI_VERSION,
+        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+        "info": {
+            "title": "chatservice",
+            "version": API_VERSION,
+            "summary": "A self-hosted ChatGPT API speaking the request shapes of popular "
+            "ChatGPT wrappers.",
+            "description": _info_description(settings),
+            "license": {"name": "See the project's repository"},
+        },
+        "tags": TAGS,
+        "paths": paths,
+        "components": {
+            "schemas": _schemas(),
+            "parameters": {
+                "lang": {
+                    "name": "lang",
+                    "in": "query",
+                    "required": False,
+                    "description": "Language of error messages (`en`, `zh_CN`, `zh_TW`, `ru`); "
+                    "first choice, before a body `lang` and `Accept-Language`. Unknown values "
+                    "are ignored.",
+                    "schema": {"type": "string"},
+                }
+            },
+            "headers": {
+                "RetryAfter": {
+                    "description": "Seconds to wait before trying again.",
+                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                }
+            },
+            "securitySchemes": {
+                "token": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "token",
+                    "description": "AUTH_MODE=simple: AUTH_TOKEN itself. AUTH_MODE=normal: the "
+                    "lowercase hex SHA-256 of AUTH_TOKEN followed by the `uuid` header.",
+                },
+                "uuid": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "uuid",
+                    "description": "AUTH_MODE=normal: 1 to 64 printable ASCII characters, "
+                    "accepted once within AUTH_REPLAY_WINDOW seconds.",
+                },
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "OpenAI-compatible face only. AUTH_MODE=simple: AUTH_TOKEN "
+                    "authenticates. Any `sk-...` value that is not AUTH_TOKEN is used as the "
+                    "upstream API key for this request (like the `api_key` body field of "
+                    "`POST /{ROUTE}`).",
+                },
+                "adminToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "ADMIN_TOKEN.",
+                },
+            },
+        },
+    }
+
+
+def _info_description(settings: Settings) -> str:
+    route = settings.route or "/"
+    return (
+        f"Every chat face lives under ROUTE (here `{route}`); `/healthz`, `/readyz`, "
+        "`/metrics`, `/openapi.json` and `/docs` are at the root and never rate limited. "
+        "Every POST path also answers with a trailing slash. Client authentication is "
+        f"AUTH_MODE (here `{settings.auth_mode}`). Errors come in each face's own envelope with "
+        "a stable machine key and a message localized by the `lang` query parameter, a body "
+        "`lang` field, or `Accept-Language`. The WebSocket frames are described by the "
+        "`WsRequestFrame` and `WsAnswerFrame` schemas."
+    )

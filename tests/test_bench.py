@@ -1,0 +1,109 @@
+"""Smoke tests of the benchmark harness (bench/run.py): it runs and it cleans up.
+
+Speed targets live in the benchmark itself, never here: these tests only prove that one
+cheap scenario runs end to end on 127.0.0.1 and that every process the harness started is
+gone afterwards, also when the harness is stopped with SIGTERM halfway through.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids = [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            found.append(kid)
+            found.extend(descendants(kid))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_quick_idle_memory_runs_and_writes_results(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "bench/run.py", "--quick", "--only", "idle_memory"]
+        + ["--out", str(tmp_path), "--no-profile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| idle_memory | worker RSS, idle after warm-up |" in done.stdout
+
+    latest = json.loads((tmp_path / "latest.json").read_text())
+    stamped = [p for p in tmp_path.glob("*.json") if p.name != "latest.json"]
+    assert len(stamped) == 1
+    assert json.loads(stamped[0].read_text()) == latest
+    scenario = latest["scenarios"]["idle_memory"]
+    assert scenario["error"] is None
+    row = scenario["metrics"][0]
+    # A real reading of a live worker: tens of MB, and a verdict against the 60 MB target.
+    assert 5 < row["value"] < 2000
+    assert row["target"] == "<= 60" and isinstance(row["pass"], bool)
+    assert scenario["details"]["model_loaded"] is False
+    assert len(latest["environment"]["loadavg_start"]) == 3
+    # The service (gunicorn master and worker) was stopped on the way out.
+    for pid in (scenario["details"]["service_pid"], scenario["details"]["worker_pid"]):
+        assert not alive(pid)
+
+
+def test_sigterm_stops_everything_the_harness_started(tmp_path):
+    harness = subprocess.Popen(
+        [sys.executable, "bench/run.py", "--quick", "--only", "streaming"]
+        + ["--out", str(tmp_path), "--no-profile"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    started: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        # Wait until the stream clients run: the service, its worker and the upstream too.
+        while time.monotonic() < deadline and harness.poll() is None:
+            pids = descendants(harness.pid)
+            started.update(pids)
+            if any("streamclient.py" in command_line(pid) for pid in pids):
+                break
+            time.sleep(0.1)
+        assert any("app.py" in command_line(pid) for pid in started), "service never started"
+        harness.send_signal(signal.SIGTERM)
+        _out, err = harness.communicate(timeout=60)
+        assert harness.returncode == 143, err.decode(errors="replace")[-3000:]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(alive(pid) for pid in started):
+            time.sleep(0.1)
+        assert [pid for pid in started if alive(pid)] == []
+    finally:
+        if harness.poll() is None:
+            os.killpg(harness.pid, signal.SIGKILL)
+            harness.wait()

@@ -1,0 +1,528 @@
+"""The access log (issue 5) and the log files in LOG_DIR (issue 7).
+
+Flask's test client for the access record's fields; the standard library's handlers for
+rotation and retention; the log hub with real senders; and real ``python3 app.py`` servers for
+the files one and two gevent workers leave in LOG_DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import simple_websocket
+
+from chatservice import logs
+from tests.conftest import ROOT, free_port
+from tests.fakeupstream import Reply
+
+CONFIGURED_KEY = "sk-configured-secret-9f8e7d6c"
+REQUEST_KEY = "sk-request-secret-1a2b3c4d"
+BEARER_KEY = "sk-bearer-secret-5e6f7a8b"
+PROMPT = "my private question 4711"
+HEX_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class AccessRecords(logging.Handler):
+    """Collects the access records of the app under test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def by_id(self, request_id: str) -> list[dict[str, Any]]:
+        lines = [getattr(r, "access") for r in self.records]  # noqa: B009 - set by extra=
+        return [line for line in lines if line["request_id"] == request_id]
+
+    def last(self) -> dict[str, Any]:
+        return getattr(self.records[-1], "access")  # noqa: B009
+
+
+@pytest.fixture
+def access() -> Iterator[AccessRecords]:
+    handler = AccessRecords()
+    logs.access_log.addHandler(handler)
+    yield handler
+    logs.access_log.removeHandler(handler)
+
+
+def usage_stream(text: str, prompt_tokens: int, completion_tokens: int) -> bytes:
+    """An upstream SSE body: text chunks, the finish chunk, a usage-only chunk, ``[DONE]``."""
+
+    def event(payload: dict[str, Any]) -> bytes:
+        return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+    base = {"id": "c1", "object": "chat.completion.chunk", "model": "gpt-4o-mini-2024-07-18"}
+    body = b"".join(
+        event({**base, "choices": [{"index": 0, "delta": {"content": word}}]})
+        for word in text.split(" ")
+    )
+    body += event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+    body += event({**base, "choices": [], "usage": usage})
+    return body + b"data: [DONE]\n\n"
+
+
+# --- the access record ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("req-42.A_b", True),
+        ("x" * 128, True),
+        ("x" * 129, False),
+        ("has space", False),
+        ("semi;colon", False),
+        (None, False),
+    ],
+)
+def test_request_id_is_taken_when_sane_else_generated(make_app, access, given, kept):
+    client = make_app(API_KEY=CONFIGURED_KEY).test_client()
+    headers = {"X-Request-ID": given} if given is not None else {}
+    response = client.get("/healthz", headers=headers, buffered=True)
+    answered = response.headers["X-Request-ID"]
+    if kept:
+        assert answered == given
+    else:
+        assert HEX_ID.fullmatch(answered)
+    assert access.last()["request_id"] == answered
+
+
+def test_whole_answers_record_face_route_model_tokens_and_backend(make_app, access, fake):
+    client = make_app(API_KEY=CONFIGURED_KEY).test_client()
+    calls = [
+        ("api", "/api", {"user_content": "one two", "model": "gpt-4o-mini"}),
+        ("chat", "/api/v1/chat", {"query": "one two", "model": "gpt-4o-mini"}),
+        (
+            "openai_api",
+            "/api/v1/chat/completions",
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one two"}]},
+        ),
+        ("chatroom", "/api/chat-room", {"content": "one two"}),
+        ("conversations", "/api/chatgpt/quickAnswer", {"question": "one two"}),
+    ]
+    for index, (face, route, body) in enumerate(calls):
+        rid = f"face-{index}"
+        response = client.post(route, json=body, headers={"X-Request-ID": rid}, buffered=True)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        [line] = access.by_id(rid)
+        model = body.get("model", "gpt-3.5-turbo")  # the chat room's default model
+        # The fake's answer is "echo: one two": 3 words; it counts 5 prompt tokens.
+        tokens = (5, 3)
+        assert line == {
+            "request_id": rid,
+            "face": face,
+            "route": route,
+            "method": "POST",
+            "status": 200,
+            "duration_ms": line["duration_ms"],
+            "ip": "127.0.0.1",
+            "model": model,
+            "prompt_tokens": tokens[0],
+            "completion_tokens": tokens[1],
+            "backend": "upstream",
+        }
+        assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
+
+
+def test_route_is_the_url_rule_and_unrouted_paths_have_none(make_app, access):
+    client = make_app().test_client()
+    client.get("/api/chatgpt/share/abc123def", headers={"X-Request-ID": "conv"}, buffered=True)
+    [line] = access.by_id("conv")
+    assert line["face"] == "conversations"
+    assert line["route"] == "/api/chatgpt/share/<share_id>"  # the rule, not the shared id
+    client.get("/no/such/path", headers={"X-Request-ID": "nothing"}, buffered=True)
+    [line] = access.by_id("nothing")
+    assert (line["face"], line["route"], line["status"]) == (None, None, 404)
+
+
+def test_rate_limited_request_is_logged_with_its_429(make_app, access):
+    client = make_app(API_KEY=CONFIGURED_KEY, MINUTE_LIMIT="1").test_client()
+    client.post(
+        "/api", json={"user_content": "a"}, headers={"X-Request-ID": "first"}, buffered=True
+    )
+    refused = client.post(
+        "/api", json={"user_content": "b"}, headers={"X-Request-ID": "second"}, buffered=True
+    )
+    assert refused.status_code == 429 and refused.headers["X-Request-ID"] == "second"
+    [line] = access.by_id("second")
+    assert (line["status"], line["face"], line["model"]) == (429, "api", None)
+
+
+def test_stream_is_logged_when_it_ends_with_the_usage_chunk_tokens(make_app, access, fake):
+    fake.push(Reply(raw_stream=usage_stream("alpha beta gamma", 11, 3)))
+    client = make_app(API_KEY=CONFIGURED_KEY).test_client()
+    body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "q"}]}
+    response = client.post(
+        "/api/v1/chat/completions", json=body, headers={"X-Request-ID": "s1"}, buffered=False
+    )
+    assert response.status_code == 200
+    assert access.by_id("s1") == []  # the stream is still open: no line yet
+    text = b"".join(response.response).decode()
+    response.close()
+    assert text.endswith("data: [DONE]\n\n")
+    [line] = access.by_id("s1")
+    assert line["prompt_tokens"] == 11 and line["completion_tokens"] == 3
+    assert line["model"] == "gpt-4o-mini-2024-07-18"  # the model that answered
+    assert (line["backend"], line["route"], line["status"]) == (
+        "upstream",
+        "/api/v1/chat/completions",
+        200,
+    )
+    assert "aborted" not in line and "error" not in line
+
+
+def test_stream_broken_midway_records_the_error_key(make_app, access, fake):
+    fake.push(Reply(text="a b c d", drop_after=2))
+    client = make_app(API_KEY=CONFIGURED_KEY).test_client()
+    response = client.post(
+        "/api/v1/chat",
+        json={"query": "q", "stream": True},
+        headers={"X-Request-ID": "broken"},
+        buffered=True,
+    )
+    assert '"upstream_interrupted"' in response.get_data(as_text=True)
+    [line] = access.by_id("broken")
+    assert (line["status"], line["error"]) == (200, "upstream_interrupted")
+
+
+def test_client_leaving_a_stream_is_logged_as_aborted(make_app, access, fake):
+    fake.push(Reply(text="a b c d e f", chunk_delay=0.05))
+    client = make_app(API_KEY=CONFIGURED_KEY).test_client()
+    response = client.post(
+        "/api/v1/chat",
+        json={"query": "q", "stream": True},
+        headers={"X-Request-ID": "left"},
+        buffered=False,
+    )
+    next(iter(response.response))
+    response.close()
+    [line] = access.by_id("left")
+    assert line["aborted"] is True
+
+
+def test_embedded_model_answers_are_recorded_as_local(make_app, access):
+    client = make_app(BACKEND="local").test_client()
+    response = client.post(
+        "/api",
+        json={"user_content": "Hi", "max_tokens": 2},
+        headers={"X-Request-ID": "loc"},
+        buffered=True,
+    )
+    assert response.status_code == 200
+    [line] = access.by_id("loc")
+    assert line["backend"] == "local" and line["model"] == "smollm2-135m-instruct"
+    assert line["prompt_tokens"] > 0 and 0 < line["completion_tokens"] <= 2
+
+
+def test_text_and_json_lines(make_app, access):
+    client = make_app(API_KEY=CONFIGURED_KEY).test_client()
+    client.post("/api", json={"user_content": "x"}, headers={"X-Request-ID": "fmt"}, buffered=True)
+    record = access.records[-1]
+    text = logs.LineFormatter(json_lines=False).format(record)
+    assert re.search(
+        r" INFO chatservice\.access: POST /api 200 \d+\.\dms id=fmt face=api ip=127\.0\.0\.1 "
+        r"model=gpt-3\.5-turbo tokens=5/2 backend=upstream$",
+        text,
+    ), text
+    line = json.loads(logs.LineFormatter(json_lines=True).format(record))
+    assert list(line) == ["time", *logs.FIELDS, "pid"]
+    assert line["request_id"] == "fmt" and line["completion_tokens"] == 2
+    app_record = logging.LogRecord("chatservice.x", logging.WARNING, "f", 1, "a %s", ("b",), None)
+    assert json.loads(logs.LineFormatter(json_lines=True).format(app_record))["message"] == "a b"
+
+
+# --- rotation and retention -------------------------------------------------------------------
+
+
+def test_file_rotates_when_the_date_changes_and_keeps_retention_days(tmp_path):
+    handler = logs.file_handler(str(tmp_path), "access.log", retention_days=2, json_lines=True)
+    day = 86400
+    now = int(time.time())
+    try:
+        handler.handle(logging.makeLogRecord({"name": "t", "msg": "line 0"}))
+        for index in range(1, 6):
+            # The clock the handler checks: its next midnight is already past, as if a day
+            # had gone by since the previous line (another day each time).
+            handler.rolloverAt = now - (6 - index) * day
+            handler.handle(logging.makeLogRecord({"name": "t", "msg": f"line {index}"}))
+    finally:
+        handler.close()
+    current = tmp_path / "access.log"
+    rotated = sorted(p for p in tmp_path.iterdir() if p != current)
+    # Five rollovers; only the two newest rotated files are kept, each holding its day's line.
+    assert [p.name for p in rotated] == [
+        "access.log." + time.strftime("%Y-%m-%d", time.localtime(now - n * day)) for n in (3, 2)
+    ]
+    assert [json.loads(p.read_text())["message"] for p in rotated] == ["line 3", "line 4"]
+    assert json.loads(current.read_text())["message"] == "line 5"
+
+
+# --- one writer: the log hub ------------------------------------------------------------------
+
+
+def test_hub_writes_every_record_of_concurrent_senders_whole(tmp_path):
+    hub = logs.LogHub()
+    hub.configure(str(tmp_path), retention_days=3, json_lines=True)
+    senders = [logs.HubSender(hub.address) for _ in range(4)]
+    filler = "x" * 3000  # long lines: a torn write would show
+
+    def send(index: int) -> None:
+        sender = senders[index % 4]
+        for n in range(250):
+            name = logs.ACCESS_LOGGER if n % 2 else "chatservice.test"
+            record = logging.LogRecord(name, logging.INFO, "f", 1, "%s", (f"{index}-{n}",), None)
+            if n % 2:
+                record.access = {"request_id": f"{index}-{n}", "pad": filler}
+            sender.handle(record)
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(send, range(8)))
+    finally:
+        for sender in senders:
+            sender.close()
+        hub.close()  # writes what was sent, then closes
+    access_lines = (tmp_path / "access.log").read_text().splitlines()
+    app_lines = (tmp_path / "app.log").read_text().splitlines()
+    assert len(access_lines) == len(app_lines) == 8 * 125
+    ids = {json.loads(line)["request_id"] for line in access_lines}
+    assert ids == {f"{i}-{n}" for i in range(8) for n in range(1, 250, 2)}
+    assert {json.loads(line)["message"] for line in app_lines} == {
+        f"{i}-{n}" for i in range(8) for n in range(0, 250, 2)
+    }
+    assert not Path(hub.address).exists()
+
+
+def test_hub_refuses_an_unusable_log_dir_and_keeps_its_files(tmp_path):
+    hub = logs.LogHub()
+    try:
+        hub.configure(str(tmp_path / "logs"), retention_days=3, json_lines=False)
+        blocker = tmp_path / "file"
+        blocker.write_text("")
+        with pytest.raises(logs.ConfigError, match="^LOG_DIR: "):
+            hub.configure(str(blocker / "logs"), retention_days=3, json_lines=False)
+        hub.write(logging.makeLogRecord({"name": "chatservice.t", "msg": "still here"}))
+    finally:
+        hub.close()
+    assert "still here" in (tmp_path / "logs" / "app.log").read_text()
+
+
+# --- real servers -----------------------------------------------------------------------------
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    """Every line of a JSON log file, parsed (a torn or interleaved line fails here)."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_for_ids(path: Path, ids: set[str], timeout: float = 15.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = read_lines(path)
+        if ids <= {line.get("request_id") for line in lines} or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
+
+
+def test_log_dir_holds_json_access_and_app_logs_without_secrets(live_server, upstream, tmp_path):
+    log_dir = tmp_path / "logs"
+    server = live_server(API_KEY=CONFIGURED_KEY, LOG_DIR=str(log_dir), LOG_FORMAT="json")
+    answer = requests.post(
+        server.url + "/api",
+        json={"user_content": PROMPT, "api_key": REQUEST_KEY},
+        headers={"X-Request-ID": "given-id.1"},
+        timeout=10,
+    )
+    assert answer.headers["X-Request-ID"] == "given-id.1"
+    bearer = requests.post(
+        server.url + "/api/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": PROMPT}]},
+        headers={"Authorization": f"Bearer {BEARER_KEY}", "X-Request-ID": "bearer"},
+        timeout=10,
+    )
+    assert bearer.status_code == 200 and answer.status_code == 200
+
+    # A slow stream: its line is written when it ends, with the time it took.
+    upstream.push(Reply(text="w1 w2 w3 w4 w5", chunk_delay=0.3))
+    with requests.post(
+        server.url + "/api/v1/chat",
+        json={"query": PROMPT, "stream": True},
+        headers={"X-Request-ID": "slow"},
+        stream=True,
+        timeout=10,
+    ) as streamed:
+        lines = streamed.iter_lines()
+        assert next(lines).startswith(b"data: ")
+        time.sleep(0.3)
+        assert "slow" not in {line["request_id"] for line in read_lines(log_dir / "access.log")}
+        assert [line for line in lines if line][-1] == b"data: [DONE]"
+    upstream.push(Reply(raw_stream=usage_stream("a b c", 7, 3)))
+    body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "q"}]}
+    requests.post(
+        server.url + "/api/v1/chat/completions",
+        json=body,
+        headers={"X-Request-ID": "usage"},
+        timeout=10,
+    ).raise_for_status()
+
+    socket = simple_websocket.Client.connect(
+        f"ws://127.0.0.1:{server.port}/api/ws", headers={"X-Request-ID": "socket"}
+    )
+    try:
+        socket.send(json.dumps({"seq": "1", "data": {"query": PROMPT}}))
+        assert json.loads(socket.receive(timeout=10))["code"] == 0
+    finally:
+        socket.close()
+
+    ids = {"given-id.1", "bearer", "slow", "usage", "socket"}
+    access = {line["request_id"]: line for line in wait_for_ids(log_dir / "access.log", ids)}
+    first = access["given-id.1"]
+    assert {k: first[k] for k in ("face", "route", "method", "status", "ip", "backend")} == {
+        "face": "api",
+        "route": "/api",
+        "method": "POST",
+        "status": 200,
+        "ip": "127.0.0.1",
+        "backend": "upstream",
+    }
+    assert (first["model"], first["prompt_tokens"], first["completion_tokens"]) == (
+        "gpt-3.5-turbo",
+        5,
+        5,
+    )
+    assert access["bearer"]["face"] == "openai_api"
+    assert access["slow"]["duration_ms"] >= 1200  # five chunks 0.3 s apart: measured at the end
+    assert (access["usage"]["prompt_tokens"], access["usage"]["completion_tokens"]) == (7, 3)
+    # A WebSocket session is one line when it closes: its handshake's 101.
+    assert {k: access["socket"][k] for k in ("face", "route", "method", "status")} == {
+        "face": "ws",
+        "route": "/api/ws",
+        "method": "GET",
+        "status": 101,
+    }
+    # The same lines reach stdout/stderr as before.
+    assert '"request_id": "given-id.1"' in server.log_text()
+
+    server.stop()  # SIGQUIT: the master writes what its worker sent, then closes the files
+    app_log = read_lines(log_dir / "app.log")
+    messages = [line["message"] for line in app_log]
+    worker = first["pid"]
+    assert any(m.startswith("Listening at:") for m in messages)  # the master's own line
+    assert f"Booting worker with pid: {worker}" in messages  # sent by the worker
+    assert f"Worker exiting (pid: {worker})" in messages  # its very last line
+    assert messages[-1] == "Shutting down: Master"
+    for path in log_dir.iterdir():
+        text = path.read_text()
+        for secret in (CONFIGURED_KEY, REQUEST_KEY, BEARER_KEY, PROMPT):
+            assert secret not in text, (path.name, secret)
+    output = server.log_path.read_text()  # stdout and stderr, closed by stop()
+    for secret in (CONFIGURED_KEY, REQUEST_KEY, BEARER_KEY, PROMPT):
+        assert secret not in output
+
+
+def test_two_workers_lines_all_arrive_whole(live_server, upstream, tmp_path):
+    log_dir = tmp_path / "logs"
+    server = live_server(
+        API_KEY=CONFIGURED_KEY, LOG_DIR=str(log_dir), LOG_FORMAT="json", WORKERS="2"
+    )
+    access_log = log_dir / "access.log"
+    # Both workers serving: keep asking until each has written a line.
+    deadline = time.monotonic() + 30
+    warm = 0
+    while len({line["pid"] for line in read_lines(access_log)}) < 2:
+        assert time.monotonic() < deadline, "the second worker never served"
+        requests.get(server.url + "/healthz", headers={"X-Request-ID": f"warm-{warm}"}, timeout=5)
+        warm += 1
+        time.sleep(0.05)
+
+    upstream.default = Reply(delay=0.2)
+    count = 200
+    ids = {f"burst-{i}" for i in range(count)}
+
+    def ask(i: int) -> int:
+        r = requests.post(
+            server.url + "/api/v1/chat",
+            json={"query": f"question {i} " + "pad " * 50},
+            headers={"X-Request-ID": f"burst-{i}"},
+            timeout=60,
+        )
+        return r.status_code
+
+    with ThreadPoolExecutor(count) as pool:
+        statuses = list(pool.map(ask, range(count)))
+    assert statuses == [200] * count
+
+    lines = wait_for_ids(access_log, ids)  # every line parses as JSON, or this raises
+    burst = [line for line in lines if line["request_id"] in ids]
+    assert sorted(line["request_id"] for line in burst) == sorted(ids)  # each exactly once
+    assert len({line["pid"] for line in burst}) == 2, "both workers wrote during the burst"
+    assert all(line["status"] == 200 and line["completion_tokens"] for line in burst)
+    assert len({line["request_id"] for line in lines}) == len(lines)  # no line twice
+    assert {f"warm-{n}" for n in range(warm)} <= {line["request_id"] for line in lines}
+    assert all(line["message"] for line in read_lines(log_dir / "app.log"))
+
+
+def test_nohup_with_output_discarded_leaves_complete_logs(tmp_path, upstream):
+    """Seed 000's way to run it: ``nohup python3 app.py >/dev/null 2>&1 &``, then SIGTERM."""
+    log_dir = tmp_path / "logs"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env.update(
+        HOST="127.0.0.1",
+        PORT=str(port),
+        UPSTREAM_BASE_URL=upstream.url,
+        STORE_URL="memory://",
+        API_KEY=CONFIGURED_KEY,
+        LOG_DIR=str(log_dir),
+        LOG_PROMPTS="1",  # prompts are logged only when asked for
+    )
+    upstream.reset()
+    proc = subprocess.Popen(
+        ["nohup", sys.executable, "app.py"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                answer = requests.post(
+                    f"http://127.0.0.1:{port}/api",
+                    json={"user_content": PROMPT},
+                    headers={"X-Request-ID": "nohup-1"},
+                    timeout=10,
+                )
+                break
+            except requests.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, "did not start"
+                time.sleep(0.1)
+        assert answer.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)  # graceful: the worker finishes, then the master
+        proc.wait(timeout=30)
+    [line] = (log_dir / "access.log").read_text().splitlines()
+    assert "POST /api 200 " in line and "id=nohup-1 face=api" in line and "tokens=5/5" in line
+    app_log = (log_dir / "app.log").read_text()
+    assert PROMPT in app_log and CONFIGURED_KEY not in app_log
+    assert "Worker exiting" in app_log
+    assert app_log.splitlines()[-1].endswith("Shutting down: Master")
