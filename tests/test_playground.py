@@ -247,6 +247,15 @@ def wait_finished(record: Any, timeout: float = 5.0) -> None:
         time.sleep(0.05)
 
 
+def set_temperature(page: Any, value: str) -> None:
+    # A range input cannot be typed into: set it as a drag would, with its input event.
+    page.eval_on_selector(
+        "#temperature",
+        "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }",
+        value,
+    )
+
+
 def assert_png(path: Path) -> None:
     data = path.read_bytes()
     assert len(data) > 1000 and data.startswith(b"\x89PNG\r\n\x1a\n"), path
@@ -262,9 +271,7 @@ def test_answer_streams_in_and_the_conversation_is_kept(live_server, upstream, o
     # The fake upstream lists no model: the server's DEFAULT_MODEL is used.
     assert page.eval_on_selector("#model", "s => [...s.options].map(o => o.value)") == [""]
     page.fill("#system", "Answer briefly.")
-    page.eval_on_selector(
-        "#temperature", "el => { el.value = '0.3'; el.dispatchEvent(new Event('input')); }"
-    )
+    set_temperature(page, "0.3")
     full = "The capital of France is Paris, a city on the river Seine in the north."
     upstream.default = Reply(text=full, chunk_delay=0.2)
 
@@ -333,13 +340,24 @@ def test_stop_aborts_the_stream_and_the_upstream_request(live_server, upstream, 
     partial = tab.answer()
     assert partial.startswith("w0") and full.startswith(partial) and len(partial) < len(full)
     assert tab.errors() == []
-    # What arrived before Stop stays in the conversation.
+    # Stopped before the first word: that turn leaves nothing behind.
+    upstream.default = Reply(delay=1.0)
+    tab.ask("Never mind")
+    upstream.wait_for(2)
+    tab.page.click("#stop")
+    tab.page.wait_for_selector("#send:not([hidden])")
+    assert tab.page.locator(".msg.assistant").count() == 1
+    assert "failed" in tab.page.locator(".msg.user").last.get_attribute("class")
+    # What arrived before the first Stop stays in the conversation.
     upstream.default = Reply()
     tab.ask("Go on")
     assert tab.wait_answered() == "echo: Go on"
-    messages = upstream.wait_for(2)[1].json["messages"]
-    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
-    assert messages[1]["content"].startswith("w0")
+    messages = upstream.wait_for(3)[2].json["messages"]
+    assert messages == [
+        {"role": "user", "content": "Tell me a long story"},
+        {"role": "assistant", "content": partial},
+        {"role": "user", "content": "Go on"},
+    ]
 
 
 def test_an_answer_with_markup_is_shown_as_text(live_server, upstream, open_tab):
@@ -475,8 +493,9 @@ def test_the_embedded_model_answers_in_the_page(live_server, upstream, open_tab)
     page = tab.page
     assert page.input_value("#model") == "smollm2-135m-instruct"
     page.fill("#max-tokens", "32")
+    set_temperature(page, "0")  # greedy: the same answer every run
     tab.ask("What is the capital of France?")
     answer = tab.wait_answered(timeout=60_000)
     assert answer.strip()
-    assert tab.errors() == [] and tab.problems() == []
     assert upstream.received == []  # answered by the embedded model, not the upstream
+    assert tab.errors() == [] and tab.problems() == []

@@ -280,13 +280,17 @@
       if (!finished) throw new ServiceError(t("cutOff"), 0);
       state.messages.push(question, { role: "assistant", content: answer });
     } catch (err) {
-      if (err.name === "AbortError") {
+      if (err.name === "AbortError" && answer) {
         // What arrived before Stop stays part of the conversation, as in other chat UIs.
         if (controller === state.controller) {
           state.messages.push(question, { role: "assistant", content: answer });
         }
         answerItem.classList.add("stopped");
         answerItem.dataset.note = t("stopped");
+      } else if (err.name === "AbortError") {
+        // Stopped before the first word: nothing to keep.
+        userItem.classList.add("failed");
+        answerItem.remove();
       } else {
         // The failed turn is not part of the conversation: its text goes back to the input.
         userItem.classList.add("failed");
