@@ -25,7 +25,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 test: install lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 4
 
 format: install
 	$(VENV)/bin/ruff format .
