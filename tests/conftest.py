@@ -17,10 +17,14 @@ import requests
 from flask import Flask
 
 from chatservice import create_app
-from chatservice.settings import Settings
+from chatservice.settings import ALIASES, FIELDS, Settings
 from tests.fakeupstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Every environment variable the service reads, aliases included.
+SETTING_NAMES = {field.env for field in FIELDS} | {
+    alias for names in ALIASES.values() for alias in names
+}
 
 
 @pytest.fixture(scope="session")
@@ -74,22 +78,25 @@ class LiveServer:
     ``{port}`` in them is replaced by the server's port.
     """
 
-    def __init__(self, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, args: tuple[str, ...] = (), cwd: Path = ROOT
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        # The machine's locale and proxies are not the test's: tests set what they need.
+        # The machine's own settings, locale and proxies are not the test's: tests set what
+        # they need.
         full_env = {
             k: v
             for k, v in os.environ.items()
-            if k not in ("LANG", "CHAT_LANG") and "proxy" not in k.lower()
+            if k not in SETTING_NAMES and k != "LANG" and "proxy" not in k.lower()
         }
         full_env.update({"HOST": "127.0.0.1", "PORT": str(self.port), **env})
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         command = [arg.replace("{port}", str(self.port)) for arg in args or ("app.py",)]
         self.proc = subprocess.Popen(
             [sys.executable, *command],
-            cwd=ROOT,
+            cwd=cwd,
             env=full_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -8,12 +8,8 @@ must change nothing.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,78 +17,33 @@ from pathlib import Path
 import pytest
 import requests
 
-from chatservice.settings import ALIASES, FIELDS
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, LiveServer
 from tests.fakeupstream import FakeUpstream, Reply
 
 OLD_KEY = "sk-old-key-0001aaaa"
 NEW_KEY = "sk-new-key-0002bbbb"
 
 
-class EnvFileServer:
+class EnvFileServer(LiveServer):
     """``python3 <repo>/app.py`` started in ``folder``: its ``.env`` is that folder's."""
 
     def __init__(self, folder: Path, settings: dict[str, str]) -> None:
         self.folder = folder
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.write_env(settings)
-        # Nothing of the test machine's own settings may override the file.
-        names = {field.env for field in FIELDS} | {a for names in ALIASES.values() for a in names}
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in names and k != "LANG" and "proxy" not in k.lower()
-        }
-        self.log_path = folder / "server.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py")],
-            cwd=folder,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        super().__init__({}, folder / "server.log", (str(ROOT / "app.py"),), cwd=folder)
 
     def write_env(self, settings: dict[str, str]) -> None:
-        text = "".join(
-            f"{k}={v}\n"
-            for k, v in {"HOST": "127.0.0.1", "PORT": str(self.port), **settings}.items()
-        )
+        text = "".join(f"{k}={v}\n" for k, v in settings.items())
         (self.folder / ".env").write_text(text)
 
     def hang_up(self) -> None:
         self.proc.send_signal(signal.SIGHUP)
-
-    def log_text(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log_text()
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise AssertionError(f"server did not start: {self.log_text()}")
 
     def wait_for_log(self, text: str, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
         while text not in self.log_text():
             assert time.monotonic() < deadline, f"{text!r} never logged: {self.log_text()}"
             time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 @pytest.fixture
