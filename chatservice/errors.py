@@ -139,7 +139,11 @@ def to_service_error(exc: BaseException) -> ServiceError:
         if code == 404:
             return NotFound()
         if code == 405:
-            return MethodNotAllowed(method=request.method)
+            # RFC 9110 15.5.6: a 405 names the methods the path does allow.
+            allowed = ", ".join(sorted(getattr(exc, "valid_methods", None) or ()))
+            return MethodNotAllowed(
+                method=request.method, headers={"Allow": allowed} if allowed else None
+            )
         if code == 413:
             return PayloadTooLarge(limit=current_app.config.get("MAX_CONTENT_LENGTH"))
         if code == 400:

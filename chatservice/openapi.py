@@ -20,8 +20,8 @@ from typing import Any
 from chatservice.settings import Settings
 
 OPENAPI_VERSION = "3.1.0"
-#: Version of the HTTP interface described (``info.version``).
-API_VERSION = "1.0.0"
+#: ``info.version``: the project's version (pyproject.toml; a test keeps them equal).
+API_VERSION = "0.1.0"
 
 JSON = "application/json"
 TEXT = "text/plain"
@@ -707,6 +707,21 @@ def _schemas() -> dict[str, Schema]:
                 }
             },
         },
+        "Readiness": {
+            "type": "object",
+            "required": ["status", "checks"],
+            "properties": {
+                "status": {"enum": ["ready", "not_ready"]},
+                "checks": {
+                    "type": "object",
+                    "description": "Each check's result: `ok` or a stable reason "
+                    "(`unavailable`, `no_usable_key`, `model_missing`, `llama_cpp_missing`).",
+                    "additionalProperties": {"type": "string"},
+                    "examples": [{"store": "ok", "shared_state": "ok", "backend": "ok"}],
+                },
+                "failing": {"type": "array", "items": {"type": "string"}},
+            },
+        },
         "Status": {
             "type": "object",
             "required": ["status"],
@@ -876,7 +891,7 @@ def _model_operations(settings: Settings) -> dict[str, dict[str, Any]]:
                         "ALLOWED_MODELS allows.",
                         "content": _content(JSON, _ref("ModelList")),
                     },
-                    **_error_responses(JSON, _ref("OpenAIError"), (401, 429, 502, 503, 504)),
+                    **_error_responses(JSON, _ref("OpenAIError"), (400, 401, 429, 502, 503, 504)),
                 },
                 parameters=lang,
                 security=openai_security,
@@ -889,7 +904,9 @@ def _model_operations(settings: Settings) -> dict[str, dict[str, Any]]:
                 "Retrieve a model",
                 {
                     "200": {"description": "The model.", "content": _content(JSON, _ref("Model"))},
-                    **_error_responses(JSON, _ref("OpenAIError"), (401, 404, 429, 502, 503, 504)),
+                    **_error_responses(
+                        JSON, _ref("OpenAIError"), (400, 401, 404, 429, 502, 503, 504)
+                    ),
                 },
                 parameters=[
                     {
@@ -1232,7 +1249,7 @@ def _other_operations(settings: Settings) -> dict[str, dict[str, Any]]:
                         "`code`; the socket stays open. Frames on one socket are answered in "
                         "order and each counts against the rate limits."
                     },
-                    **_error_responses(JSON, _ref("ChatError"), (401, 426)),
+                    **_error_responses(JSON, _ref("ChatError"), (401, 426, 429)),
                 },
                 description="A request without a WebSocket upgrade is answered 426.",
                 parameters=[_lang_parameter()],
@@ -1281,13 +1298,14 @@ def _other_operations(settings: Settings) -> dict[str, dict[str, Any]]:
                 "Readiness",
                 {
                     "200": {
-                        "description": "The store is reachable and a usable key (or the "
-                        "embedded model) is there.",
-                        "content": _content(JSON, _ref("Status")),
+                        "description": "Every check is `ok`: the store (STORE_URL) and the shared "
+                        "state (RATELIMIT_STORAGE_URI) answer, and the default backend can answer "
+                        "(a usable upstream key, or the embedded model's file and llama.cpp).",
+                        "content": _content(JSON, _ref("Readiness")),
                     },
                     "503": {
-                        "description": "Not ready; the body says what is missing.",
-                        "content": _content(JSON, {"type": "object"}),
+                        "description": "Not ready: `failing` names the checks that are not `ok`.",
+                        "content": _content(JSON, _ref("Readiness")),
                     },
                 },
             )
@@ -1299,8 +1317,14 @@ def _other_operations(settings: Settings) -> dict[str, dict[str, Any]]:
                 "Prometheus metrics",
                 {
                     "200": {
-                        "description": "Prometheus text exposition format.",
-                        "content": _content(TEXT, {"type": "string"}),
+                        "description": "Requests by face, route and status, latencies, upstream "
+                        "latency and errors, tokens, streams in flight, key states, rate-limit "
+                        "rejections. Prometheus text format, or OpenMetrics when `Accept` asks "
+                        "for it.",
+                        "content": {
+                            **_content(TEXT, {"type": "string"}),
+                            **_content("application/openmetrics-text", {"type": "string"}),
+                        },
                     }
                 },
             )
@@ -1413,7 +1437,6 @@ def build_document(settings: Settings) -> dict[str, Any]:
             "summary": "A self-hosted ChatGPT API speaking the request shapes of popular "
             "ChatGPT wrappers.",
             "description": _info_description(settings),
-            "license": {"name": "See the project's repository"},
         },
         "tags": TAGS,
         "paths": paths,

@@ -21,7 +21,8 @@ def read_json_object() -> dict[str, Any]:
     raw = request.get_data(cache=True)
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: JSON nested deeper than the parser's recursion allows.
         raise BadRequest("invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("body_not_object")

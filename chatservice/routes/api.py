@@ -13,17 +13,20 @@ Success: ``{"code":200,"msg":"success","data":{"response":..},"result":[..],
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, Response
 
 from chatservice import validation
-from chatservice.errors import ServiceError
+from chatservice.errors import BadRequest, ServiceError
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, for_model
 from chatservice.routes import add_post_rule
 from chatservice.service import current_service, respond
 from chatservice.settings import Secret, Settings
 from chatservice.web import read_json_object
+
+_PRINTABLE_ASCII = re.compile(r"[ -~]*")
 
 
 def prefix(route: str) -> str:
@@ -54,6 +57,9 @@ def build_request(body: dict[str, Any], settings: Settings) -> ChatRequest:
     history = validation.messages(body, "continuous_dialogue", "continuous") or []
     model = validation.string(body, "model", non_empty=True) or settings.default_model
     api_key = validation.string(body, "api_key")
+    if api_key and not _PRINTABLE_ASCII.fullmatch(api_key):
+        # It becomes an HTTP header: anything else breaks the header or smuggles a line.
+        raise BadRequest("invalid_api_key", field="api_key")
     max_tokens = validation.integer(body, "max_tokens", 1, 4096, default=100)
     stream = validation.boolean(body, "stream", False)
 

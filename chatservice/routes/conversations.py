@@ -325,7 +325,7 @@ def create_turbo() -> Response:
     preset = PRESETS["turbo"]
     body = read_text()
     stream = False
-    if body.lstrip().startswith("{"):
+    if request.is_json or body.lstrip().startswith("{"):
         fields = read_json_object()
         body = validation.string(fields, "prompt") or ""
         stream = validation.boolean(fields, "stream", False)

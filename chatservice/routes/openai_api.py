@@ -133,16 +133,19 @@ def build_request(kind: Kind, body: dict[str, Any], settings: Settings) -> ChatR
     model = validation.string(body, "model", non_empty=True) or settings.default_model
     stream = validation.boolean(body, "stream", False)
     max_tokens = _positive_integer(body, "max_tokens")
-    # Checked here so a bad value is our 400, but sent as the client wrote it: the newer name
-    # stays in params, where the upstream gets it unchanged.
-    _positive_integer(body, "max_completion_tokens")
+    params = {name: value for name, value in body.items() if name not in OWN_FIELDS}
+    # The newer name stays in params (the upstream gets it under that name), checked here so
+    # a bad value is our 400, and as an integer (5.0 becomes 5, as for max_tokens).
+    max_completion_tokens = _positive_integer(body, "max_completion_tokens")
+    if max_completion_tokens is not None:
+        params["max_completion_tokens"] = max_completion_tokens
     return ChatRequest(
         kind=kind,
         model=model,
         max_tokens=max_tokens,
         messages=messages,
         prompt=prompt,
-        params={name: value for name, value in body.items() if name not in OWN_FIELDS},
+        params=params,
         stream=stream,
         api_key=client_key(),
     )
@@ -176,6 +179,9 @@ def _positive_integer(body: dict[str, Any], name: str) -> int | None:
     value = body.get(name)
     if value is None:
         return None
+    # JSON Schema (and the other faces) count 5.0 as the integer 5.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise BadRequest("not_a_positive_integer", field=name)
     return value

@@ -282,7 +282,7 @@ def _parse(raw: str | bytes) -> tuple[dict[str, Any] | None, BadRequest | None]:
     """The frame as a JSON object (``None`` if it is not one) and what is wrong with it."""
     try:
         message = json.loads(raw)
-    except ValueError:  # includes UnicodeDecodeError from a binary frame
+    except (ValueError, RecursionError):  # a binary frame's UnicodeDecodeError; deep nesting
         return None, BadRequest("ws_invalid_frame")
     if not isinstance(message, dict):
         return None, BadRequest("ws_invalid_frame")

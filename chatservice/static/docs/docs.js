@@ -141,7 +141,13 @@
       box.append(schemaLink(schema.$ref));
       return box;
     }
-    if (!bare) box.append(el("div", { class: "schema-head" }, typeLabel(schema)), details(schema));
+    if (!bare) {
+      // A bare combinator says "any of:" below; its type label would say it twice.
+      const combinatorOnly = !schema.type && !schema.enum && !("const" in schema) &&
+        (schema.anyOf || schema.oneOf || schema.allOf);
+      if (!combinatorOnly) box.append(el("div", { class: "schema-head" }, typeLabel(schema)));
+      box.append(details(schema));
+    }
     for (const key of ["allOf", "anyOf", "oneOf"]) {
       // Conditions (if/then/else) are spelled out in the properties' descriptions.
       const parts = (Array.isArray(schema[key]) ? schema[key] : []).filter(function (part) {
@@ -341,12 +347,22 @@
       }
     });
     // Open the operation a link points at (anchors into closed <details> show nothing).
+    // The page was empty when the browser looked for the #anchor: look again now.
     function openTarget() {
-      const target = location.hash && document.getElementById(location.hash.slice(1));
-      if (target && target.tagName === "DETAILS") target.open = true;
+      let id = location.hash.slice(1);
+      try {
+        id = decodeURIComponent(id);
+      } catch (error) {
+        // A malformed %-escape: look the hash up as it is.
+      }
+      const target = id && document.getElementById(id);
+      if (!target) return;
+      if (target.tagName === "DETAILS") target.open = true;
+      target.scrollIntoView();
     }
     window.addEventListener("hashchange", openTarget);
     openTarget();
+    document.body.dataset.ready = "";
   }
 
   function fail(error) {
