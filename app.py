@@ -46,6 +46,8 @@ class Server(BaseApplication):
             "bind": f"{self.settings.host}:{self.settings.port}",
             "workers": self.settings.workers,
             "worker_class": "gevent",
+            # gunicorn's default of 1,000 would queue the 1,001st open stream of a worker.
+            "worker_connections": self.settings.worker_connections,
             # Streams and local generation can outlast gunicorn's 30 s default.
             "timeout": max(60, int(self.settings.upstream_read_timeout) + 30),
             # gunicorn counts whole seconds: round up, never cut a stream's allowance short.

@@ -5,14 +5,17 @@ evenly over ``--ramp`` seconds from the wall-clock time ``--start-at`` (``--phas
 them, so that two processes interleave), reads each answer with a minimal HTTP/1.1 parser
 (status line, then the raw chunked body split on the SSE event terminator) and measures, for
 every chunk, the forwarding delay: the receive time minus the upstream's send time embedded
-in the chunk's content as ``@<time.time()>@`` (same machine, same clock).
+in the chunk's content as ``@<time.time()>@`` (same machine, same clock). Two receive times
+are kept: the kernel's arrival time of the bytes on the client's socket (``SO_TIMESTAMPNS``,
+CLOCK_REALTIME; the time the client could first see the chunk, whatever this process's own
+scheduling) and the time ``recvmsg`` returned here (which adds the client's own delays).
 
 A stream counts as failed unless it answers 200, carries exactly ``--chunks`` timestamped
 chunks and ends with ``data: [DONE]`` and the chunked terminator. The client's own event-loop
 lag is sampled every 10 ms: it bounds how much of a measured delay is the client's.
 
-Writes one JSON document to ``--out``: per-chunk ``[receive time, delay s]`` pairs, per-stream
-open/close times, errors, and the client's loop lag and CPU seconds.
+Writes one JSON document to ``--out``: per-chunk ``[receive time, delay s, kernel delay s or
+null]``, per-stream open/close times, errors, and the client's loop lag and CPU seconds.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import json  # noqa: E402
 import re  # noqa: E402
 import resource  # noqa: E402
 import socket  # noqa: E402
+import struct  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
@@ -35,13 +39,30 @@ import gevent.pool  # noqa: E402
 
 MARK = re.compile(rb"@(\d+\.\d+)@")
 TERMINATOR = b"0\r\n\r\n"
+#: Linux's SO_TIMESTAMPNS (also its control-message type), which Python does not name.
+SO_TIMESTAMPNS = 35
+TIMESPEC = struct.Struct("qq")
+
+
+def receive(sock: socket.socket) -> tuple[bytes, float, float | None]:
+    """Bytes from ``sock``, the time now, and the kernel's arrival time of the last of them
+    (None when the kernel gave none: its timestamping starts a moment after it is asked for).
+    """
+    data, ancillary, _flags, _address = sock.recvmsg(65536, 64)
+    now = time.time()
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
+            seconds, nanoseconds = TIMESPEC.unpack_from(payload)
+            return data, now, seconds + nanoseconds / 1e9
+    return data, now, None
 
 
 class Result:
     """Everything this process measured."""
 
     def __init__(self) -> None:
-        self.chunks: list[tuple[float, float]] = []  # (receive time, delay seconds)
+        # (receive time, delay seconds, kernel-arrival delay seconds or None)
+        self.chunks: list[tuple[float, float, float | None]] = []
         self.streams: list[tuple[float, float | None, float | None]] = []  # start, open, close
         self.errors: list[str] = []
         self.lag_ms: list[float] = []
@@ -62,21 +83,22 @@ def one_stream(args: argparse.Namespace, start_at: float, result: Result) -> Non
     try:
         sock = socket.create_connection((args.host, args.port), timeout=args.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.sendall(args.request)
         head = b""
         while b"\r\n\r\n" not in head:
-            data = sock.recv(65536)
+            data, now, arrived = receive(sock)
             if not data:
                 raise ConnectionError("closed before the headers")
             head += data
-        opened = time.time()
+        opened = now
         head, _, pending = head.partition(b"\r\n\r\n")
         status = head.split(b" ", 2)[1]
         if status != b"200":
             raise ConnectionError(f"HTTP {status.decode()}")
         done = False
-        now = opened
         while True:
+            # Events completed by the latest read carry that read's times.
             *events, pending = pending.split(b"\n\n")
             for event in events:
                 if b"[DONE]" in event:
@@ -84,12 +106,13 @@ def one_stream(args: argparse.Namespace, start_at: float, result: Result) -> Non
                 elif b'"error"' in event:
                     raise ConnectionError("error event")
                 for mark in MARK.finditer(event):
-                    result.chunks.append((now, now - float(mark.group(1))))
+                    sent = float(mark.group(1))
+                    kernel = None if arrived is None else arrived - sent
+                    result.chunks.append((now, now - sent, kernel))
                     got += 1
             if done and pending.endswith(TERMINATOR):
                 break
-            data = sock.recv(65536)
-            now = time.time()
+            data, now, arrived = receive(sock)
             if not data:
                 raise ConnectionError("closed before the end of the stream")
             pending += data
@@ -167,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         "streams": args.streams,
         "ok": result.ok,
         "errors": result.errors,
-        "chunks": [[round(t, 6), round(d, 6)] for t, d in result.chunks],
+        "chunks": [
+            [round(t, 6), round(d, 6), None if k is None else round(k, 6)]
+            for t, d, k in result.chunks
+        ],
         "stream_times": result.streams,
         "loop_lag_ms": sorted(round(v, 3) for v in result.lag_ms),
         "cpu_seconds": usage.ru_utime + usage.ru_stime,

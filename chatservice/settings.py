@@ -267,6 +267,7 @@ FIELDS: tuple[Field, ...] = (
     Field("HOST", "host", _text, "0.0.0.0"),  # noqa: S104 - listening on all interfaces is the documented default
     Field("PORT", "port", _int(1), "5000"),
     Field("WORKERS", "workers", _int(1), "1"),
+    Field("WORKER_CONNECTIONS", "worker_connections", _int(1), "4096"),
     Field("ROUTE", "route", _route, "api"),
     Field("CHAT_LANG", "default_lang", _lang, "en"),
     Field("HOUR_LIMIT", "hour_limit", _limit, ""),
@@ -340,6 +341,7 @@ class Settings:
     host: str
     port: int
     workers: int
+    worker_connections: int
     route: str
     default_lang: str
     hour_limit: int
