@@ -112,6 +112,19 @@ class ChatChunk:
     usage: dict[str, int] | None = None
     raw: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    def delta(self) -> dict[str, Any]:
+        """The seed faces' ``data`` of a stream event: ``{"response": text, "finish_reason",
+        "model"}``, plus ``usage`` when the chunk carries it.
+        """
+        data: dict[str, Any] = {
+            "response": self.text,
+            "finish_reason": self.finish_reason,
+            "model": self.model,
+        }
+        if self.usage:
+            data["usage"] = self.usage
+        return data
+
     @property
     def empty(self) -> bool:
         """True when the chunk carries no text, no finish reason and no usage."""

@@ -91,6 +91,29 @@ _SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f
 _NON_BLANK = f"[^{_SPACE}]"
 
 
+def _seed_chunk(description: str, code: int, msg: str, finish_reason: Schema) -> Schema:
+    """A seed face's stream event: ``{"code", "msg", "data": ChatChunk.delta()}``."""
+    return {
+        "type": "object",
+        "description": description,
+        "required": ["code", "msg", "data"],
+        "properties": {
+            "code": {"const": code},
+            "msg": {"const": msg},
+            "data": {
+                "type": "object",
+                "required": ["response", "finish_reason", "model"],
+                "properties": {
+                    "response": {"type": "string"},
+                    "finish_reason": finish_reason,
+                    "model": {"type": "string"},
+                    "usage": _ref("Usage"),
+                },
+            },
+        },
+    }
+
+
 def _ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -289,25 +312,12 @@ def _schemas() -> dict[str, Schema]:
                 "current_response": {"type": "string", "description": "The answer again."},
             },
         },
-        "ApiChunk": {
-            "type": "object",
-            "description": "One stream event of `POST /{ROUTE}`: the new text in `data.response`.",
-            "required": ["code", "msg", "data"],
-            "properties": {
-                "code": {"const": 200},
-                "msg": {"const": "success"},
-                "data": {
-                    "type": "object",
-                    "required": ["response", "finish_reason", "model"],
-                    "properties": {
-                        "response": {"type": "string"},
-                        "finish_reason": finish_reason,
-                        "model": {"type": "string"},
-                        "usage": _ref("Usage"),
-                    },
-                },
-            },
-        },
+        "ApiChunk": _seed_chunk(
+            "One stream event of `POST /{ROUTE}`: the new text in `data.response`.",
+            200,
+            "success",
+            finish_reason,
+        ),
         "ApiError": {
             "type": "object",
             "description": "The failure envelope of `POST /{ROUTE}`; `code` equals the HTTP "
@@ -391,25 +401,9 @@ def _schemas() -> dict[str, Schema]:
                 },
             },
         },
-        "ChatChunk": {
-            "type": "object",
-            "description": "One stream event of `POST /{ROUTE}/v1/chat`.",
-            "required": ["code", "msg", "data"],
-            "properties": {
-                "code": {"const": 0},
-                "msg": {"const": "ok"},
-                "data": {
-                    "type": "object",
-                    "required": ["response", "finish_reason", "model"],
-                    "properties": {
-                        "response": {"type": "string"},
-                        "finish_reason": finish_reason,
-                        "model": {"type": "string"},
-                        "usage": _ref("Usage"),
-                    },
-                },
-            },
-        },
+        "ChatChunk": _seed_chunk(
+            "One stream event of `POST /{ROUTE}/v1/chat`.", 0, "ok", finish_reason
+        ),
         "ChatError": {
             "type": "object",
             "description": "The failure envelope of seed 000 (`/v1/chat`, and `/ws` before the "

@@ -104,11 +104,4 @@ def ask() -> Response:
 
 def render_chunk(chunk: ChatChunk) -> dict[str, Any]:
     """One stream event: the delta text in ``data.response``."""
-    data: dict[str, Any] = {
-        "response": chunk.text,
-        "finish_reason": chunk.finish_reason,
-        "model": chunk.model,
-    }
-    if chunk.usage:
-        data["usage"] = chunk.usage
-    return {"code": 200, "msg": "success", "data": data}
+    return {"code": 200, "msg": "success", "data": chunk.delta()}

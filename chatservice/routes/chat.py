@@ -124,11 +124,4 @@ def render_result(result: ChatResult) -> dict[str, Any]:
 
 def render_chunk(chunk: ChatChunk) -> dict[str, Any]:
     """One stream event: the delta text in ``data.response``."""
-    data: dict[str, Any] = {
-        "response": chunk.text,
-        "finish_reason": chunk.finish_reason,
-        "model": chunk.model,
-    }
-    if chunk.usage:
-        data["usage"] = chunk.usage
-    return {"code": 0, "msg": "ok", "data": data}
+    return {"code": 0, "msg": "ok", "data": chunk.delta()}
