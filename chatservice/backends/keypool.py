@@ -71,6 +71,8 @@ class KeyPool:
     def __init__(self, keys: list[Secret], state: SharedState, auto_remove: bool) -> None:
         unique = {key_id(key): key for key in keys}
         self._keys = list(unique.values())
+        # Hashed once here: calls look keys up by id on every request.
+        self._id = {key: ident for ident, key in unique.items()}
         self._state = state
         self._auto_remove = auto_remove
         self._turn = itertools.count()
@@ -95,13 +97,13 @@ class KeyPool:
             return []
         start = next(self._turn) % len(self._keys)
         ordered = self._keys[start:] + self._keys[:start]
-        return [key for key in ordered if self._status(key_id(key))[0] == "usable"]
+        return [key for key in ordered if self._status(self._id[key])[0] == "usable"]
 
     def retry_after(self) -> int | None:
         """Whole seconds until the first cooling key is usable again; None if none cools."""
         waits = [
             until - self._clock()
-            for state, until in map(self._status, self._ids())
+            for state, until in map(self._status, self._id.values())
             if state == "cooling" and until is not None
         ]
         return max(1, math.ceil(min(waits))) if waits else None
@@ -109,8 +111,9 @@ class KeyPool:
     def succeeded(self, key: Secret) -> None:
         """A call on ``key`` went through: its backoff starts over."""
         with contextlib.suppress(ServiceError):  # best effort, see _status
-            if self._state.get(f"key:{key_id(key)}:strikes") is not None:
-                self._state.delete(f"key:{key_id(key)}:strikes")
+            strikes = f"key:{self._id[key]}:strikes"
+            if self._state.get(strikes) is not None:
+                self._state.delete(strikes)
 
     def failed(self, key: Secret, reason: str, retry_after: float | None = None) -> None:
         """The upstream refused ``key`` for ``reason`` (one of the module's constants).
@@ -123,7 +126,7 @@ class KeyPool:
             log.warning("key pool state unreachable; %s not marked", key.masked())
 
     def _mark(self, key: Secret, reason: str, retry_after: float | None) -> None:
-        ident = key_id(key)
+        ident = self._id[key]
         self._state.incr(f"key:{ident}:failures")
         self._state.set(f"key:{ident}:last_error", reason)
         if reason in DISABLING:
@@ -144,7 +147,7 @@ class KeyPool:
         """
         rows = []
         for key in self._keys:
-            ident = key_id(key)
+            ident = self._id[key]
             state, until = self._status(ident)
             rows.append(
                 {
@@ -157,9 +160,6 @@ class KeyPool:
                 }
             )
         return rows
-
-    def _ids(self) -> list[str]:
-        return [key_id(key) for key in self._keys]
 
     def _status(self, ident: str) -> tuple[str, float | None]:
         try:

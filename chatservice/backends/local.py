@@ -74,6 +74,15 @@ class LocalBackend:
         self._lock = gevent.lock.BoundedSemaphore(1)
         self._waiting = 0
 
+    def model_file(self) -> str:
+        """The GGUF file: LOCAL_MODEL_PATH, else the bundled one (looked up once).
+
+        Raises ``FileNotFoundError`` when there is no bundled file to fall back on.
+        """
+        if not self._path:
+            self._path = bundled_model_path()
+        return self._path
+
     def preload(self) -> None:
         """Load the model now instead of on the first request."""
         self._run(self._load)
@@ -137,7 +146,7 @@ class LocalBackend:
             try:
                 from llama_cpp import Llama  # heavy native import: only when the model is used
 
-                path = self._path or bundled_model_path()
+                path = self.model_file()
                 self._llama = Llama(
                     model_path=path,
                     n_ctx=self._context_tokens,

@@ -27,7 +27,6 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from chatservice import auth, validation
-from chatservice.backends.local import bundled_model_path
 from chatservice.errors import BadRequest, NotFound, ServiceError, UpstreamError
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, Kind
 from chatservice.routes import add_post_rule
@@ -239,24 +238,24 @@ def available_models(service: Service) -> list[dict[str, Any]]:
     models = []
     local_id = None
     if service.backends.mode != "openai":
-        models.append(local_model_entry(service.settings))
+        models.append(local_model_entry(service))
         local_id = service.backends.local.model_id
     models.extend(entry for entry in _upstream_models(service) if entry["id"] != local_id)
     return [entry for entry in models if service.backends.policy.allows(entry["id"])]
 
 
-def local_model_entry(settings: Settings) -> dict[str, Any]:
+def local_model_entry(service: Service) -> dict[str, Any]:
     """The embedded model as an OpenAI ``model`` object.
 
     ``created`` is the GGUF file's modification time (0 when the file cannot be found): the
     model has no creation date of its own that llama.cpp reports.
     """
     try:
-        created = int(os.path.getmtime(settings.local_model_path or bundled_model_path()))
+        created = int(os.path.getmtime(service.backends.local.model_file()))
     except OSError:
         created = 0
     return {
-        "id": settings.local_model_id,
+        "id": service.backends.local.model_id,
         "object": "model",
         "created": created,
         "owned_by": LOCAL_OWNER,

@@ -21,7 +21,7 @@ from pathlib import Path
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from chatservice.backends.local import bundled_model_path
+from chatservice.backends.local import LocalBackend
 from chatservice.errors import ServiceError
 from chatservice.metrics import current_metrics
 from chatservice.service import Service, current_service
@@ -86,7 +86,7 @@ def backend_check(service: Service) -> str:
     backends = service.backends
     upstream = backends.upstream
     if backends.mode == "local" or (backends.mode == "auto" and not upstream.has_default_key):
-        return local_model_check(service.settings.local_model_path)
+        return local_model_check(backends.local)
     if not upstream.has_default_key:
         return OK  # BACKEND=openai with no key: a keyless upstream (Ollama, vLLM)
     try:
@@ -98,12 +98,12 @@ def backend_check(service: Service) -> str:
     return OK if any(row["state"] == "usable" for row in rows) else "no_usable_key"
 
 
-def local_model_check(configured_path: str) -> str:
+def local_model_check(local: LocalBackend) -> str:
     """``ok`` when the GGUF file (LOCAL_MODEL_PATH, else the bundled one) exists and
     llama-cpp-python is installed; neither is loaded.
     """
     try:
-        path = configured_path or bundled_model_path()
+        path = local.model_file()
     except FileNotFoundError:
         return "model_missing"
     if not Path(path).is_file():
