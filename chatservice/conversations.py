@@ -217,13 +217,17 @@ class Exchange:
         """The same exchange without its oldest earlier turn."""
         return dataclasses.replace(self, history=self.history[1:])
 
+    def model(self, settings: Settings) -> str:
+        """The model the preset asks for (its setting's value)."""
+        return getattr(settings, self.preset.model_setting)
+
     def request(self, settings: Settings, *, stream: bool, embedded: bool) -> ChatRequest:
         """The model request: a transcript prompt for ``/completions`` when the preset is a
         transcript, its model is a completion model and the backend is not the ``embedded``
         model; a chat otherwise.
         """
         preset = self.preset
-        model = getattr(settings, preset.model_setting)
+        model = self.model(settings)
         params = dict(preset.params)
         if preset.transcript:
             params["stop"] = [f"\n{self.human}:", f"\n{self.ai}:"]
@@ -260,11 +264,15 @@ class Summary:
 
     text: str
 
+    def model(self, settings: Settings) -> str:
+        """COMPLETION_MODEL."""
+        return settings.completion_model
+
     def request(self, settings: Settings, *, stream: bool, embedded: bool) -> ChatRequest:
         """``<text>\\n\\nTl;dr:`` to COMPLETION_MODEL through ``/completions`` (the seed's
         prompt), or a chat with :data:`SUMMARY_INSTRUCTION` on a chat model or the embedded one.
         """
-        model = settings.completion_model
+        model = self.model(settings)
         params = {"temperature": 0.7, "top_p": 1, "presence_penalty": 1}
         req = ChatRequest(kind="chat", model=model, max_tokens=512, params=params, stream=stream)
         if not embedded and is_completion_model(model):

@@ -15,7 +15,8 @@ from chatservice.backends import Backends
 from chatservice.errors import FaceRegistry, register_error_handlers
 from chatservice.i18n import Catalogs
 from chatservice.limits import create_limiter, limit_face
-from chatservice.logs import configure_logging, init_access_log
+from chatservice.logs import AccessRecord, configure_logging, init_access_log
+from chatservice.pipeline import Pipeline
 from chatservice.routes import (
     admin,
     api,
@@ -55,10 +56,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     catalogs = Catalogs.load()
     faces = FaceRegistry(default=api.render_error)
     state = create_state(settings.ratelimit_storage_uri)
+    backends = Backends(settings, state)
     service = Service(
         settings=settings,
         catalogs=catalogs,
-        backends=Backends(settings, state),
+        backends=backends,
+        pipeline=Pipeline(settings, backends, catalogs, observers=[AccessRecord()]),
         faces=faces,
         state=state,
         store=create_state(settings.store_url),

@@ -12,9 +12,8 @@ order: ``request_id`` (the client's ``X-Request-ID`` when it is a sane token, at
 ``duration_ms``, ``ip`` (the client after TRUSTED_PROXIES, from werkzeug's ProxyFix), ``model``,
 ``prompt_tokens``, ``completion_tokens``, ``backend`` (``upstream`` or ``local``), then
 ``error`` (the stable key of an error that ended a started stream) and ``aborted`` (the client
-left before the end) when they apply. The shared request path (:mod:`chatservice.service`)
-fills model, backend and tokens with :func:`record`, :func:`record_result` and
-:func:`record_stream`. A key, a token or a prompt is never a field. LOG_FORMAT=json writes
+left before the end) when they apply. The answer pipeline (:mod:`chatservice.pipeline`)
+fills model, backend, tokens and error through one observer, :class:`AccessRecord`. A key, a token or a prompt is never a field. LOG_FORMAT=json writes
 the fields as one JSON object per line (plus ``time`` and ``pid``); ``text`` writes
 ``POST /api 200 12.3ms id=... face=api ...``. Access records are logged at INFO whatever
 LOG_LEVEL says (LOG_LEVEL governs the application log), like gunicorn's own access log.
@@ -85,6 +84,7 @@ if TYPE_CHECKING:
     from flask import Flask
 
     from chatservice.models import ChatChunk, ChatResult
+    from chatservice.pipeline import Call
 
 # Flask is imported inside the access-log functions: gunicorn's master imports this module to
 # run the log hub, and must not import Flask (and so ssl and sockets users) before its gevent
@@ -627,49 +627,48 @@ def request_id() -> str | None:
     return request.environ.get(ENVIRON_KEY, {}).get("request_id")
 
 
-def record(**fields: Any) -> None:
-    """Add ``fields`` (model, backend, prompt_tokens, ...) to the current request's access
-    record; ``None`` values are skipped and nothing happens outside a request.
+class AccessRecord:
+    """The pipeline observer that fills the access record: ``model`` and ``backend`` when a
+    call starts, then the answering model and token counts of the result or of the chunks as
+    they pass, and the stable key of a :class:`ServiceError` that ends a stream.
 
-    The fields live in the WSGI environ rather than on ``flask.g`` because a stream goes on
-    after the app context is gone, and its last chunk still has token counts to add.
+    The one writer of these fields (a :class:`chatservice.pipeline.Observer`).
     """
-    from flask import has_request_context
 
-    if has_request_context():
-        _fields().update({key: value for key, value in fields.items() if value is not None})
+    def begin(self, call: Call) -> _AccessWatch:
+        """Note the resolved model and the backend; watch the answer."""
+        from flask import has_request_context
+
+        fields = _fields() if has_request_context() else {}
+        fields.update(model=call.request.model, backend=call.route.name)
+        return _AccessWatch(fields, call.streamed)
 
 
-def record_result(result: ChatResult) -> None:
-    """Record the model that answered and the token counts of a whole answer."""
-    record(model=result.model or None, **usage_fields(result.usage))
+class _AccessWatch:
+    def __init__(self, fields: dict[str, Any], streamed: bool) -> None:
+        self.fields = fields
+        self.streamed = streamed
 
+    def result(self, result: ChatResult) -> None:
+        if result.model:
+            self.fields["model"] = result.model
+        self.fields.update(usage_fields(result.usage))
 
-def record_stream(chunks: Iterator[ChatChunk]) -> Iterator[ChatChunk]:
-    """``chunks`` unchanged, recording the answering model and the token counts of a usage
-    chunk as they pass, and the key of a :class:`ServiceError` that ends the stream.
-    Closing the result closes ``chunks``. Call it inside the request.
-    """
-    from flask import has_request_context
+    def chunk(self, chunk: ChatChunk) -> None:
+        if chunk.model:
+            self.fields["model"] = chunk.model
+        if chunk.usage:
+            self.fields.update(usage_fields(chunk.usage))
 
-    from chatservice.errors import ServiceError
+    def error(self, err: Exception) -> None:
+        from chatservice.errors import ServiceError
 
-    fields = _fields() if has_request_context() else {}
+        # A whole answer's error is the response's status; a stream's shows only here.
+        if self.streamed and isinstance(err, ServiceError):
+            self.fields["error"] = err.key
 
-    def relay() -> Iterator[ChatChunk]:
-        try:
-            for chunk in chunks:
-                if chunk.model:
-                    fields["model"] = chunk.model
-                fields.update(usage_fields(chunk.usage))
-                yield chunk
-        except ServiceError as err:
-            fields["error"] = err.key
-            raise
-        finally:
-            chunks.close()  # type: ignore[attr-defined]
-
-    return relay()
+    def end(self, outcome: str) -> None:
+        pass
 
 
 def usage_fields(usage: Any) -> dict[str, int]:

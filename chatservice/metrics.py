@@ -41,9 +41,9 @@ Exported, every name prefixed ``chatservice_``:
 - ``rate_limited_total{face}``: requests refused by the per-client limits (HOUR/MINUTE/
   SECOND_LIMIT), told apart from the upstream's own 429s.
 
-Upstream latency, errors and tokens are recorded by wrapping the app's two backends
-(:class:`InstrumentedBackend`), so every face, including the WebSocket one that calls
-``Backends.select`` directly, is covered without a line in the backends or the faces.
+Upstream latency, errors and tokens are recorded by an observer of the answer pipeline
+(:class:`BackendMetrics`, see :mod:`chatservice.pipeline`), which every face goes through:
+nothing in the backends or the faces, and nothing wraps a backend.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -61,7 +61,10 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from chatservice.errors import ServiceError
-from chatservice.models import ChatChunk, ChatRequest, ChatResult
+from chatservice.models import ChatChunk, ChatResult
+
+if TYPE_CHECKING:
+    from chatservice.pipeline import Call
 
 log = logging.getLogger(__name__)
 
@@ -207,61 +210,49 @@ class KeyStates:
         )
 
 
-class InstrumentedBackend:
-    """A backend that records its latency, errors and tokens, delegating everything else.
-
-    :param backend: the wrapped backend (``UpstreamBackend`` or ``LocalBackend``); attributes
-        other than ``complete`` and ``stream`` are its own (``pool``, ``model_id``...).
-    :param name: the ``backend`` label, ``upstream`` or ``local``.
+class BackendMetrics:
+    """The pipeline observer that records each backend call's latency, errors and tokens
+    (a :class:`chatservice.pipeline.Observer`), labelled with the route's name.
     """
 
-    def __init__(self, backend: Any, name: str, metrics: Metrics) -> None:
-        self._backend = backend
-        self._name = name
+    def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
-    def __getattr__(self, attribute: str) -> Any:
-        return getattr(self._backend, attribute)
+    def begin(self, call: Call) -> _BackendWatch:
+        """Start the clock for ``call``."""
+        return _BackendWatch(self._metrics, call.route.name)
 
-    def complete(self, req: ChatRequest) -> ChatResult:
-        """The wrapped ``complete``; re-raises whatever it raises, after counting it."""
-        started = time.perf_counter()
-        try:
-            result = self._backend.complete(req)
-        except Exception as exc:
-            self._failed(exc)
-            raise
-        finally:
-            self._observe(started)
+
+class _BackendWatch:
+    """One call: latency until the whole answer or the first chunk (or the failure)."""
+
+    def __init__(self, metrics: Metrics, name: str) -> None:
+        self._metrics = metrics
+        self._name = name
+        self._started: float | None = time.perf_counter()
+
+    def result(self, result: ChatResult) -> None:
+        self._observe()
         self._metrics.count_tokens(self._name, result.usage)
-        return result
 
-    def stream(self, req: ChatRequest) -> Iterator[ChatChunk]:
-        """The wrapped ``stream``; closing this iterator closes the wrapped one."""
-        started = time.perf_counter()
-        waiting = True  # for the first chunk, the latency observed
-        chunks = self._backend.stream(req)
-        try:
-            for chunk in chunks:
-                if waiting:
-                    waiting = False
-                    self._observe(started)
-                self._metrics.count_tokens(self._name, chunk.usage)
-                yield chunk
-        except Exception as exc:
-            if waiting:
-                self._observe(started)
-            self._failed(exc)
-            raise
-        finally:
-            chunks.close()  # type: ignore[attr-defined]
+    def chunk(self, chunk: ChatChunk) -> None:
+        self._observe()
+        if chunk.usage:
+            self._metrics.count_tokens(self._name, chunk.usage)
 
-    def _observe(self, started: float) -> None:
-        self._metrics.backend_seconds.labels(self._name).observe(time.perf_counter() - started)
-
-    def _failed(self, exc: Exception) -> None:
-        key = exc.key if isinstance(exc, ServiceError) else "internal_error"
+    def error(self, err: Exception) -> None:
+        self._observe()
+        key = err.key if isinstance(err, ServiceError) else "internal_error"
         self._metrics.backend_errors.labels(self._name, key).inc()
+
+    def end(self, outcome: str) -> None:
+        pass
+
+    def _observe(self) -> None:
+        started, self._started = self._started, None
+        if started is not None:  # once per call
+            seconds = time.perf_counter() - started
+            self._metrics.backend_seconds.labels(self._name).observe(seconds)
 
 
 def _refused_by_limiter() -> bool:
@@ -282,17 +273,15 @@ def current_metrics() -> Metrics:
 
 
 def init_app(app: Flask, service: Any) -> Metrics:
-    """Create ``app``'s metrics, install the request hooks and wrap ``service``'s backends.
+    """Create ``app``'s metrics, install the request hooks and observe ``service``'s pipeline.
 
     Call it before the rate limiter is created: hooks run in registration order, so the
     timer then starts before a request can be refused with 429.
     """
     metrics = Metrics(multiprocess=multiprocess_enabled())
     app.extensions[EXTENSION] = metrics
-    backends = service.backends
-    backends.upstream = InstrumentedBackend(backends.upstream, "upstream", metrics)
-    backends.local = InstrumentedBackend(backends.local, "local", metrics)
-    metrics.watch_keys(backends.upstream.pool)
+    service.pipeline.observe(BackendMetrics(metrics))
+    metrics.watch_keys(service.backends.upstream.pool)
 
     @app.before_request
     def start_timer() -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Literal, Protocol
 
 from chatservice.backends.local import LocalBackend
 from chatservice.backends.modelpolicy import ModelPolicy
@@ -23,6 +24,27 @@ class Backend(Protocol):
         """The answer in chunks, as they are generated; close it to stop the generation."""
 
 
+BackendName = Literal["upstream", "local"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """Which backend answers a request: its ``name`` (the ``backend`` of the access log and
+    the metrics' label) and the ``backend`` itself.
+
+    A router choosing among several upstreams would return one per upstream (same names,
+    more routes); nothing tells backends apart by identity.
+    """
+
+    name: BackendName
+    backend: Backend
+
+    @property
+    def embedded(self) -> bool:
+        """True when the embedded model answers (some faces shape their request for it)."""
+        return self.name == "local"
+
+
 class Backends:
     """The app's backends and the BACKEND rule that picks one for each request.
 
@@ -38,17 +60,17 @@ class Backends:
         self.upstream = UpstreamBackend(settings, state)
         self.local = LocalBackend(settings)
 
-    def select(self, req: ChatRequest) -> Backend:
-        """The backend that answers ``req``, after MODEL_ALIASES replaced its model.
+    def select(self, model: str, api_key: object | None) -> Route:
+        """The route for a request naming ``model`` (already resolved by the model policy)
+        with the client's own ``api_key`` (or ``None``), by the BACKEND rule above.
 
-        Raises ``BadRequest`` (``model_not_allowed``) for a model ALLOWED_MODELS excludes.
+        Pure: reads nothing but its arguments and the settings, changes nothing.
         """
-        req.model = self.policy.resolve(req.model)
-        if self.mode == "local" or (self.mode == "auto" and req.model == self.local.model_id):
-            return self.local
-        if self.mode == "openai" or req.api_key or self.upstream.has_default_key:
-            return self.upstream
-        return self.local
+        if self.mode == "local" or (self.mode == "auto" and model == self.local.model_id):
+            return Route("local", self.local)
+        if self.mode == "openai" or api_key or self.upstream.has_default_key:
+            return Route("upstream", self.upstream)
+        return Route("local", self.local)
 
     def close(self) -> None:
         """Release pooled connections."""

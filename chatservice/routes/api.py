@@ -22,7 +22,8 @@ from chatservice import validation
 from chatservice.errors import BadRequest, ServiceError
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, for_model
 from chatservice.routes import add_post_rule
-from chatservice.service import current_service, respond
+from chatservice.pipeline import respond
+from chatservice.service import current_service
 from chatservice.settings import Secret, Settings
 from chatservice.web import read_json_object
 

@@ -36,10 +36,10 @@ from flask import Blueprint, Response, jsonify, request
 
 from chatservice import validation
 from chatservice.errors import BadRequest, ServiceError, UpstreamError
-from chatservice.logs import record_result
 from chatservice.models import ChatChunk, ChatRequest, for_model
 from chatservice.routes import add_post_rule
-from chatservice.service import current_service, respond, select_backend
+from chatservice.pipeline import answer, respond
+from chatservice.service import current_service
 from chatservice.settings import Settings
 from chatservice.state import SharedState
 from chatservice.web import read_json_object
@@ -182,8 +182,7 @@ def chat_room() -> Response:
     turn = read_turn(read_json_object())
     history = room.history()
     req = build_request(history, turn, current_service().settings, stream=False)
-    result = select_backend(req).complete(req)
-    record_result(result)
+    result = answer(req)
     room.save([*history, turn, {"role": "assistant", "content": result.text}])
     return jsonify({"code": 200, "msg": "success", "data": result.text})
 

@@ -49,7 +49,6 @@ from flask import Blueprint, Response, jsonify, request
 
 from chatservice import validation
 from chatservice.auth import exempt
-from chatservice.backends import Backend
 from chatservice.conversations import (
     CONTEXT_RETRIES,
     CREATE_SETTINGS,
@@ -66,10 +65,10 @@ from chatservice.conversations import (
     lock_ttl,
 )
 from chatservice.errors import BadRequest, NotFound, ServiceError, UpstreamError
-from chatservice.logs import record_result, record_stream
 from chatservice.models import ChatChunk, ChatRequest
+from chatservice.pipeline import current_pipeline
 from chatservice.routes import add_post_rule
-from chatservice.service import current_service, select_backend
+from chatservice.service import current_service
 from chatservice.settings import Settings
 from chatservice.sse import event_stream
 from chatservice.web import read_json_object, request_language
@@ -158,18 +157,33 @@ def conversation_id() -> str:
 
 
 class _Asks(Protocol):
+    def model(self, settings: Settings) -> str: ...
+
     def request(self, settings: Settings, *, stream: bool, embedded: bool) -> ChatRequest: ...
 
 
-def _prepare(asks: _Asks, stream: bool) -> tuple[Backend, ChatRequest]:
-    """The backend for ``asks`` and the request in the form that backend needs."""
-    service = current_service()
-    req = asks.request(service.settings, stream=stream, embedded=False)
-    backend = select_backend(req)
-    if backend is service.backends.local:
-        # Served by the embedded model every preset is a chat (it has no completion model).
-        req = asks.request(service.settings, stream=stream, embedded=True)
-    return backend, req
+@dataclasses.dataclass(frozen=True)
+class _Draft:
+    """``asks`` as the pipeline's :class:`~chatservice.pipeline.Draft`: the pipeline routes on
+    the preset's model and builds the request once, in the form the answering backend needs
+    (served by the embedded model every preset is a chat: it has no completion model).
+    """
+
+    asks: _Asks
+    settings: Settings
+    stream: bool
+    api_key: None = None
+
+    @property
+    def model(self) -> str:
+        return self.asks.model(self.settings)
+
+    def build(self, embedded: bool) -> ChatRequest:
+        return self.asks.request(self.settings, stream=self.stream, embedded=embedded)
+
+
+def _draft(asks: _Asks, stream: bool) -> _Draft:
+    return _Draft(asks, current_service().settings, stream)
 
 
 def _fitting(asks: _Asks, attempt: Callable[[Any], Any]) -> Any:
@@ -199,10 +213,7 @@ def answer_of(asks: _Asks) -> str:
     """
 
     def attempt(current: _Asks) -> str:
-        backend, req = _prepare(current, stream=False)
-        result = backend.complete(req)
-        record_result(result)
-        return result.text.strip()
+        return current_pipeline().answer(_draft(current, stream=False)).text.strip()
 
     return _fitting(asks, attempt)
 
@@ -219,13 +230,11 @@ def stream_of(
     answer arrived, before ``[DONE]``; ``on_end()`` runs however the stream ends: finished,
     failed, or closed because the client left.
     """
-    service = current_service()
+    pipeline = current_pipeline()
     lang = request_language()
-    catalogs = service.catalogs
 
     def attempt(current: _Asks) -> tuple[Iterator[ChatChunk], ChatChunk | None]:
-        backend, req = _prepare(current, stream=True)
-        chunks = record_stream(backend.stream(req))
+        chunks = pipeline.stream(_draft(current, stream=True))
         try:
             return chunks, next(chunks, None)
         except BaseException:
@@ -255,8 +264,7 @@ def stream_of(
                 on_end()
 
     def stream_error(err: ServiceError) -> dict[str, Any]:
-        message = catalogs.translate(err.key, lang, **err.params)
-        return {"error": err.key, "message": message}
+        return {"error": err.key, "message": pipeline.localize(err, lang)}
 
     return event_stream(relay(), lambda chunk: chunk.text, stream_error)
 

@@ -30,7 +30,8 @@ from chatservice import auth, validation
 from chatservice.errors import BadRequest, NotFound, ServiceError, UpstreamError
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, Kind
 from chatservice.routes import add_post_rule
-from chatservice.service import Service, current_service, respond
+from chatservice.pipeline import respond
+from chatservice.service import Service, current_service
 from chatservice.settings import Secret, Settings
 from chatservice.web import read_json_object
 

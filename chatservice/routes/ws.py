@@ -42,10 +42,9 @@ from simple_websocket import ConnectionClosed, Server
 from chatservice import validation
 from chatservice.errors import BadRequest, InternalError, RateLimited, ServiceError
 from chatservice.i18n import negotiate
-from chatservice.logs import record_stream
 from chatservice.models import ChatRequest
 from chatservice.routes.chat import build_request
-from chatservice.service import Service, current_service, select_backend
+from chatservice.service import Service, current_service
 from chatservice.web import request_language
 
 log = logging.getLogger(__name__)
@@ -214,7 +213,7 @@ class _Session:
 
     def _answer(self, req: ChatRequest, seq: str, arrived: float, sentences: bool) -> None:
         """Stream the answer to ``req`` as frames (pieces, or sentences when ``sentences``)."""
-        chunks = record_stream(select_backend(req).stream(req))
+        chunks = self.service.pipeline.stream(req)
         pending = ""
         finished = False
         try:
@@ -255,7 +254,7 @@ class _Session:
         )
 
     def _send_error(self, err: ServiceError, seq: str, lang: str, arrived: float) -> None:
-        message = self.service.catalogs.translate(err.key, lang, **err.params)
+        message = self.service.pipeline.localize(err, lang)
         self._send_frame(
             {
                 "code": err.status,

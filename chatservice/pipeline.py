@@ -1,0 +1,299 @@
+"""The one answer pipeline every face calls: a request in, a result or chunks out.
+
+A face parses its body into a :class:`~chatservice.models.ChatRequest` (or a :class:`Draft`,
+when the request's shape depends on the backend that answers) and calls :func:`answer`,
+:func:`stream` or :func:`respond`; it then renders the result, the chunks and the errors in
+its own envelope. Everything else happens here, once, in this order:
+
+1. **model policy**: MODEL_ALIASES replaces the model, ALLOWED_MODELS may refuse it
+   (``BadRequest`` ``model_not_allowed``);
+2. **route**: :meth:`~chatservice.backends.Backends.select` picks the upstream or the
+   embedded model (a pure function of the resolved model, the client's key and BACKEND);
+3. **the resolved request**: a new :class:`ChatRequest` (``dataclasses.replace``; the face's
+   object is never changed), built for the route when the face gave a :class:`Draft`;
+4. **prompt log** (LOG_PROMPTS);
+5. **observers begin**: every :class:`Observer` sees the :class:`Call` before the backend is
+   called; one may refuse it by raising a :class:`~chatservice.errors.ServiceError`;
+6. **the call**: the backend's ``complete`` or ``stream`` (its own retries, before the first
+   byte reached the client);
+7. **observers watch**: each one's :class:`Watch` sees the result, or every chunk as it goes
+   by, an error, and how the call ended (``done``, ``failed``, ``disconnected`` when the
+   client went away and the stream was closed).
+
+Observers observe; they never wrap or replace a backend. The access log's model, backend,
+tokens and error fields (:class:`chatservice.logs.AccessRecord`) and the backend metrics
+(:class:`chatservice.metrics.BackendMetrics`) are the two today.
+
+Seams for later work (none is built here):
+
+- **several upstreams** (priority, weight, fallback, breakers): a router replacing step 2
+  returns one :class:`~chatservice.backends.Route` per upstream; a fallback loop around step
+  6 may try the next route as long as no chunk has been yielded.
+- **client API keys with budgets**: an observer whose :meth:`Observer.begin` admits the call
+  or raises (429/402-like ``ServiceError``) and whose :meth:`Watch.end` settles the usage it
+  saw, on ``disconnected`` too.
+- **a response cache**: a lookup between steps 4 and 5 returning a stored result or chunks
+  without step 6; an observer fills it on ``end("done")``.
+- **usage accounting**: an observer reading ``usage`` from results and chunks.
+- **raw event bytes**: chunks travel through unchanged, whatever they carry (a face that
+  relays the upstream's bytes still gets :class:`ChatChunk` objects, whose usage and finish
+  reason the observers read).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from flask import Response, jsonify
+
+from chatservice.errors import ErrorRenderer, ServiceError
+from chatservice.models import ChatChunk, ChatRequest, ChatResult
+from chatservice.settings import Secret
+from chatservice.sse import event_stream
+from chatservice.web import request_language
+
+if TYPE_CHECKING:
+    from chatservice.backends import Backends, Route
+    from chatservice.i18n import Catalogs
+    from chatservice.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: How a call ended: the whole answer was produced, an error ended it, or its consumer
+#: closed it early (the client went away).
+Outcome = Literal["done", "failed", "disconnected"]
+
+
+class Draft(Protocol):
+    """A request whose shape depends on the backend that answers (the conversations face
+    sends a transcript to an upstream completion model, a chat to the embedded model).
+
+    :ivar model: the model the client (or the face's settings) named; routing uses it.
+    :ivar api_key: the client's own upstream key, or ``None``.
+    """
+
+    model: str
+    api_key: Secret | None
+
+    def build(self, embedded: bool) -> ChatRequest:
+        """The request for the embedded model (``embedded``) or the upstream."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """One call the pipeline makes, as observers see it.
+
+    :ivar request: the resolved request the backend gets (model after MODEL_ALIASES).
+    :ivar route: who answers it.
+    :ivar asked_model: the model the client named, before MODEL_ALIASES.
+    :ivar streamed: the answer comes as chunks (:meth:`Pipeline.stream`).
+    """
+
+    request: ChatRequest
+    route: Route
+    asked_model: str
+    streamed: bool
+
+
+class Watch:
+    """What an observer does with one call; every method is a no-op unless overridden.
+
+    Methods run inside the request (a stream's chunks run where the response is written) and
+    must not raise: a failing watch is logged and skipped, the answer goes on.
+    """
+
+    def result(self, result: ChatResult) -> None:
+        """The whole answer of a non-streamed call."""
+
+    def chunk(self, chunk: ChatChunk) -> None:
+        """One chunk of a stream, before the face sees it."""
+
+    def error(self, err: Exception) -> None:
+        """The error that ended the call (a :class:`ServiceError` or any other)."""
+
+    def end(self, outcome: Outcome) -> None:
+        """The call is over; called exactly once, last."""
+
+
+class Observer(Protocol):
+    """Sees every call the pipeline makes (registered with :meth:`Pipeline.observe`)."""
+
+    def begin(self, call: Call) -> Watch | None:
+        """Start watching ``call`` before the backend is called: a :class:`Watch`, or
+        ``None`` for no interest. Raising a ``ServiceError`` refuses the call (admission).
+        """
+
+
+class Pipeline:
+    """The steps of the module docstring for one app.
+
+    :param settings: LOG_PROMPTS.
+    :param backends: the model policy, the route rule and the backends.
+    :param catalogs: the messages errors are localized with.
+    :param observers: the first observers; more with :meth:`observe`, in any order.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        backends: Backends,
+        catalogs: Catalogs,
+        observers: Sequence[Observer] = (),
+    ) -> None:
+        self.settings = settings
+        self.backends = backends
+        self.catalogs = catalogs
+        self._observers: list[Observer] = list(observers)
+
+    def observe(self, observer: Observer) -> None:
+        """Add ``observer``: it sees every call from now on."""
+        self._observers.append(observer)
+
+    def plan(self, draft: ChatRequest | Draft, streamed: bool) -> Call:
+        """Steps 1 to 4: the resolved request and its route, ``draft`` left unchanged.
+
+        Raises ``BadRequest`` (``model_not_allowed``).
+        """
+        model = self.backends.policy.resolve(draft.model)
+        route = self.backends.select(model, draft.api_key)
+        req = draft if isinstance(draft, ChatRequest) else draft.build(route.embedded)
+        call = Call(dataclasses.replace(req, model=model), route, draft.model, streamed)
+        if self.settings.log_prompts:
+            log.info("prompt model=%s messages=%r prompt=%r", draft.model, req.messages, req.prompt)
+        return call
+
+    def answer(self, draft: ChatRequest | Draft) -> ChatResult:
+        """The whole answer to ``draft`` (its ``stream`` flag is not looked at).
+
+        Raises the backend's ``ServiceError`` (502/503/504 for a failing upstream, 429 ...).
+        """
+        call = self.plan(draft, streamed=False)
+        watches = self._begin(call)
+        try:
+            result = call.route.backend.complete(call.request)
+        except Exception as exc:
+            _tell(watches, "error", exc)
+            _tell(watches, "end", "failed")
+            raise
+        _tell(watches, "result", result)
+        _tell(watches, "end", "done")
+        return result
+
+    def stream(self, draft: ChatRequest | Draft) -> Iterator[ChatChunk]:
+        """The answer to ``draft`` in chunks, every one the backend yields (role-only and
+        usage-only ones included). Planning errors raise here; the backend's own errors
+        raise from the iterator. Closing the iterator stops the upstream request or the
+        local generation.
+        """
+        call = self.plan(draft, streamed=True)
+        return self._relay(call, self._begin(call))
+
+    def localize(self, err: ServiceError, lang: str) -> str:
+        """``err``'s message in ``lang`` (a catalog language, see :mod:`chatservice.i18n`)."""
+        return self.catalogs.translate(err.key, lang, **err.params)
+
+    def _begin(self, call: Call) -> list[Watch]:
+        watches: list[Watch] = []
+        try:
+            for observer in self._observers:
+                watch = observer.begin(call)
+                if watch is not None:
+                    watches.append(watch)
+        except Exception as exc:
+            _tell(watches, "error", exc)
+            _tell(watches, "end", "failed")
+            raise
+        return watches
+
+    def _relay(self, call: Call, watches: list[Watch]) -> Iterator[ChatChunk]:
+        chunks = call.route.backend.stream(call.request)
+        outcome: Outcome = "disconnected"  # unless the loop ends or fails
+        try:
+            for chunk in chunks:
+                _tell(watches, "chunk", chunk)
+                yield chunk
+            outcome = "done"
+        except Exception as exc:
+            outcome = "failed"
+            _tell(watches, "error", exc)
+            raise
+        finally:
+            try:
+                chunks.close()  # type: ignore[attr-defined]
+            finally:
+                _tell(watches, "end", outcome)
+
+
+def _tell(watches: list[Watch], method: str, value: Any) -> None:
+    for watch in watches:
+        try:
+            getattr(watch, method)(value)
+        except Exception:  # noqa: BLE001 - an observer must never break an answer
+            log.exception("pipeline observer %s failed", type(watch).__name__)
+
+
+# --- what the faces call ----------------------------------------------------------------------
+
+
+def current_pipeline() -> Pipeline:
+    """The :class:`Pipeline` of the app handling the current request."""
+    from chatservice.service import current_service
+
+    return current_service().pipeline
+
+
+def answer(draft: ChatRequest | Draft) -> ChatResult:
+    """:meth:`Pipeline.answer` of the current app."""
+    return current_pipeline().answer(draft)
+
+
+def stream(draft: ChatRequest | Draft) -> Iterator[ChatChunk]:
+    """:meth:`Pipeline.stream` of the current app."""
+    return current_pipeline().stream(draft)
+
+
+def respond(
+    req: ChatRequest,
+    render_result: Callable[[ChatResult], Any],
+    render_chunk: Callable[[ChatChunk], Any],
+    render_error: ErrorRenderer,
+    *,
+    every_chunk: bool = False,
+    wrap: Callable[[Iterator[ChatChunk]], Iterator[ChatChunk]] | None = None,
+    final_event: Any = None,
+) -> Response:
+    """The answer to ``req`` as an HTTP response in the calling face's envelope.
+
+    A whole answer is ``render_result(result)`` as JSON. A stream (``req.stream``) is
+    ``text/event-stream`` (see
+    :func:`chatservice.sse.event_stream`): chunks with nothing to show (a role-only first
+    chunk) are dropped unless ``every_chunk`` (the OpenAI-compatible face relays them all);
+    ``wrap`` sees the chunks on their way (the chat room stores the answer with it),
+    ``final_event`` is written before ``[DONE]``, and an error after the first event becomes
+    ``render_error(err, localized message)`` as the last event. Errors before the answer
+    starts propagate to the app's error handler.
+    """
+    pipeline = current_pipeline()
+    if not req.stream:
+        return jsonify(render_result(pipeline.answer(req)))
+    lang = request_language()
+    chunks = pipeline.stream(req)
+    if not every_chunk:
+        chunks = _without_empty(chunks)
+    if wrap is not None:
+        chunks = wrap(chunks)
+    return event_stream(
+        chunks, render_chunk, lambda err: render_error(err, pipeline.localize(err, lang)), final_event
+    )
+
+
+def _without_empty(chunks: Iterator[ChatChunk]) -> Iterator[ChatChunk]:
+    try:
+        for chunk in chunks:
+            if not chunk.empty:
+                yield chunk
+    finally:
+        chunks.close()  # type: ignore[attr-defined]
