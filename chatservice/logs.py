@@ -13,9 +13,10 @@ order: ``request_id`` (the client's ``X-Request-ID`` when it is a sane token, at
 ``prompt_tokens``, ``completion_tokens``, ``backend`` (``upstream`` or ``local``), then
 ``error`` (the stable key of an error that ended a started stream) and ``aborted`` (the client
 left before the end) when they apply. The answer pipeline (:mod:`chatservice.pipeline`)
-fills model, backend, tokens and error through one observer, :class:`AccessRecord`. A key, a token or a prompt is never a field. LOG_FORMAT=json writes
-the fields as one JSON object per line (plus ``time`` and ``pid``); ``text`` writes
-``POST /api 200 12.3ms id=... face=api ...``. Access records are logged at INFO whatever
+fills model, backend, tokens and error through one observer, :class:`AccessRecord`. A key,
+a token or a prompt is never a field. LOG_FORMAT=json writes the fields as one JSON object
+per line (plus ``time`` and ``pid``); ``text`` writes ``POST /api 200 12.3ms id=... face=api
+...``. Access records are logged at INFO whatever
 LOG_LEVEL says (LOG_LEVEL governs the application log), like gunicorn's own access log.
 
 **Log files** (issue 7, seed 000's daily request and usage logs). With LOG_DIR set, the access
@@ -75,7 +76,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from chatservice.settings import ConfigError, Settings

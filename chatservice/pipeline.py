@@ -189,7 +189,9 @@ class Pipeline:
         local generation.
         """
         call = self.plan(draft, streamed=True)
-        return self._relay(call, self._begin(call))
+        relay = self._relay(call, self._begin(call))
+        next(relay)
+        return relay  # type: ignore[return-value]
 
     def localize(self, err: ServiceError, lang: str) -> str:
         """``err``'s message in ``lang`` (a catalog language, see :mod:`chatservice.i18n`)."""
@@ -208,12 +210,21 @@ class Pipeline:
             raise
         return watches
 
-    def _relay(self, call: Call, watches: list[Watch]) -> Iterator[ChatChunk]:
-        chunks = call.route.backend.stream(call.request)
+    def _relay(self, call: Call, watches: list[Watch]) -> Iterator[ChatChunk | None]:
         outcome: Outcome = "disconnected"  # unless the loop ends or fails
+        chunks: Iterator[ChatChunk] | None = None
         try:
+            # Primed by stream(): from here on even a close before the first chunk runs the
+            # finally, so every watch gets its end (a budget is settled however it ends).
+            yield None
+            chunks = call.route.backend.stream(call.request)
+            seen = [watch.chunk for watch in watches]  # the per-chunk path: bound once
             for chunk in chunks:
-                _tell(watches, "chunk", chunk)
+                for see in seen:
+                    try:
+                        see(chunk)
+                    except Exception:  # noqa: BLE001 - as in _tell
+                        log.exception("pipeline observer failed on a chunk")
                 yield chunk
             outcome = "done"
         except Exception as exc:
@@ -222,7 +233,8 @@ class Pipeline:
             raise
         finally:
             try:
-                chunks.close()  # type: ignore[attr-defined]
+                if chunks is not None:
+                    chunks.close()  # type: ignore[attr-defined]
             finally:
                 _tell(watches, "end", outcome)
 
@@ -285,9 +297,11 @@ def respond(
         chunks = _without_empty(chunks)
     if wrap is not None:
         chunks = wrap(chunks)
-    return event_stream(
-        chunks, render_chunk, lambda err: render_error(err, pipeline.localize(err, lang)), final_event
-    )
+
+    def stream_error(err: ServiceError) -> Any:
+        return render_error(err, pipeline.localize(err, lang))
+
+    return event_stream(chunks, render_chunk, stream_error, final_event)
 
 
 def _without_empty(chunks: Iterator[ChatChunk]) -> Iterator[ChatChunk]:

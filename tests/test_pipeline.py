@@ -178,4 +178,3 @@ def test_a_failing_observer_does_not_break_answers(make_app, fake):
     assert r.status_code == 200 and r.get_json()["data"]["response"] == "echo: hi"
     r = client.post("/api/v1/chat/completions", json={"messages": MESSAGES, "stream": True})
     assert r.status_code == 200 and r.get_data().endswith(b"data: [DONE]\n\n")
-

@@ -21,8 +21,8 @@ from flask import Blueprint, Response
 from chatservice import validation
 from chatservice.errors import BadRequest, ServiceError
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, for_model
-from chatservice.routes import add_post_rule
 from chatservice.pipeline import respond
+from chatservice.routes import add_post_rule
 from chatservice.service import current_service
 from chatservice.settings import Secret, Settings
 from chatservice.web import read_json_object

@@ -30,8 +30,8 @@ from chatservice.models import (
     flatten_messages,
     is_completion_model,
 )
-from chatservice.routes import add_post_rule
 from chatservice.pipeline import respond
+from chatservice.routes import add_post_rule
 from chatservice.service import current_service
 from chatservice.settings import Settings
 from chatservice.web import read_json_object

@@ -37,8 +37,8 @@ from flask import Blueprint, Response, jsonify, request
 from chatservice import validation
 from chatservice.errors import BadRequest, ServiceError, UpstreamError
 from chatservice.models import ChatChunk, ChatRequest, for_model
-from chatservice.routes import add_post_rule
 from chatservice.pipeline import answer, respond
+from chatservice.routes import add_post_rule
 from chatservice.service import current_service
 from chatservice.settings import Settings
 from chatservice.state import SharedState

@@ -29,8 +29,8 @@ from flask import Blueprint, Response, jsonify, request
 from chatservice import auth, validation
 from chatservice.errors import BadRequest, NotFound, ServiceError, UpstreamError
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, Kind
-from chatservice.routes import add_post_rule
 from chatservice.pipeline import respond
+from chatservice.routes import add_post_rule
 from chatservice.service import Service, current_service
 from chatservice.settings import Secret, Settings
 from chatservice.web import read_json_object
