@@ -6,13 +6,17 @@ An observer is added to a real app's pipeline; the answers come from the fake up
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+import requests
+import simple_websocket
 
 from chatservice.errors import RateLimited
 from chatservice.pipeline import Call, Watch
 from tests.fakeupstream import Reply
+from tests.test_ops import parse, value
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -178,3 +182,23 @@ def test_a_failing_observer_does_not_break_answers(make_app, fake):
     assert r.status_code == 200 and r.get_json()["data"]["response"] == "echo: hi"
     r = client.post("/api/v1/chat/completions", json={"messages": MESSAGES, "stream": True})
     assert r.status_code == 200 and r.get_data().endswith(b"data: [DONE]\n\n")
+
+
+def test_a_websocket_answer_is_observed_once_by_the_metrics(live_server, upstream):
+    """The WebSocket face goes through the pipeline too: its call shows in the backend
+    metrics (a real server, a real socket)."""
+    server = live_server(API_KEY="sk-x", MODEL_ALIASES="gpt-4=gpt-4o-mini")
+    ws = simple_websocket.Client.connect(server.url.replace("http", "ws") + "/api/ws")
+    try:
+        ws.send(json.dumps({"seq": "1", "data": {"query": "hi", "model": "gpt-4"}}))
+        while True:
+            frame = json.loads(ws.receive(timeout=10))
+            assert frame["code"] == 0
+            if frame["data"]["finish_reason"] is not None:
+                break
+    finally:
+        ws.close()
+    assert upstream.received[0].json["model"] == "gpt-4o-mini"
+    samples = parse(requests.get(server.url + "/metrics", timeout=10).text)
+    name = "chatservice_backend_duration_seconds_count"
+    assert value(samples, name, backend="upstream") == 1
