@@ -71,6 +71,9 @@ class ChatRequest:
         the OpenAI-compatible face any field the client sent, forwarded as is).
     :ivar stream: answer as a stream of chunks.
     :ivar api_key: a key the client brought for this request only; never stored elsewhere.
+    :ivar relay: the face relays a stream's chunks unchanged (OpenAI's API): the upstream
+        backend then passes each event's bytes (:attr:`ChatChunk.event`) and parses only
+        those that carry a finish reason, usage or an error.
     """
 
     kind: Kind
@@ -81,6 +84,7 @@ class ChatRequest:
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
     stream: bool = False
     api_key: Secret | None = None
+    relay: bool = False
 
 
 @dataclasses.dataclass
@@ -104,6 +108,9 @@ class ChatChunk:
 
     ``raw`` is the OpenAI-shaped chunk as the backend produced it. Backends yield every
     chunk, including a role-only first chunk and a usage-only last one (``empty``).
+    ``event`` is the upstream's event data, as UTF-8 JSON bytes, for a :attr:`ChatRequest.relay`
+    request; then a plain content chunk is not parsed: its ``text`` is empty and ``raw`` is
+    ``{}`` (its ``model`` is the stream's), and only ``event`` holds its content.
     """
 
     text: str
@@ -111,6 +118,7 @@ class ChatChunk:
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
     raw: dict[str, Any] = dataclasses.field(default_factory=dict)
+    event: bytes | None = None
 
     def delta(self) -> dict[str, Any]:
         """The seed faces' ``data`` of a stream event: ``{"response": text, "finish_reason",

@@ -24,54 +24,84 @@ DONE = b"data: [DONE]\n\n"
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+class EventTooLarge(ValueError):
+    """One event's data grew past the decoder's ``max_event_bytes``."""
+
+
 class SSEDecoder:
     """Incremental decoder: :meth:`feed` bytes as they arrive, get the completed events' data.
 
-    Holds at most one partial line between calls. Invalid UTF-8 is replaced, not raised.
+    Linear in its input: each byte is scanned once (``bytes`` searches, no per-byte Python
+    loop, no rescan of a long partial line). Holds at most one partial line and one partial
+    event, together at most ``max_event_bytes`` (else :class:`EventTooLarge`; None: no cap).
     """
 
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._data: list[str] = []
+    def __init__(self, max_event_bytes: int | None = None) -> None:
+        self._max = max_event_bytes
+        self._partial: list[bytes] = []  # pieces of the current, unfinished line
+        self._partial_size = 0
+        self._data_size = 0
+        self._data: list[bytes] = []
+        self._after_cr = False  # the last line ended in CR: a leading LF belongs to it
 
     def feed(self, chunk: bytes) -> list[str]:
-        """Add ``chunk``; return the ``data`` of every event completed by it, in order."""
-        self._buffer += chunk
-        events = []
-        while True:
-            cut = _line_end(self._buffer)
-            if cut is None:
-                return events
-            end, after = cut
-            line = self._buffer[:end].decode("utf-8", errors="replace")
-            self._buffer = self._buffer[after:]
-            if not line:
-                if self._data:
-                    events.append("\n".join(self._data))
-                    self._data = []
-                continue
-            if line.startswith(":"):
-                continue
-            field, _, value = line.partition(":")
-            if field == "data":
-                self._data.append(value[1:] if value.startswith(" ") else value)
+        """Add ``chunk``; return the ``data`` of every event completed by it, in order.
+        Invalid UTF-8 is replaced, not raised."""
+        return [data.decode("utf-8", errors="replace") for data in self.feed_bytes(chunk)]
 
+    def feed_bytes(self, chunk: bytes) -> list[bytes]:
+        """Like :meth:`feed`, the events' ``data`` as the bytes the stream carried."""
+        if self._after_cr and chunk[:1] == b"\n":
+            chunk = chunk[1:]
+        self._after_cr = False
+        if not chunk:
+            return []
+        lines = chunk.splitlines(keepends=True)  # bytes: splits at CRLF, LF and CR only
+        last = lines[-1]
+        if last[-1:] not in (b"\n", b"\r"):
+            lines.pop()
+        else:
+            last = b""
+            self._after_cr = chunk[-1:] == b"\r"
+        events: list[bytes] = []
+        for line in lines:
+            if self._partial:
+                line = b"".join(self._partial) + line
+                self._partial, self._partial_size = [], 0
+            self._line(line.rstrip(b"\r\n"), events)
+        if last:
+            self._partial.append(last)
+            self._partial_size += len(last)
+        if self._max is not None and self._partial_size + self._data_size > self._max:
+            raise EventTooLarge(self._partial_size + self._data_size)
+        return events
 
-def _line_end(buffer: bytes) -> tuple[int, int] | None:
-    """Where the first line of ``buffer`` ends and the next starts, or None if incomplete."""
-    for index, byte in enumerate(buffer):
-        if byte == 0x0A:
-            return index, index + 1
-        if byte == 0x0D:
-            if index + 1 == len(buffer):
-                return None  # a CR at the end may be the first half of CRLF
-            return index, index + (2 if buffer[index + 1] == 0x0A else 1)
-    return None
+    def _line(self, line: bytes, events: list[bytes]) -> None:
+        if not line:
+            if self._data:
+                events.append(b"\n".join(self._data))
+                self._data, self._data_size = [], 0
+            return
+        if line[:1] == b":":
+            return
+        field, _, value = line.partition(b":")
+        if field == b"data":
+            value = value[1:] if value[:1] == b" " else value
+            self._data.append(value)
+            self._data_size += len(value)
 
 
 def encode_event(payload: Any) -> bytes:
     """One ``data: <JSON>`` event, UTF-8, ending with the blank line."""
     return b"data: " + json.dumps(payload, ensure_ascii=False).encode("utf-8") + b"\n\n"
+
+
+def _event(rendered: Any) -> bytes:
+    # bytes are an event's data as the upstream sent it, relayed without a JSON round trip;
+    # data that spanned several lines goes out as several data lines again.
+    if isinstance(rendered, bytes):
+        return b"data: " + rendered.replace(b"\n", b"\ndata: ") + b"\n\n"
+    return encode_event(rendered)
 
 
 def event_stream(
@@ -82,7 +112,8 @@ def event_stream(
 ) -> Response:
     """A ``text/event-stream`` response relaying ``chunks`` as they arrive.
 
-    The first chunk is pulled before the response starts, so an error before any event is
+    ``render_chunk`` returns the event's JSON payload, or ``bytes``: data relayed as is
+    (:attr:`ChatChunk.event`). The first chunk is pulled before the response starts, so an error before any event is
     raised here and answered as a normal JSON error. After that, an error becomes one error
     event (``render_error``) and the stream closes without ``[DONE]``. A ``final_event``
     is written after the last chunk, just before ``[DONE]``. When the client goes
@@ -97,9 +128,9 @@ def event_stream(
     def generate() -> Iterator[bytes]:
         try:
             if first is not None:
-                yield encode_event(render_chunk(first))
+                yield _event(render_chunk(first))
             for chunk in chunks:
-                yield encode_event(render_chunk(chunk))
+                yield _event(render_chunk(chunk))
         except ServiceError as err:
             log.warning("stream ended by %s", err.key)
             yield encode_event(render_error(err))

@@ -43,6 +43,9 @@ class SharedState(Protocol):
     def get(self, key: str) -> str | None:
         """The value, or None when absent or expired."""
 
+    def get_many(self, keys: list[str]) -> list[str | None]:
+        """The values of ``keys`` in order (None where absent), in one round trip."""
+
     def set(self, key: str, value: str, ttl: float | None = None) -> None:
         """Store ``value``; ``ttl`` seconds from now it expires (None: never)."""
 
@@ -74,6 +77,11 @@ class MemoryState:
         """See :class:`SharedState`."""
         with self._lock:
             return self._live(key)
+
+    def get_many(self, keys: list[str]) -> list[str | None]:
+        """See :class:`SharedState`."""
+        with self._lock:
+            return [self._live(key) for key in keys]
 
     def set(self, key: str, value: str, ttl: float | None = None) -> None:
         """See :class:`SharedState`."""
@@ -154,6 +162,21 @@ class SqliteState:
                 (key, self.clock()),
             ).fetchone()
         return None if row is None else row[0]
+
+    def get_many(self, keys: list[str]) -> list[str | None]:
+        """See :class:`SharedState`."""
+        if not keys:
+            return []
+        marks = ",".join("?" * len(keys))
+        with self._connect() as db:
+            rows = dict(
+                db.execute(
+                    f"SELECT key, value FROM state WHERE key IN ({marks})"  # noqa: S608 - only "?"
+                    " AND (expires IS NULL OR expires > ?)",
+                    (*keys, self.clock()),
+                ).fetchall()
+            )
+        return [rows.get(key) for key in keys]
 
     def set(self, key: str, value: str, ttl: float | None = None) -> None:
         """See :class:`SharedState`."""
@@ -257,6 +280,13 @@ class RedisState:
         """See :class:`SharedState`."""
         with _redis_errors():
             return self._redis.get(PREFIX + key)
+
+    def get_many(self, keys: list[str]) -> list[str | None]:
+        """See :class:`SharedState` (one MGET)."""
+        if not keys:
+            return []
+        with _redis_errors():
+            return self._redis.mget([PREFIX + key for key in keys])
 
     def set(self, key: str, value: str, ttl: float | None = None) -> None:
         """See :class:`SharedState`."""

@@ -28,7 +28,8 @@ class Reply:
     response; ``drop_after`` closes a stream after that many chunks; ``pause_after`` waits
     ``pause`` seconds after that many chunks; ``finish: False`` ends a stream without its
     finish reason and ``[DONE]``; ``truncate`` sends only that many bytes of a whole answer
-    and closes; ``raw_stream`` is sent as the SSE body, byte for byte.
+    and closes; ``raw_stream`` is sent as the SSE body, byte for byte; ``raw_body`` is sent
+    as a whole answer's body, byte for byte, with ``headers`` (e.g. ``Content-Encoding``).
     """
 
     text: str | None = None
@@ -45,6 +46,7 @@ class Reply:
     finish: bool = True
     truncate: int | None = None
     raw_stream: bytes | None = None
+    raw_body: bytes | None = None
 
 
 @dataclasses.dataclass
@@ -176,6 +178,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if reply.delay:
             time.sleep(reply.delay)
+        if reply.raw_body is not None:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply.raw_body)))
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(reply.raw_body)
+            return
         if reply.status != 200 or reply.body is not None:
             self._send_json(reply.status, reply.body or {}, reply.headers)
             return

@@ -76,6 +76,7 @@ class KeyPool:
         self._state = state
         self._auto_remove = auto_remove
         self._turn = itertools.count()
+        self._striking: set[Secret] = set()  # keys with strikes when the state was last read
 
     def _clock(self) -> float:
         return self._state.clock()
@@ -97,23 +98,28 @@ class KeyPool:
             return []
         start = next(self._turn) % len(self._keys)
         ordered = self._keys[start:] + self._keys[:start]
-        return [key for key in ordered if self._status(self._id[key])[0] == "usable"]
+        statuses = self._statuses(ordered)
+        return [key for key, (state, _) in zip(ordered, statuses, strict=True) if state == "usable"]
 
     def retry_after(self) -> int | None:
         """Whole seconds until the first cooling key is usable again; None if none cools."""
+        now = self._clock()
         waits = [
-            until - self._clock()
-            for state, until in map(self._status, self._id.values())
+            until - now
+            for state, until in self._statuses(self._keys)
             if state == "cooling" and until is not None
         ]
         return max(1, math.ceil(min(waits))) if waits else None
 
     def succeeded(self, key: Secret) -> None:
         """A call on ``key`` went through: its backoff starts over."""
-        with contextlib.suppress(ServiceError):  # best effort, see _status
-            strikes = f"key:{self._id[key]}:strikes"
-            if self._state.get(strikes) is not None:
-                self._state.delete(strikes)
+        # Only keys the last read of the state saw with strikes are reset, so a call on a
+        # healthy key costs no round trip here (at worst a reset waits for the next call).
+        if key not in self._striking:
+            return
+        self._striking.discard(key)
+        with contextlib.suppress(ServiceError):  # best effort, see _statuses
+            self._state.delete(f"key:{self._id[key]}:strikes")
 
     def failed(self, key: Secret, reason: str, retry_after: float | None = None) -> None:
         """The upstream refused ``key`` for ``reason`` (one of the module's constants).
@@ -146,9 +152,8 @@ class KeyPool:
         (epoch seconds or None), ``failures`` and ``last_error``.
         """
         rows = []
-        for key in self._keys:
+        for key, (state, until) in zip(self._keys, self._statuses(self._keys), strict=True):
             ident = self._id[key]
-            state, until = self._status(ident)
             rows.append(
                 {
                     "key": key.masked(),
@@ -161,17 +166,32 @@ class KeyPool:
             )
         return rows
 
-    def _status(self, ident: str) -> tuple[str, float | None]:
+    def _statuses(self, keys: list[Secret]) -> list[tuple[str, float | None]]:
+        """Each key's (state, cooling-until) from one read of the shared state (with Redis
+        one MGET for the whole pool, not round trips per key); notes which keys have strikes."""
+        names = []
+        for key in keys:
+            ident = self._id[key]
+            names += (f"key:{ident}:disabled", f"key:{ident}:cooldown", f"key:{ident}:strikes")
         try:
-            disabled = self._state.get(f"key:{ident}:disabled")
-            until = self._state.get(f"key:{ident}:cooldown")
+            values = self._state.get_many(names)
         except ServiceError:
             # The marks' storage is down: a key we cannot judge is tried, and the upstream
             # itself says whether it works. Losing the pool's memory beats refusing everyone.
             log.warning("key pool state unreachable; treating keys as usable")
-            return "usable", None
-        if disabled:
-            return "disabled", None
-        if until is not None and float(until) > self._clock():
-            return "cooling", float(until)
-        return "usable", None
+            return [("usable", None)] * len(keys)
+        now = self._clock()
+        statuses: list[tuple[str, float | None]] = []
+        marks = zip(keys, values[::3], values[1::3], values[2::3], strict=True)
+        for key, disabled, until, strikes in marks:
+            if strikes is None:
+                self._striking.discard(key)
+            else:
+                self._striking.add(key)
+            if disabled:
+                statuses.append(("disabled", None))
+            elif until is not None and float(until) > now:
+                statuses.append(("cooling", float(until)))
+            else:
+                statuses.append(("usable", None))
+        return statuses

@@ -1,46 +1,81 @@
 """The client of an OpenAI-compatible upstream (OpenAI, DeepSeek, vLLM, Ollama, LiteLLM).
 
-One ``requests.Session`` per app, hence per worker, with a connection pool sized for the
-worker's concurrency. Every call has three time limits: connecting (UPSTREAM_CONNECT_TIMEOUT),
-the first byte of the answer (UPSTREAM_READ_TIMEOUT), and the silence between two chunks of a
-stream (UPSTREAM_STREAM_IDLE_TIMEOUT); a silent upstream always ends in a 504 or an error
-event. Connection failures and 502/503/504 answers are retried UPSTREAM_RETRIES times with
+urllib3's connection pool, called directly: one pool per app, hence per worker, sized for
+the worker's concurrency (UPSTREAM_POOL_SIZE). Every call has three time limits: connecting
+(UPSTREAM_CONNECT_TIMEOUT), the first byte of the answer (UPSTREAM_READ_TIMEOUT), and the
+silence between two chunks of a stream (UPSTREAM_STREAM_IDLE_TIMEOUT); a silent upstream
+always ends in a 504 or an error event. Connection failures (refused, or accepted and closed
+before any byte of an answer) and 502/503/504 answers are retried UPSTREAM_RETRIES times with
 backoff and jitter by urllib3's ``Retry``, always before any byte reached the client. Calls
 go through the key pool: a key the upstream refuses is marked and the call moves on to the
 next usable key. Failures become :class:`~chatservice.errors.UpstreamError` with a stable key;
 the upstream's own error text is never passed on, since OpenAI's 401 message quotes part of
 the key. The upstream URL comes from the settings only: clients cannot choose it.
+
+Sizes are capped after decompression (urllib3 inflates at most one read's worth at a time):
+a whole answer beyond :data:`MAX_ANSWER_BYTES` and one stream event beyond
+:data:`MAX_EVENT_BYTES` are ``upstream_bad_response``, so a gzip bomb or an endless line
+costs one read buffer, not the worker.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 from collections.abc import Iterator
 from typing import Any
 
 import redis
-import requests
-import urllib3.exceptions
+import urllib3
 from limits import RateLimitItemPerMinute
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
-from requests.adapters import HTTPAdapter
-from requests.utils import should_bypass_proxies
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    DecodeError,
+    HTTPError,
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+    ProxyError,
+    ReadTimeoutError,
+)
 from urllib3.util.retry import Retry
 
 from chatservice.backends.keypool import FORBIDDEN, INVALID, QUOTA, RATE_LIMITED, KeyPool
 from chatservice.errors import BadRequest, ServiceError, UpstreamError, UpstreamTimeout
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, choice_text
 from chatservice.settings import Secret, Settings
-from chatservice.sse import SSEDecoder
+from chatservice.sse import EventTooLarge, SSEDecoder
 from chatservice.state import SharedState
 
 log = logging.getLogger(__name__)
 
+#: Bytes of a whole (non-streamed) answer or error body, decompressed, before it is refused.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+#: Bytes of one stream event's data, decompressed, before the stream ends in an error.
+MAX_EVENT_BYTES = 4 * 1024 * 1024
+
 _READ_SIZE = 65536
-_STREAM_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+_STREAM_ERRORS = (HTTPError, OSError, http.client.HTTPException)
 _RETRIED_STATUSES = (502, 503, 504)
+#: Hang-ups before the status line: the upstream took the connection and answered nothing.
+_HUNG_UP = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+#: An event whose bytes show neither a finish reason, usage nor an error need not be parsed
+#: when the face relays it unchanged (see :attr:`ChatRequest.relay`).
+_NO_FINISH = (b'"finish_reason":null', b'"finish_reason": null')
+_NO_USAGE = (b'"usage":null', b'"usage": null')
+
+
+class _Retry(Retry):
+    """urllib3's rules, plus: a connection closed before any byte of an answer is a
+    connection error (the upstream ran nothing we could see), not a read error."""
+
+    def _is_connection_error(self, err: Exception) -> bool:
+        if isinstance(err, ProtocolError) and len(err.args) > 1:
+            return isinstance(err.args[1], _HUNG_UP)
+        return super()._is_connection_error(err)
 
 
 class UpstreamBackend:
@@ -53,16 +88,13 @@ class UpstreamBackend:
 
     def __init__(self, settings: Settings, state: SharedState) -> None:
         self._base_url = settings.upstream_base_url
-        self._timeout = (settings.upstream_connect_timeout, settings.upstream_read_timeout)
+        self._timeout = urllib3.Timeout(
+            connect=settings.upstream_connect_timeout, read=settings.upstream_read_timeout
+        )
         self._idle_timeout = settings.upstream_stream_idle_timeout
         self.pool = KeyPool.from_settings(settings, state)
-        self._proxies = outbound_proxies(settings)
         self._rpm = _upstream_rpm(settings)
-        self._session = requests.Session()
-        # Proxies come from the settings (which read the standard variables too); nothing
-        # else from the environment, such as .netrc credentials, changes an upstream call.
-        self._session.trust_env = False
-        retry = Retry(
+        self._retry = _Retry(
             total=settings.upstream_retries,
             connect=settings.upstream_retries,
             # A read timeout or a dropped answer may mean the upstream is still working on it:
@@ -79,11 +111,14 @@ class UpstreamBackend:
             raise_on_status=False,
             respect_retry_after_header=False,
         )
-        adapter = HTTPAdapter(
-            pool_connections=2, pool_maxsize=settings.upstream_pool_size, max_retries=retry
-        )
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
+        # Proxies come from the settings (which read the standard variables too); urllib3
+        # reads nothing else from the environment.
+        proxy = outbound_proxy(settings)
+        manager_args = {"num_pools": 2, "maxsize": settings.upstream_pool_size, "block": False}
+        if proxy:
+            self._http: urllib3.PoolManager = urllib3.ProxyManager(proxy, **manager_args)
+        else:
+            self._http = urllib3.PoolManager(**manager_args)
 
     @property
     def has_default_key(self) -> bool:
@@ -92,32 +127,23 @@ class UpstreamBackend:
 
     def close(self) -> None:
         """Close pooled connections."""
-        self._session.close()
+        self._http.clear()
 
     def list_models(self, api_key: Secret | None = None) -> dict[str, Any]:
         """The upstream's ``GET /models`` body (an OpenAI list). Raises like :meth:`complete`."""
-        response = self._call("GET", "/models", None, False, api_key)
-        try:
-            body = response.json()
-        except ValueError:
-            raise UpstreamError("upstream_bad_response") from None
-        finally:
-            response.close()
+        body = _json(_read_body(self._call("GET", "/models", None, False, api_key)))
         if not isinstance(body, dict) or not isinstance(body.get("data"), list):
             raise UpstreamError("upstream_bad_response")
         return body
 
     def complete(self, req: ChatRequest) -> ChatResult:
         """One whole answer. Raises ``UpstreamError``/``UpstreamTimeout``/``BadRequest``."""
-        response = self._post(req, stream=False)
+        body = _json(_read_body(self._post(req, stream=False)))
         try:
-            body = response.json()
             choice = body["choices"][0]
             text = choice_text(choice, delta=False)
-        except (ValueError, KeyError, IndexError, TypeError):
+        except (KeyError, IndexError, TypeError):
             raise UpstreamError("upstream_bad_response") from None
-        finally:
-            response.close()
         return ChatResult(
             text=text,
             finish_reason=choice.get("finish_reason"),
@@ -129,32 +155,48 @@ class UpstreamBackend:
     def stream(self, req: ChatRequest) -> Iterator[ChatChunk]:
         """Chunks as the upstream sends them; closing the iterator closes the connection.
 
-        Raises ``UpstreamTimeout`` when the upstream stays silent past the read timeout and
-        ``UpstreamError`` (``upstream_interrupted``) when it ends without finishing.
+        With ``req.relay`` each chunk also carries the event's bytes (``ChatChunk.event``)
+        and events showing no finish reason, usage or error are not parsed: their ``text``
+        is empty and ``raw`` is empty. Raises ``UpstreamTimeout`` when the upstream stays
+        silent past the read timeout, ``UpstreamError`` (``upstream_interrupted``) when it
+        ends without finishing and ``upstream_bad_response`` for an event that is not a
+        chunk or is larger than :data:`MAX_EVENT_BYTES`.
         """
         response = self._post(req, stream=True)
-        decoder = SSEDecoder()
+        decoder = SSEDecoder(MAX_EVENT_BYTES)
         finished = False
+        model = req.model
+        parsed_one = False
         try:
             while True:
                 try:
-                    data = response.raw.read1(_READ_SIZE)
+                    data = response.read1(_READ_SIZE)
+                    events = decoder.feed_bytes(data)
+                except EventTooLarge:
+                    log.warning("upstream sent a stream event over %d bytes", MAX_EVENT_BYTES)
+                    raise UpstreamError("upstream_bad_response") from None
                 except _STREAM_ERRORS as exc:
                     raise _stream_failure(exc) from None
                 if not data:
                     break
-                for event in decoder.feed(data):
-                    if event.strip() == "[DONE]":
+                for event in events:
+                    if event.strip() == b"[DONE]":
                         return
+                    if req.relay and parsed_one and _plain(event):
+                        yield ChatChunk(text="", model=model, event=event)
+                        continue
                     chunk = _parse_chunk(event, req.model)
+                    parsed_one, model = True, chunk.model
+                    if req.relay:
+                        chunk.event = event
                     finished = finished or chunk.finish_reason is not None
                     yield chunk
             if not finished:
                 raise UpstreamError("upstream_interrupted")
         finally:
-            response.close()
+            _discard(response)
 
-    def _post(self, req: ChatRequest, stream: bool) -> requests.Response:
+    def _post(self, req: ChatRequest, stream: bool) -> urllib3.BaseHTTPResponse:
         path = "/chat/completions" if req.kind == "chat" else "/completions"
         payload: dict[str, Any] = {**req.params, "model": req.model}
         if req.max_tokens is not None:
@@ -177,23 +219,24 @@ class UpstreamBackend:
         payload: dict[str, Any] | None,
         stream: bool,
         api_key: Secret | None,
-    ) -> requests.Response:
+    ) -> urllib3.BaseHTTPResponse:
         """One upstream call answered 200, moving over the pool's keys as they are refused."""
         self._count_call()
+        body = None if payload is None else _encode(payload)
         if api_key is not None or not len(self.pool):
-            response = self._send(method, path, payload, stream, api_key)
-            if response.status_code != 200:
+            response = self._send(method, path, body, stream, api_key)
+            if response.status != 200:
                 raise _error_for(response)
             return response
         for key in self.pool.usable():
-            response = self._send(method, path, payload, stream, key)
-            if response.status_code == 200:
+            response = self._send(method, path, body, stream, key)
+            if response.status == 200:
                 self.pool.succeeded(key)
                 return response
             reason, retry_after = _key_failure(response)
             if reason is None:
                 raise _error_for(response)
-            response.close()
+            _discard(response)
             self.pool.failed(key, reason, retry_after)
         retry = self.pool.retry_after()
         raise ServiceError(
@@ -204,30 +247,45 @@ class UpstreamBackend:
         self,
         method: str,
         path: str,
-        payload: dict[str, Any] | None,
+        body: bytes | None,
         stream: bool,
         key: Secret | None,
-    ) -> requests.Response:
-        headers = {"Accept": "text/event-stream" if stream else "application/json"}
+    ) -> urllib3.BaseHTTPResponse:
+        headers = {
+            "Accept": "text/event-stream" if stream else "application/json",
+            "Accept-Encoding": "gzip, deflate",
+            "User-Agent": "chatservice",
+        }
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         if key:
             headers["Authorization"] = f"Bearer {key.get_secret_value()}"
         try:
-            return self._session.request(
+            return self._http.urlopen(
                 method,
                 self._base_url + path,
-                json=payload,
+                body=body,
                 headers=headers,
+                retries=self._retry,
+                redirect=False,
                 timeout=self._timeout,
-                stream=stream,
-                proxies=self._proxies,
+                preload_content=False,
             )
-        except (requests.ConnectTimeout, requests.ReadTimeout):
+        except (ReadTimeoutError, TimeoutError):
             log.warning("upstream timed out before answering")
             raise UpstreamTimeout() from None
-        except requests.exceptions.ChunkedEncodingError:
-            log.warning("upstream connection broke in the middle of its answer")
-            raise UpstreamError("upstream_interrupted") from None
-        except requests.RequestException as exc:
+        except MaxRetryError as exc:
+            reason = exc.reason
+            if isinstance(reason, ProxyError):
+                reason = reason.original_error
+            if isinstance(reason, ConnectTimeoutError) and not isinstance(
+                reason, NewConnectionError
+            ):
+                log.warning("upstream timed out before answering")
+                raise UpstreamTimeout() from None
+            log.warning("upstream unreachable: %s", type(reason).__name__)
+            raise UpstreamError("upstream_unreachable") from None
+        except (HTTPError, OSError, http.client.HTTPException) as exc:
             # The exception text holds the upstream URL: log its type only.
             log.warning("upstream unreachable: %s", type(exc).__name__)
             raise UpstreamError("upstream_unreachable") from None
@@ -246,17 +304,23 @@ class UpstreamBackend:
             raise ServiceError("server_busy", status=429, headers={"Retry-After": "60"})
 
 
-def outbound_proxies(settings: Settings) -> dict[str, str] | None:
-    """The proxies for upstream calls: CHAT_PROXY (or PROXY) for everything, else
+def outbound_proxy(settings: Settings) -> str | None:
+    """The proxy URL for upstream calls: CHAT_PROXY (or PROXY) for everything, else
     HTTPS_PROXY/HTTP_PROXY by the upstream URL's scheme unless NO_PROXY covers its host.
     """
     if settings.proxy:
-        return {"http": settings.proxy, "https": settings.proxy}
+        return settings.proxy
     scheme = settings.upstream_base_url.split("://", 1)[0]
     proxy = settings.https_proxy if scheme == "https" else settings.http_proxy
-    if not proxy or should_bypass_proxies(settings.upstream_base_url, settings.no_proxy):
+    if not proxy:
         return None
-    return {scheme: proxy}
+    # requests' NO_PROXY matching (host suffixes, ports, CIDR blocks, "*") is the reference
+    # curl users expect; it is imported only when a proxy is configured.
+    from requests.utils import should_bypass_proxies
+
+    if should_bypass_proxies(settings.upstream_base_url, settings.no_proxy):
+        return None
+    return proxy
 
 
 def _upstream_rpm(
@@ -268,48 +332,113 @@ def _upstream_rpm(
     return MovingWindowRateLimiter(storage), RateLimitItemPerMinute(settings.upstream_rpm)
 
 
-def _set_read_timeout(response: requests.Response, seconds: float) -> None:
+def _encode(payload: dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(payload, allow_nan=False).encode("utf-8")
+    except ValueError:
+        # NaN or Infinity in a forwarded field: not JSON, so no upstream could read it.
+        raise BadRequest("bad_request") from None
+
+
+def _set_read_timeout(response: urllib3.BaseHTTPResponse, seconds: float) -> None:
     """From now on, each read of this response may wait ``seconds`` (the idle timeout)."""
-    connection = getattr(response.raw, "connection", None)
-    sock = getattr(connection, "sock", None)
+    sock = getattr(getattr(response, "connection", None), "sock", None)
     if sock is not None:
         sock.settimeout(seconds)
 
 
-def _error_code(response: requests.Response) -> str:
+def _discard(response: urllib3.BaseHTTPResponse) -> None:
+    """Close ``response``'s connection unless its body was read to the end, then give the
+    connection back to the pool (a closed one reconnects on its next use)."""
+    if not response.isclosed():
+        response.close()
+    response.release_conn()
+
+
+def _read_body(response: urllib3.BaseHTTPResponse) -> bytes:
+    """The whole body, decompressed, at most :data:`MAX_ANSWER_BYTES`; releases the response.
+
+    Raises ``upstream_bad_response`` beyond the cap or for a body that does not decode,
+    ``upstream_interrupted`` when the connection breaks, ``UpstreamTimeout`` on silence.
+    """
+    parts, size = [], 0
     try:
-        error = response.json().get("error") or {}
+        # urllib3 >= 2.6 inflates at most the requested amount per read, so a compressed
+        # bomb is refused after MAX_ANSWER_BYTES, never inflated in memory.
+        for part in response.stream(_READ_SIZE):
+            size += len(part)
+            if size > MAX_ANSWER_BYTES:
+                log.warning("upstream answer over %d bytes", MAX_ANSWER_BYTES)
+                raise UpstreamError("upstream_bad_response")
+            parts.append(part)
+    except DecodeError:
+        log.warning("upstream answer does not decode (Content-Encoding)")
+        raise UpstreamError("upstream_bad_response") from None
+    except ReadTimeoutError:
+        log.warning("upstream timed out in the middle of its answer")
+        raise UpstreamTimeout() from None
+    except _STREAM_ERRORS:
+        log.warning("upstream connection broke in the middle of its answer")
+        raise UpstreamError("upstream_interrupted") from None
+    finally:
+        _discard(response)
+    return b"".join(parts)
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise UpstreamError("upstream_bad_response") from None
+
+
+def _error_code(body: bytes) -> str:
+    try:
+        error = json.loads(body).get("error") or {}
         return str(error.get("code") or error.get("type") or "")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return ""
 
 
-def _key_failure(response: requests.Response) -> tuple[str | None, float | None]:
+def _error_body(response: urllib3.BaseHTTPResponse) -> bytes:
+    """An error answer's body (for its machine-readable code), b"" when it cannot be read."""
+    try:
+        return _read_body(response)
+    except ServiceError:
+        return b""
+
+
+def _key_failure(response: urllib3.BaseHTTPResponse) -> tuple[str | None, float | None]:
     """Why the upstream refused the key (a keypool reason) and its Retry-After, or None."""
-    status = response.status_code
+    status = response.status
     if status == 401:
         return INVALID, None
     if status == 403:
         return FORBIDDEN, None
     if status == 429:
-        if _error_code(response) == "insufficient_quota":
+        if _error_code(_error_body(response)) == "insufficient_quota":
             return QUOTA, None
         retry = response.headers.get("Retry-After", "")
         return RATE_LIMITED, float(retry) if retry.isdigit() else None
     return None, None
 
 
-def _error_for(response: requests.Response) -> UpstreamError | BadRequest:
-    try:
-        return _http_error(response)
-    finally:
-        response.close()
+def _plain(event: bytes) -> bool:
+    """True when an event's bytes show it is a plain content chunk: every finish reason
+    null, no usage or a null one, no error (cheap ``bytes`` checks, no parse)."""
+    finishes = event.count(b'"finish_reason"')
+    return (
+        finishes > 0
+        and finishes == event.count(_NO_FINISH[0]) + event.count(_NO_FINISH[1])
+        and event.count(b'"usage"') == event.count(_NO_USAGE[0]) + event.count(_NO_USAGE[1])
+        and b'"error"' not in event
+    )
 
 
-def _parse_chunk(event: str, model: str) -> ChatChunk:
+def _parse_chunk(event: bytes, model: str) -> ChatChunk:
     try:
-        body = json.loads(event)
-    except ValueError:
+        body = json.loads(event.decode("utf-8", errors="replace"))
+    except (ValueError, RecursionError):
         raise UpstreamError("upstream_bad_response") from None
     if not isinstance(body, dict):
         raise UpstreamError("upstream_bad_response")
@@ -334,17 +463,17 @@ def _parse_chunk(event: str, model: str) -> ChatChunk:
 
 
 def _stream_failure(exc: BaseException) -> UpstreamError:
-    if isinstance(exc, requests.ReadTimeout | urllib3.exceptions.ReadTimeoutError | TimeoutError):
+    if isinstance(exc, ReadTimeoutError | TimeoutError):
         log.warning("upstream stream went silent past the read timeout")
         return UpstreamTimeout()
     log.warning("upstream stream broke: %s", type(exc).__name__)
     return UpstreamError("upstream_interrupted")
 
 
-def _http_error(response: requests.Response) -> UpstreamError | BadRequest:
+def _error_for(response: urllib3.BaseHTTPResponse) -> UpstreamError | BadRequest:
     """Map an upstream HTTP error status to ours, reading only its machine-readable code."""
-    status = response.status_code
-    code = _error_code(response)
+    status = response.status
+    code = _error_code(_error_body(response))
     log.warning("upstream answered HTTP %s (%s)", status, code or "no code")
     if status in (401, 403):
         return UpstreamError("upstream_unauthorized", status=401)

@@ -148,6 +148,7 @@ def build_request(kind: Kind, body: dict[str, Any], settings: Settings) -> ChatR
         params=params,
         stream=stream,
         api_key=client_key(),
+        relay=True,
     )
 
 
@@ -207,9 +208,10 @@ def render_result(result: ChatResult) -> dict[str, Any]:
     return result.raw
 
 
-def render_chunk(chunk: ChatChunk) -> dict[str, Any]:
-    """The backend's OpenAI-shaped chunk, unchanged."""
-    return chunk.raw
+def render_chunk(chunk: ChatChunk) -> dict[str, Any] | bytes:
+    """The backend's OpenAI-shaped chunk, unchanged: the upstream's event bytes as they came
+    when there are some, else the chunk as a JSON object."""
+    return chunk.event if chunk.event is not None else chunk.raw
 
 
 # --- models -----------------------------------------------------------------------------------

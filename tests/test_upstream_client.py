@@ -1,0 +1,124 @@
+"""The upstream client at its limits: hang-ups retried, size caps, linear SSE, event relay,
+and the key pool's one read of the shared state per call."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+
+import redis
+import requests
+
+from tests.fakeupstream import Reply
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_a_hang_up_before_any_byte_is_retried_like_a_refused_connection(client, fake):
+    fake.push(Reply(drop=True), Reply(drop=True))
+    r = client.post("/api", json={"user_content": "hi"})
+    assert r.status_code == 200 and r.get_json()["data"]["response"] == "echo: hi"
+    assert len(fake.received) == 3  # UPSTREAM_RETRIES=2 by default
+
+
+def test_hang_ups_past_the_retries_are_unreachable(make_app, fake):
+    client = make_app(API_KEY="sk-x", UPSTREAM_RETRIES="1").test_client()
+    fake.push(Reply(drop=True), Reply(drop=True))
+    r = client.post("/api", json={"user_content": "hi"})
+    assert r.status_code == 502 and r.get_json()["data"]["error"] == "upstream_unreachable"
+    assert len(fake.received) == 2
+
+
+def answer(text: str) -> bytes:
+    return json.dumps(
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "model": "m",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            ],
+        }
+    ).encode()
+
+
+def test_a_compressed_answer_is_decoded(client, fake):
+    fake.push(Reply(raw_body=gzip.compress(answer("zipped")), headers={"Content-Encoding": "gzip"}))
+    r = client.post("/api", json={"user_content": "hi"})
+    assert r.status_code == 200 and r.get_json()["data"]["response"] == "zipped"
+
+
+def test_a_decompression_bomb_is_a_bad_response_not_a_full_inflate(live_server, upstream):
+    server = live_server(API_KEY="sk-x", UPSTREAM_RETRIES="0")
+    # 1 GiB of spaces after a valid start, deflated to about 1 MB: beyond the answer cap.
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip framing
+    parts = [compressor.compress(b'{"choices": [')]
+    block = b" " * (1 << 20)
+    parts += [compressor.compress(block) for _ in range(1024)]
+    parts.append(compressor.flush())
+    upstream.push(Reply(raw_body=b"".join(parts), headers={"Content-Encoding": "gzip"}))
+    r = requests.post(server.url + "/api", json={"user_content": "hi"}, timeout=30)
+    assert r.status_code == 502 and r.json()["data"]["error"] == "upstream_bad_response"
+    assert requests.get(server.url + "/healthz", timeout=5).json() == {"status": "ok"}
+    assert requests.post(server.url + "/api", json={"user_content": "ok"}, timeout=10).ok
+
+
+def test_a_20_mb_event_line_ends_the_stream_with_an_error_event(live_server, upstream):
+    server = live_server(API_KEY="sk-x", UPSTREAM_RETRIES="0")
+    first = b'data: {"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": null}]}\n\n'
+    upstream.push(Reply(raw_stream=first + b"data: " + b"x" * (20 << 20) + b"\n\n"))
+    with requests.post(
+        server.url + "/api/v1/chat", json={"query": "hi", "stream": True}, stream=True, timeout=30
+    ) as r:
+        events = [
+            json.loads(line[len("data: ") :])
+            for line in r.iter_lines(decode_unicode=True)
+            if line.startswith("data: ")
+        ]
+    assert [event["data"] for event in events] == [
+        {"response": "a", "finish_reason": None, "model": "gpt-3.5-turbo"},
+        {"error": "upstream_bad_response"},
+    ]
+    assert requests.get(server.url + "/healthz", timeout=5).json() == {"status": "ok"}
+
+
+def test_the_openai_face_relays_the_upstream_event_bytes_unchanged(client, fake):
+    # Odd but valid spacing and escapes: a parse and re-encode would change these bytes.
+    events = [
+        b'{"id":"c1","object":"chat.completion.chunk","model":"up-model","choices":[{"index":0,'
+        b'"delta":{"role":"assistant","content":""},"finish_reason":null}],"usage":null}',
+        b'{"id":"c1",  "object":"chat.completion.chunk","model":"up-model","choices":[{"index":0,'
+        b'"delta":{"content":"caf\\u00e9"},"finish_reason":null}],"usage":null}',
+        b'{"id":"c1","object":"chat.completion.chunk","model":"up-model","choices":[{"index":0,'
+        b'"delta":{},"finish_reason":"stop"}],"usage":null}',
+        b'{"id":"c1","object":"chat.completion.chunk","model":"up-model","choices":[],'
+        b'"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}',
+    ]
+    fake.push(Reply(raw_stream=b"".join(b"data: " + e + b"\r\n\r\n" for e in events)))
+    r = client.post("/api/v1/chat/completions", json={**CHAT, "stream": True})
+    assert r.status_code == 200
+    assert r.get_data() == b"".join(b"data: " + e + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+
+
+def test_a_relayed_stream_without_a_finish_reason_is_still_interrupted(client, fake):
+    plain = b'{"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}'
+    fake.push(Reply(raw_stream=b"data: " + plain + b"\n\n" + b"data: " + plain + b"\n\n"))
+    r = client.post("/api/v1/chat/completions", json={**CHAT, "stream": True})
+    body = r.get_data(as_text=True)
+    assert body.count('"content":"a"') == 2
+    assert '"code": "upstream_interrupted"' in body and "[DONE]" not in body
+
+
+def test_the_key_pool_reads_its_state_in_one_round_trip(make_app, fake, redis_url):
+    keys = ",".join(f"sk-pool-key-{n:04d}" for n in range(5))
+    client = make_app(API_KEY=keys, RATELIMIT_STORAGE_URI=redis_url).test_client()
+    assert client.post("/api", json={"user_content": "warm"}).status_code == 200
+    spy = redis.Redis.from_url(redis_url)
+    spy.config_resetstat()
+    for n in range(10):
+        assert client.post("/api", json={"user_content": f"q{n}"}).status_code == 200
+    stats = spy.info("commandstats")
+    spy.close()
+    key_reads = {name: row["calls"] for name, row in stats.items() if name in ("cmdstat_get", "cmdstat_mget")}
+    assert key_reads == {"cmdstat_mget": 10}
