@@ -105,6 +105,14 @@ class UpstreamTimeout(UpstreamError):
     key = "upstream_timeout"
 
 
+class ClientGone(ServiceError):
+    """The client hung up while its request waited for the upstream (499, nginx's code for
+    it): the upstream call is abandoned and its connection closed; nobody reads the answer."""
+
+    status = 499
+    key = "client_gone"
+
+
 class LocalModelError(ServiceError):
     """The embedded model is busy (queue full) or cannot be loaded (503)."""
 

@@ -113,12 +113,12 @@ def event_stream(
     """A ``text/event-stream`` response relaying ``chunks`` as they arrive.
 
     ``render_chunk`` returns the event's JSON payload, or ``bytes``: data relayed as is
-    (:attr:`ChatChunk.event`). The first chunk is pulled before the response starts, so an error before any event is
-    raised here and answered as a normal JSON error. After that, an error becomes one error
-    event (``render_error``) and the stream closes without ``[DONE]``. A ``final_event``
-    is written after the last chunk, just before ``[DONE]``. When the client goes
-    away, the WSGI server closes the response, which closes ``chunks`` and so the upstream
-    request or the local generation.
+    (:attr:`ChatChunk.event`). The first chunk is pulled before the response starts, so an
+    error before any event is raised here and answered as a normal JSON error. After that,
+    an error becomes one error event (``render_error``) and the stream closes without
+    ``[DONE]``. A ``final_event`` is written after the last chunk, just before ``[DONE]``.
+    When the client goes away, the WSGI server closes the response, which closes ``chunks``
+    and so the upstream request or the local generation.
     """
     try:
         first: ChatChunk | None = next(chunks)

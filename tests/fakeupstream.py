@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import select
 import socket
 import threading
 import time
@@ -24,7 +25,8 @@ class Reply:
 
     ``text`` overrides the default echo answer; ``status``/``body`` send an error instead;
     ``delay`` waits before the headers; ``chunk_delay`` waits between stream chunks;
-    ``stall`` holds the connection silently before anything; ``drop`` closes it without a
+    ``stall`` holds the connection silently before anything (or until the client closes it:
+    ``client_gone``); ``drop`` closes it without a
     response; ``drop_after`` closes a stream after that many chunks; ``pause_after`` waits
     ``pause`` seconds after that many chunks; ``finish: False`` ends a stream without its
     finish reason and ``[DONE]``; ``truncate`` sends only that many bytes of a whole answer
@@ -170,8 +172,9 @@ class _Handler(BaseHTTPRequestHandler):
             item.finished = time.monotonic()
 
     def _answer(self, reply: Reply, item: Received, body: dict[str, Any]) -> None:
-        if reply.stall:
-            time.sleep(reply.stall)
+        if reply.stall and self._client_left_within(reply.stall):
+            item.client_gone = True
+            return
         if reply.drop:
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -227,6 +230,17 @@ class _Handler(BaseHTTPRequestHandler):
                 reply.headers,
                 reply.truncate,
             )
+
+    def _client_left_within(self, seconds: float) -> bool:
+        """Wait ``seconds`` silently; True as soon as the client closes the connection."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([self.connection], [], [], left)
+            if readable:
+                if not self.connection.recv(1, socket.MSG_PEEK):
+                    return True
+                time.sleep(left)  # more bytes from the client: not gone, just wait
+        return False
 
     def _stream(self, reply: Reply, text: str, chat: bool, model: str) -> None:
         self.send_response(200)

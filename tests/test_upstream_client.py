@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
+import time
 import zlib
 
 import redis
@@ -37,7 +39,11 @@ def answer(text: str) -> bytes:
             "object": "chat.completion",
             "model": "m",
             "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
             ],
         }
     ).encode()
@@ -66,7 +72,9 @@ def test_a_decompression_bomb_is_a_bad_response_not_a_full_inflate(live_server, 
 
 def test_a_20_mb_event_line_ends_the_stream_with_an_error_event(live_server, upstream):
     server = live_server(API_KEY="sk-x", UPSTREAM_RETRIES="0")
-    first = b'data: {"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": null}]}\n\n'
+    first = (
+        b'data: {"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": null}]}\n\n'
+    )
     upstream.push(Reply(raw_stream=first + b"data: " + b"x" * (20 << 20) + b"\n\n"))
     with requests.post(
         server.url + "/api/v1/chat", json={"query": "hi", "stream": True}, stream=True, timeout=30
@@ -120,5 +128,27 @@ def test_the_key_pool_reads_its_state_in_one_round_trip(make_app, fake, redis_ur
         assert client.post("/api", json={"user_content": f"q{n}"}).status_code == 200
     stats = spy.info("commandstats")
     spy.close()
-    key_reads = {name: row["calls"] for name, row in stats.items() if name in ("cmdstat_get", "cmdstat_mget")}
+    key_reads = {
+        name: row["calls"] for name, row in stats.items() if name in ("cmdstat_get", "cmdstat_mget")
+    }
     assert key_reads == {"cmdstat_mget": 10}
+
+
+def test_a_client_hanging_up_before_the_first_byte_closes_the_upstream_call(live_server, upstream):
+    server = live_server(API_KEY="sk-x", UPSTREAM_RETRIES="0", UPSTREAM_READ_TIMEOUT="60")
+    upstream.push(Reply(stall=30.0))
+    body = json.dumps({"user_content": "hi"}).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as client:
+        client.sendall(
+            b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        record = upstream.wait_for(1)[0]
+    # The upstream sees its connection closed long before its 30 s stall or the 60 s timeout.
+    deadline = time.monotonic() + 10
+    while record.finished is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert record.client_gone
+    assert requests.get(server.url + "/healthz", timeout=5).json() == {"status": "ok"}

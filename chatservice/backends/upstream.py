@@ -43,6 +43,7 @@ from urllib3.exceptions import (
 )
 from urllib3.util.retry import Retry
 
+from chatservice.backends.hangup import abort_on_hang_up
 from chatservice.backends.keypool import FORBIDDEN, INVALID, QUOTA, RATE_LIMITED, KeyPool
 from chatservice.errors import BadRequest, ServiceError, UpstreamError, UpstreamTimeout
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, choice_text
@@ -261,16 +262,18 @@ class UpstreamBackend:
         if key:
             headers["Authorization"] = f"Bearer {key.get_secret_value()}"
         try:
-            return self._http.urlopen(
-                method,
-                self._base_url + path,
-                body=body,
-                headers=headers,
-                retries=self._retry,
-                redirect=False,
-                timeout=self._timeout,
-                preload_content=False,
-            )
+            # Until the answer's head arrives, a client hanging up ends the call (ClientGone).
+            with abort_on_hang_up():
+                return self._http.urlopen(
+                    method,
+                    self._base_url + path,
+                    body=body,
+                    headers=headers,
+                    retries=self._retry,
+                    redirect=False,
+                    timeout=self._timeout,
+                    preload_content=False,
+                )
         except (ReadTimeoutError, TimeoutError):
             log.warning("upstream timed out before answering")
             raise UpstreamTimeout() from None
