@@ -1,9 +1,13 @@
 -- wrk script of the non-streaming scenario: POST the JSON body in $BENCH_BODY and, when the
 -- run is over, print one line "BENCH_JSON {...}" with the counts and the latency percentiles
--- (microseconds, from wrk's own histogram) for bench/run.py to read.
+-- (microseconds, from wrk's own histogram) for bench/run.py to read. $BENCH_AUTH, when set,
+-- is sent as the Authorization header (LiteLLM's master key).
 wrk.method = "POST"
 wrk.body = os.getenv("BENCH_BODY")
 wrk.headers["Content-Type"] = "application/json"
+if os.getenv("BENCH_AUTH") then
+  wrk.headers["Authorization"] = os.getenv("BENCH_AUTH")
+end
 
 done = function(summary, latency, requests)
   local e = summary.errors

@@ -14,8 +14,11 @@ Scenarios (``--only NAME``, repeatable; targets are for ONE worker on a 2-core m
     ``POST /api/v1/chat/completions`` and ``POST /api`` with wrk (Debian package ``wrk``) and
     a Lua script for the POST body: throughput at 64 connections (>= 1,500 req/s) and the
     added latency at 1 connection: the service's p50/p99 minus the upstream's own, measured
-    the same way in alternating rounds, medians of the rounds (p50 <= 0.7 ms, p99 <= 2 ms);
-    also the service's CPU time per request. The upstream is nginx
+    the same way in alternating rounds, medians of the rounds (p50 <= 0.6 ms, p99 <= 1.5 ms);
+    also the service's CPU time per request. Then the peers (``bench/peers.py``, ``--peers``,
+    on by default except with ``--quick``): LiteLLM's proxy (>= 8 times slower than the
+    service) and a naive Flask + urllib3 proxy (the service >= 85 % of it) in interleaved
+    rounds on ``/v1/chat/completions``. The upstream is nginx
     (``return 200 '<json>'``, private prefix and config in a temporary directory) when
     installed, else ``bench/upstream.py``.
 ``streaming``
@@ -91,8 +94,10 @@ log = logging.getLogger("bench")
 #: Targets: (comparison, value). ``>=``: the measured value must be at least the target.
 TARGETS = {
     "throughput_rps": (">=", 1500.0),
-    "added_p50_ms": ("<=", 0.7),
-    "added_p99_ms": ("<=", 2.0),
+    "added_p50_ms": ("<=", 0.6),
+    "added_p99_ms": ("<=", 1.5),
+    "times_litellm": (">=", 8.0),
+    "pct_of_naive": (">=", 85.0),
     "errors": ("<=", 0),
     "failed_streams": ("<=", 0),
     "open_streams": (">=", 2000),
@@ -658,8 +663,10 @@ def wrk(
     connections: int,
     seconds: float,
     meter_pids: dict[str, int] | None = None,
+    auth: str | None = None,
 ) -> dict[str, Any]:
-    """One wrk run (one thread, ``connections`` keep-alive connections) POSTing ``body``.
+    """One wrk run (one thread, ``connections`` keep-alive connections) POSTing ``body``
+    (with ``auth`` as the Authorization header).
 
     Returns wrk's counts, ``rps`` and latency percentiles (µs), and with ``meter_pids`` the
     cores each process tree used (``cpu``), wrk's own included.
@@ -667,6 +674,8 @@ def wrk(
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "5s"]
     command += ["--latency", "-s", str(BENCH / "post.lua"), url]
     env = {**os.environ, "BENCH_BODY": json.dumps(body)}
+    if auth:
+        env["BENCH_AUTH"] = auth
     meter = CpuMeter({**(meter_pids or {}), "harness": os.getpid()})
     proc = run.procs.start(run.name("wrk"), command, env=env, stdout_pipe=True)
     assert proc.stdout is not None
@@ -973,6 +982,30 @@ def scenario_nonstream(run: Run, result: Scenario) -> None:
             "service_1": single,
             "upstream_alone_1": alone,
         }
+    if run.args.peers:
+        import peers  # bench/peers.py, beside this script
+
+        rounds, round_seconds = run.args.peer_rounds, max(2.0, seconds / 2)
+        compared = peers.compare(
+            run, service.url + ENDPOINTS[0][1], upstream.url, wrk, rounds, round_seconds
+        )
+        result.details["peers"] = compared
+        spread = compared["sides"]["service"]["spread_rps"]
+        result.metric(
+            f"peers: service req/s, median of {rounds} (spread {spread[0]:g}-{spread[1]:g})",
+            None,
+            compared["sides"]["service"]["median_rps"],
+            "req/s",
+        )
+        for key, label in (
+            ("times_litellm", "times LiteLLM's req/s"),
+            ("pct_of_naive", "% of the naive Flask + urllib3 proxy's req/s"),
+        ):
+            if key in compared:
+                result.metric(f"peers: service {label}", key, compared[key], "")
+            else:
+                name = key.split("_", 2)[-1]
+                result.details.setdefault("peer_errors", {})[name] = compared["sides"][name]
     if result.missed and run.args.profile:
         for name, path, body, _check in ENDPOINTS:
             rows = [r for r in result.missed if r["metric"].startswith(path + ":")]
@@ -1395,6 +1428,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--latency-rounds", type=int, help="alternating rounds of the 1-connection runs (5)"
     )
+    parser.add_argument(
+        "--peers",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="compare with LiteLLM's proxy and a naive proxy (default: on, off with --quick)",
+    )
+    parser.add_argument("--peer-rounds", type=int, default=5, help="interleaved peer rounds")
     parser.add_argument("--threads", type=int, default=0, help="LOCAL_THREADS (0: service's)")
     parser.add_argument("--max-tokens", type=int, help="model scenario (200; quick: 48)")
     parser.add_argument("--model-repeats", type=int, help="interleaved runs (5; quick: 1)")
@@ -1434,6 +1474,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.wait_quiet = 0.0 if quick else 60.0
     if args.profile is None:
         args.profile = not quick
+    if args.peers is None:
+        args.peers = not quick
     args.only = args.only or list(SCENARIOS)
     args.out = args.out.resolve()
     args.stamp = time.strftime("%Y%m%dT%H%M%S")
