@@ -23,7 +23,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -45,6 +45,7 @@ from urllib3.util.retry import Retry
 
 from chatservice.backends.hangup import abort_on_hang_up
 from chatservice.backends.keypool import FORBIDDEN, INVALID, QUOTA, RATE_LIMITED, KeyPool
+from chatservice.backends.pool import pool_manager
 from chatservice.errors import BadRequest, ServiceError, UpstreamError, UpstreamTimeout
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, choice_text
 from chatservice.settings import Secret, Settings
@@ -114,12 +115,7 @@ class UpstreamBackend:
         )
         # Proxies come from the settings (which read the standard variables too); urllib3
         # reads nothing else from the environment.
-        proxy = outbound_proxy(settings)
-        manager_args = {"num_pools": 2, "maxsize": settings.upstream_pool_size, "block": False}
-        if proxy:
-            self._http: urllib3.PoolManager = urllib3.ProxyManager(proxy, **manager_args)
-        else:
-            self._http = urllib3.PoolManager(**manager_args)
+        self._http = pool_manager(outbound_proxy(settings), settings.upstream_pool_size)
 
     @property
     def has_default_key(self) -> bool:
@@ -168,10 +164,11 @@ class UpstreamBackend:
         finished = False
         model = req.model
         parsed_one = False
+        read1 = _reader(response)
         try:
             while True:
                 try:
-                    data = response.read1(_READ_SIZE)
+                    data = read1(_READ_SIZE)
                     events = decoder.feed_bytes(data)
                 except EventTooLarge:
                     log.warning("upstream sent a stream event over %d bytes", MAX_EVENT_BYTES)
@@ -356,6 +353,20 @@ def _discard(response: urllib3.BaseHTTPResponse) -> None:
     if not response.isclosed():
         response.close()
     response.release_conn()
+
+
+def _reader(response: urllib3.BaseHTTPResponse) -> Callable[[int], bytes]:
+    """The ``read1`` of a stream's body: http.client's own when nothing is to be decoded.
+
+    urllib3's ``read1`` wraps every read in an error-mapping context manager and a decoder
+    buffer, which doubled the cost of a relayed chunk; http.client's reads the same chunked
+    body and raises the same family of errors (``OSError``, ``HTTPException``).
+    """
+    raw = getattr(response, "_fp", None)
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if isinstance(raw, http.client.HTTPResponse) and encoding == "identity":
+        return raw.read1
+    return response.read1
 
 
 def _read_body(response: urllib3.BaseHTTPResponse) -> bytes:
