@@ -10,6 +10,7 @@ piece (or the end of the request) and sends them together, as ``http.client`` do
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import urllib3
@@ -58,6 +59,21 @@ class _HTTPPool(HTTPConnectionPool):
 
 class _HTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
+
+
+def opener(manager: urllib3.PoolManager, base_url: str) -> Callable[..., Any]:
+    """``urlopen(method, path, **kwargs)`` for paths below ``base_url``.
+
+    The host's connection pool is called directly (the manager would parse the URL and
+    look the pool up on every call) except through a plain HTTP proxy, which needs the
+    manager's absolute request URIs and proxy headers.
+    """
+    url = urllib3.util.parse_url(base_url)
+    if isinstance(manager, urllib3.ProxyManager) and url.scheme == "http":
+        return lambda method, path, **kwargs: manager.urlopen(method, base_url + path, **kwargs)
+    pool = manager.connection_from_url(base_url)
+    prefix = (url.path or "").rstrip("/")
+    return lambda method, path, **kwargs: pool.urlopen(method, prefix + path, **kwargs)
 
 
 def pool_manager(proxy: str | None, maxsize: int) -> urllib3.PoolManager:

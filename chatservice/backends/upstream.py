@@ -45,7 +45,7 @@ from urllib3.util.retry import Retry
 
 from chatservice.backends.hangup import abort_on_hang_up
 from chatservice.backends.keypool import FORBIDDEN, INVALID, QUOTA, RATE_LIMITED, KeyPool
-from chatservice.backends.pool import pool_manager
+from chatservice.backends.pool import opener, pool_manager
 from chatservice.errors import BadRequest, ServiceError, UpstreamError, UpstreamTimeout
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, choice_text
 from chatservice.settings import Secret, Settings
@@ -55,7 +55,7 @@ from chatservice.state import SharedState
 log = logging.getLogger(__name__)
 
 #: Bytes of a whole (non-streamed) answer or error body, decompressed, before it is refused.
-MAX_ANSWER_BYTES = 16 * 1024 * 1024
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
 #: Bytes of one stream event's data, decompressed, before the stream ends in an error.
 MAX_EVENT_BYTES = 4 * 1024 * 1024
 
@@ -116,6 +116,7 @@ class UpstreamBackend:
         # Proxies come from the settings (which read the standard variables too); urllib3
         # reads nothing else from the environment.
         self._http = pool_manager(outbound_proxy(settings), settings.upstream_pool_size)
+        self._open = opener(self._http, self._base_url)
 
     @property
     def has_default_key(self) -> bool:
@@ -261,9 +262,9 @@ class UpstreamBackend:
         try:
             # Until the answer's head arrives, a client hanging up ends the call (ClientGone).
             with abort_on_hang_up():
-                return self._http.urlopen(
+                return self._open(
                     method,
-                    self._base_url + path,
+                    path,
                     body=body,
                     headers=headers,
                     retries=self._retry,
@@ -375,16 +376,13 @@ def _read_body(response: urllib3.BaseHTTPResponse) -> bytes:
     Raises ``upstream_bad_response`` beyond the cap or for a body that does not decode,
     ``upstream_interrupted`` when the connection breaks, ``UpstreamTimeout`` on silence.
     """
-    parts, size = [], 0
     try:
-        # urllib3 >= 2.6 inflates at most the requested amount per read, so a compressed
-        # bomb is refused after MAX_ANSWER_BYTES, never inflated in memory.
-        for part in response.stream(_READ_SIZE):
-            size += len(part)
-            if size > MAX_ANSWER_BYTES:
-                log.warning("upstream answer over %d bytes", MAX_ANSWER_BYTES)
-                raise UpstreamError("upstream_bad_response")
-            parts.append(part)
+        # urllib3 >= 2.6 inflates at most the requested amount, so a compressed bomb costs
+        # MAX_ANSWER_BYTES at most before it is refused, never its whole inflated size.
+        body = response.read(MAX_ANSWER_BYTES + 1)
+        if len(body) > MAX_ANSWER_BYTES:
+            log.warning("upstream answer over %d bytes", MAX_ANSWER_BYTES)
+            raise UpstreamError("upstream_bad_response")
     except DecodeError:
         log.warning("upstream answer does not decode (Content-Encoding)")
         raise UpstreamError("upstream_bad_response") from None
@@ -396,7 +394,7 @@ def _read_body(response: urllib3.BaseHTTPResponse) -> bytes:
         raise UpstreamError("upstream_interrupted") from None
     finally:
         _discard(response)
-    return b"".join(parts)
+    return body
 
 
 def _json(body: bytes) -> Any:
