@@ -72,8 +72,8 @@ class ChatRequest:
     :ivar stream: answer as a stream of chunks.
     :ivar api_key: a key the client brought for this request only; never stored elsewhere.
     :ivar relay: the face relays a stream's chunks unchanged (OpenAI's API): the upstream
-        backend then passes each event's bytes (:attr:`ChatChunk.event`) and parses only
-        those that carry a finish reason, usage or an error.
+        backend then passes each event's bytes (:attr:`ChatChunk.event`) and parses at once
+        only those that carry a finish reason, usage or an error.
     """
 
     kind: Kind
@@ -109,8 +109,8 @@ class ChatChunk:
     ``raw`` is the OpenAI-shaped chunk as the backend produced it. Backends yield every
     chunk, including a role-only first chunk and a usage-only last one (``empty``).
     ``event`` is the upstream's event data, as UTF-8 JSON bytes, for a :attr:`ChatRequest.relay`
-    request; then a plain content chunk is not parsed: its ``text`` is empty and ``raw`` is
-    ``{}`` (its ``model`` is the stream's), and only ``event`` holds its content.
+    request; a plain content chunk's ``text`` and ``raw`` are then parsed from it only when
+    read (its ``model`` is the stream's).
     """
 
     text: str

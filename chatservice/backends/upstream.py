@@ -154,8 +154,8 @@ class UpstreamBackend:
         """Chunks as the upstream sends them; closing the iterator closes the connection.
 
         With ``req.relay`` each chunk also carries the event's bytes (``ChatChunk.event``)
-        and events showing no finish reason, usage or error are not parsed: their ``text``
-        is empty and ``raw`` is empty. Raises ``UpstreamTimeout`` when the upstream stays
+        and events showing no finish reason, usage or error are parsed only if their
+        ``text`` or ``raw`` is read. Raises ``UpstreamTimeout`` when the upstream stays
         silent past the read timeout, ``UpstreamError`` (``upstream_interrupted``) when it
         ends without finishing and ``upstream_bad_response`` for an event that is not a
         chunk or is larger than :data:`MAX_EVENT_BYTES`.
@@ -182,7 +182,7 @@ class UpstreamBackend:
                     if event.strip() == b"[DONE]":
                         return
                     if req.relay and parsed_one and _plain(event):
-                        yield ChatChunk(text="", model=model, event=event)
+                        yield _RelayedChunk(event, model)
                         continue
                     chunk = _parse_chunk(event, req.model)
                     parsed_one, model = True, chunk.model
@@ -433,6 +433,25 @@ def _key_failure(response: urllib3.BaseHTTPResponse) -> tuple[str | None, float 
         retry = response.headers.get("Retry-After", "")
         return RATE_LIMITED, float(retry) if retry.isdigit() else None
     return None, None
+
+
+class _RelayedChunk(ChatChunk):
+    """A plain content chunk relayed as its event bytes: ``text`` and ``raw`` are parsed
+    from them only when something reads them (the log and metrics read ``model`` and
+    ``usage``, which a plain chunk does not carry, so usually nothing does)."""
+
+    def __init__(self, event: bytes, model: str) -> None:  # noqa: D107
+        self.event, self.model, self.finish_reason, self.usage = event, model, None, None
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in ("text", "raw"):
+            raise AttributeError(name)
+        try:
+            parsed = _parse_chunk(self.event, self.model)
+            self.text, self.raw = parsed.text, parsed.raw
+        except ServiceError:  # relayed as it came; only its reader finds it unreadable
+            self.text, self.raw = "", {}
+        return getattr(self, name)
 
 
 def _plain(event: bytes) -> bool:
