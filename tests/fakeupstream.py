@@ -28,7 +28,8 @@ class Reply:
     ``stall`` holds the connection silently before anything (or until the client closes it:
     ``client_gone``); ``drop`` closes it without a
     response; ``drop_after`` closes a stream after that many chunks; ``pause_after`` waits
-    ``pause`` seconds after that many chunks; ``finish: False`` ends a stream without its
+    ``pause`` seconds after that many chunks, or, with ``hold``, until the test sets that event
+    (at most 30 s), so a test can observe what arrived while the stream is held; ``finish: False`` ends a stream without its
     finish reason and ``[DONE]``; ``truncate`` sends only that many bytes of a whole answer
     and closes; ``raw_stream`` is sent as the SSE body, byte for byte; ``raw_body`` is sent
     as a whole answer's body, byte for byte, with ``headers`` (e.g. ``Content-Encoding``).
@@ -45,6 +46,7 @@ class Reply:
     drop_after: int | None = None
     pause_after: int | None = None
     pause: float = 0.0
+    hold: threading.Event | None = None
     finish: bool = True
     truncate: int | None = None
     raw_stream: bytes | None = None
@@ -257,6 +259,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
             if reply.pause_after is not None and index == reply.pause_after:
+                if reply.hold is not None:
+                    reply.hold.wait(timeout=30)
                 time.sleep(reply.pause)
             if reply.chunk_delay:
                 time.sleep(reply.chunk_delay)
