@@ -29,10 +29,11 @@ class Reply:
     ``client_gone``); ``drop`` closes it without a
     response; ``drop_after`` closes a stream after that many chunks; ``pause_after`` waits
     ``pause`` seconds after that many chunks, or, with ``hold``, until the test sets that event
-    (at most 30 s), so a test can observe what arrived while the stream is held; ``finish: False`` ends a stream without its
-    finish reason and ``[DONE]``; ``truncate`` sends only that many bytes of a whole answer
-    and closes; ``raw_stream`` is sent as the SSE body, byte for byte; ``raw_body`` is sent
-    as a whole answer's body, byte for byte, with ``headers`` (e.g. ``Content-Encoding``).
+    (at most 30 s), so a test can observe what arrived while the stream is held;
+    ``finish: False`` ends a stream without its finish reason and ``[DONE]``; ``truncate`` sends
+    only that many bytes of a whole answer and closes; ``raw_stream`` is sent as the SSE body,
+    byte for byte; ``raw_body`` is sent as a whole answer's body, byte for byte, with
+    ``headers`` (e.g. ``Content-Encoding``).
     """
 
     text: str | None = None
