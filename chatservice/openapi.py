@@ -701,6 +701,44 @@ def _schemas() -> dict[str, Schema]:
                 }
             },
         },
+        "UpstreamList": {
+            "type": "object",
+            "required": ["upstreams"],
+            "properties": {
+                "upstreams": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "type", "priority", "weight", "breaker", "keys"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "type": {"enum": ["openai", "local"]},
+                            "host": {"type": ["string", "null"], "description": "No path."},
+                            "models": {
+                                "type": ["array", "null"],
+                                "items": {"type": "string"},
+                                "description": "Patterns; null: what its /models lists.",
+                            },
+                            "model_map": {
+                                "type": "object",
+                                "additionalProperties": {"type": "string"},
+                            },
+                            "priority": {"type": "integer"},
+                            "weight": {"type": "number"},
+                            "breaker": {"enum": ["closed", "open", "half_open"]},
+                            "breaker_until": {
+                                "type": ["number", "null"],
+                                "description": "Epoch seconds.",
+                            },
+                            "keys": _ref("KeyList/properties/keys"),
+                            "requests": {"type": "integer"},
+                            "failures": {"type": "integer"},
+                            "latency_p50_ms": {"type": ["number", "null"]},
+                        },
+                    },
+                }
+            },
+        },
         "Readiness": {
             "type": "object",
             "required": ["status", "checks"],
@@ -1259,6 +1297,28 @@ def _other_operations(settings: Settings) -> dict[str, dict[str, Any]]:
                     "200": {
                         "description": "Every key, masked, with its state.",
                         "content": _content(JSON, _ref("KeyList")),
+                    },
+                    "401": {
+                        "description": "No or a wrong ADMIN_TOKEN bearer.",
+                        "content": _content(JSON, _ref("ApiError")),
+                    },
+                    "404": {
+                        "description": "ADMIN_TOKEN is not set.",
+                        "content": _content(JSON, _ref("ApiError")),
+                    },
+                },
+                security=[{"adminToken": []}],
+            )
+        },
+        f"{route}/admin/upstreams": {
+            "get": _op(
+                TAG_ADMIN,
+                "admin_upstreams",
+                "The upstreams: breakers, keys (masked), counts",
+                {
+                    "200": {
+                        "description": "Every upstream; counts are the answering worker's.",
+                        "content": _content(JSON, _ref("UpstreamList")),
                     },
                     "401": {
                         "description": "No or a wrong ADMIN_TOKEN bearer.",

@@ -14,6 +14,7 @@ from seeds 002/004) and from the issue tracker.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
@@ -180,6 +181,14 @@ def _aliases(raw: str) -> dict[str, str]:
     return aliases
 
 
+def _upstreams(raw: str) -> tuple[Any, ...]:
+    """UPSTREAMS: a JSON list of upstream objects (``[[upstreams]]`` in the TOML file)."""
+    # Imported here: the spec module builds on this one (Secret and the URL parsers).
+    from chatservice.upstream_specs import parse_upstreams
+
+    return parse_upstreams(raw)
+
+
 def _raw_text(raw: str) -> str:
     return raw
 
@@ -286,6 +295,11 @@ FIELDS: tuple[Field, ...] = (
     Field("UPSTREAM_RETRIES", "upstream_retries", _int(0), "2"),
     Field("UPSTREAM_RPM", "upstream_rpm", _limit, "0"),
     Field("UPSTREAM_POOL_SIZE", "upstream_pool_size", _int(1), "100"),
+    Field("UPSTREAMS", "upstreams", _upstreams, ""),
+    Field("UPSTREAM_FALLBACKS", "upstream_fallbacks", _int(0), "2"),
+    Field("UPSTREAM_BREAKER_FAILURES", "upstream_breaker_failures", _int(1), "5"),
+    Field("UPSTREAM_BREAKER_COOLDOWN", "upstream_breaker_cooldown", _seconds, "10"),
+    Field("UPSTREAM_MODELS_TTL", "upstream_models_ttl", _seconds, "600"),
     Field("CHAT_PROXY", "proxy", _proxy, ""),
     Field("HTTPS_PROXY", "https_proxy", _proxy, ""),
     Field("HTTP_PROXY", "http_proxy", _proxy, ""),
@@ -360,6 +374,11 @@ class Settings:
     upstream_retries: int
     upstream_rpm: int
     upstream_pool_size: int
+    upstreams: tuple[Any, ...]
+    upstream_fallbacks: int
+    upstream_breaker_failures: int
+    upstream_breaker_cooldown: float
+    upstream_models_ttl: float
     proxy: str
     https_proxy: str
     http_proxy: str
@@ -483,7 +502,8 @@ def _read_config_file(source: Mapping[str, str]) -> dict[str, str]:
     """The settings of the TOML file named by CONFIG_FILE (a missing default file is fine).
 
     Keys are the variable names in any case (``port``, ``API_KEY``), seed 001's short names
-    (``apikey`` for ``CHAT_APIKEY``), inside any table. Lists are joined with commas.
+    (``apikey`` for ``CHAT_APIKEY``), inside any table. Lists are joined with commas;
+    a list of tables (``[[upstreams]]``) becomes JSON.
     """
     explicit = bool(source.get("CONFIG_FILE", "").strip())
     path = Path(os.path.expanduser(source.get("CONFIG_FILE", "").strip() or "config.toml"))
@@ -527,6 +547,8 @@ def _config_name(key: str) -> str | None:
 def _config_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list) and any(isinstance(item, dict) for item in value):
+        return json.dumps(value, default=str)  # [[upstreams]]: a list of tables
     if isinstance(value, list):
         return ",".join(str(item) for item in value)
     return str(value)
