@@ -1052,8 +1052,10 @@ def scenario_upstreams(run: Run, result: Scenario) -> None:
         if status != 200 or not check(answer):
             raise BenchError(f"{path} answered {status}: {answer!r:.300}")
         wrk(run, service.url + path, body, 64, max(1.0, seconds / 5))
-    for _ in range(rounds):
-        for label, service in services.items():
+    for index in range(rounds):
+        # Alternate which goes first, so a trend in the machine's other load favours neither.
+        order = list(services.items())
+        for label, service in order if index % 2 == 0 else order[::-1]:
             pids = {"worker": service.worker, "upstream": upstream.proc.pid}
             runs[label].append(wrk(run, service.url + path, body, 64, seconds, pids))
     rps = {}

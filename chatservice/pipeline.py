@@ -283,19 +283,23 @@ class Pipeline:
         """
         while True:
             started = time.perf_counter()
-            chunks = call.route.backend.stream(call.request)
+            chunks: Iterator[ChatChunk] | None = None
             try:
+                # Inside the try: a backend may refuse at once (a full local queue).
+                chunks = call.route.backend.stream(call.request)
                 first = [next(chunks)]
             except StopIteration:
                 first = []
             except Exception as exc:
-                chunks.close()  # type: ignore[attr-defined]
+                if chunks is not None:
+                    chunks.close()  # type: ignore[attr-defined]
                 following = _failed(call, exc, started)
                 if following is None:
                     raise
                 call = _move(watches, call, following, exc)
                 continue
             _succeeded(call, started)
+            assert chunks is not None  # noqa: S101 - for the type checker: next() ran
             return chunks, first, call
 
 

@@ -14,11 +14,16 @@ State keys (under ``breaker:<name>:``): ``failures`` (consecutive count), ``open
 (``"<until> <times opened>"``, epoch seconds), ``probe`` (the probe's lock, with a TTL so a
 probe that never reports back does not block the upstream forever). With the storage down,
 every breaker reads as closed: losing the breakers beats refusing every call.
+
+Each worker keeps what it read for :data:`READ_CACHE` seconds (what it wrote, at once): the
+state is read at most once a second per upstream instead of on every call, so another
+worker's or instance's change is seen within that second.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Literal
 
 from chatservice.errors import ServiceError
@@ -28,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Longest cooldown, in seconds, however long failures continue.
 MAX_COOLDOWN = 600.0
+#: Seconds a worker trusts what it last read of a breaker.
+READ_CACHE = 1.0
 
 BreakerState = Literal["closed", "open", "half_open"]
 
@@ -49,10 +56,11 @@ class Breaker:
         self._cooldown = cooldown
         self._probe_ttl = probe_ttl
         self._key = f"breaker:{name}:"
+        self._seen: dict[str, tuple[float, str | None]] = {}
 
     def status(self) -> tuple[BreakerState, float | None]:
         """The state and, when open, the epoch second its cooldown ends."""
-        opened = self._read("open")
+        opened = self._cached("open")
         if opened is None:
             return "closed", None
         until = float(opened.split()[0])
@@ -81,10 +89,11 @@ class Breaker:
     def succeeded(self) -> None:
         """A call went through: the breaker closes (and its counts start over)."""
         try:
-            if self._state.get(self._key + "failures") is None:
-                return  # the common case: one read, no write
+            if self._cached("failures") is None:
+                return  # the common case: no write, at most one read a second
             for name in ("failures", "open", "probe"):
                 self._state.delete(self._key + name)
+                self._seen[name] = (time.monotonic(), None)
         except ServiceError:
             log.warning("breaker state unreachable; %s not reset", self.name)
             return
@@ -96,7 +105,9 @@ class Breaker:
         """
         try:
             count = self._state.incr(self._key + "failures")
+            self._seen["failures"] = (time.monotonic(), str(count))
             opened = self._state.get(self._key + "open")
+            self._seen["open"] = (time.monotonic(), opened)
             if opened is None and count < self._threshold:
                 return
             if opened is not None and float(opened.split()[0]) > self._state.clock():
@@ -105,14 +116,26 @@ class Breaker:
             seconds = min(MAX_COOLDOWN, self._cooldown * 2 ** (times - 1))
             until = self._state.clock() + seconds
             self._state.set(self._key + "open", f"{until} {times}")
+            self._seen["open"] = (time.monotonic(), f"{until} {times}")
             self._state.delete(self._key + "probe")
         except ServiceError:
             log.warning("breaker state unreachable; %s failure not counted", self.name)
             return
         log.warning("upstream %s failing: breaker open for %.0f s", self.name, seconds)
 
-    def _read(self, name: str) -> str | None:
+    def fresh(self) -> Breaker:
+        """Forget what this worker read: the next look reads the shared state."""
+        self._seen.clear()
+        return self
+
+    def _cached(self, name: str) -> str | None:
+        now = time.monotonic()
+        seen = self._seen.get(name)
+        if seen is not None and now - seen[0] < READ_CACHE:
+            return seen[1]
         try:
-            return self._state.get(self._key + name)
+            value = self._state.get(self._key + name)
         except ServiceError:
             return None
+        self._seen[name] = (now, value)
+        return value

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 MODELS_RETRY = 30.0
 #: Latencies kept per upstream for the admin view's median.
 LATENCY_WINDOW = 1000
+#: Seconds a model's candidates are kept, and how many models are kept.
+GROUPS_TTL, GROUPS_CACHED = 5.0, 1024
 
 
 def is_upstream_fault(err: BaseException) -> bool:
@@ -86,17 +88,13 @@ class Upstream:
         list_models: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         self.spec = spec
+        self.name = spec.name
         self.route = route
         self.breaker = breaker
         self.stats = UpstreamStats()
         self._models_ttl = models_ttl
         self._list_models = list_models
         self._fetched: tuple[float, frozenset[str]] = (0.0, frozenset())
-
-    @property
-    def name(self) -> str:
-        """The spec's name."""
-        return self.spec.name
 
     def serves(self, model: str) -> bool:
         """Whether ``model`` is one of this upstream's public names."""
@@ -142,7 +140,8 @@ class Upstream:
         from urllib.parse import urlsplit
 
         backend = self.route.backend
-        state, until = self.breaker.status() if self.breaker is not None else ("closed", None)
+        breaker = self.breaker.fresh() if self.breaker is not None else None
+        state, until = breaker.status() if breaker is not None else ("closed", None)
         pool = getattr(backend, "pool", None)
         return {
             "name": self.name,
@@ -185,6 +184,9 @@ class Router:
         self._by_route = {id(u.route): u for u in upstreams}
         # Smooth weighted round-robin: each group's members' current weights.
         self._current: dict[tuple[str, ...], dict[str, float]] = {}
+        # model -> (when, its candidates in priority groups): matching names on every call
+        # would cost more than the call's own routing.
+        self._groups: dict[str, tuple[float, list[list[Upstream]]]] = {}
 
     def attempts(self, model: str, api_key: object | None) -> Attempts:
         """The ordered candidates for ``model``. Raises ``NotFound`` ``model_not_found``
@@ -194,10 +196,11 @@ class Router:
             route = self._select(model, api_key)
             only = [self._by_route[id(route)]]
             return Attempts(self, only, 0, only)
-        candidates = [u for u in self.upstreams if u.serves(model)]
-        if not candidates:
+        groups = self._candidates(model)
+        if not groups:
             raise NotFound("model_not_found", field="model", model=model)
-        return Attempts(self, self._ordered(candidates), self._fallbacks, candidates)
+        candidates = [u for group in groups for u in group]
+        return Attempts(self, self._ordered(groups), self._fallbacks, candidates)
 
     def upstream_of(self, route: Route) -> Upstream:
         """The upstream ``route`` belongs to."""
@@ -211,10 +214,26 @@ class Router:
         """
         return [u.snapshot() for u in self.upstreams]
 
-    def _ordered(self, candidates: list[Upstream]) -> list[Upstream]:
+    def _candidates(self, model: str) -> list[list[Upstream]]:
+        """The upstreams serving ``model`` by priority group, highest first (kept a few
+        seconds per model, at most :data:`GROUPS_CACHED` models)."""
+        now = time.monotonic()
+        cached = self._groups.get(model)
+        if cached is not None and now - cached[0] < GROUPS_TTL:
+            return cached[1]
+        serving = [u for u in self.upstreams if u.serves(model)]
+        groups = [
+            [u for u in serving if u.spec.priority == priority]
+            for priority in sorted({u.spec.priority for u in serving}, reverse=True)
+        ]
+        if len(self._groups) >= GROUPS_CACHED:
+            self._groups.clear()  # clients choose model names: keep the memory bounded
+        self._groups[model] = (now, groups)
+        return groups
+
+    def _ordered(self, groups: list[list[Upstream]]) -> list[Upstream]:
         ordered: list[Upstream] = []
-        for priority in sorted({u.spec.priority for u in candidates}, reverse=True):
-            group = [u for u in candidates if u.spec.priority == priority]
+        for group in groups:
             healthy = [u for u in group if u.breaker is None or u.breaker.available()]
             if not healthy:
                 continue
@@ -226,7 +245,7 @@ class Router:
     def _pick(self, members: list[Upstream]) -> Upstream:
         if len(members) == 1:
             return members[0]
-        current = self._current.setdefault(tuple(sorted(u.name for u in members)), {})
+        current = self._current.setdefault(tuple(u.name for u in members), {})
         total = 0.0
         for u in members:
             current[u.name] = current.get(u.name, 0.0) + u.spec.weight
