@@ -368,7 +368,9 @@ def test_two_simultaneous_turns_in_one_room_one_gets_409(live_server, upstream, 
         lines = first.iter_lines(chunk_size=1)
         next(line for line in lines if line.startswith(b"data: "))  # the turn is running
         for path in ("", "/stream", "/reset"):
-            busy = requests.post(url + path, json={"content": "second"}, headers=headers, timeout=10)
+            busy = requests.post(
+                url + path, json={"content": "second"}, headers=headers, timeout=10
+            )
             assert busy.status_code == 409
             assert busy.json() == {
                 "code": 409,

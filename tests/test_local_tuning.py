@@ -57,8 +57,9 @@ def test_a_looping_answer_is_ended_by_the_guard(tokenize):
     assert loop_start(tokenize(guarded["response"])) is None
 
     streamed = events(
-        guarded_client.post("/api", json={"user_content": QUESTION, "max_tokens": MAX_TOKENS,
-                                          "stream": True})
+        guarded_client.post(
+            "/api", json={"user_content": QUESTION, "max_tokens": MAX_TOKENS, "stream": True}
+        )
     )
     assert streamed[-1] == "[DONE]"
     assert streamed[-2]["data"]["finish_reason"] == "length"
