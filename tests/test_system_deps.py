@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import ROOT
@@ -20,7 +21,8 @@ def path_with(tmp_path: Path, tools: tuple[str, ...]) -> str:
     bin_dir = tmp_path / f"bin{len(list(tmp_path.iterdir()))}"
     bin_dir.mkdir()
     for tool in tools:
-        found = shutil.which(tool)
+        # This interpreter: a pyenv shim on PATH would need pyenv's own environment.
+        found = sys._base_executable if tool == "python3" else shutil.which(tool)
         if found is not None:
             (bin_dir / tool).symlink_to(found)
     return str(bin_dir)
