@@ -1352,6 +1352,11 @@ def scenario_model(run: Run, result: Scenario) -> None:
         "LOCAL_THREADS": str(threads),
         "LOCAL_PRELOAD": "1",
         "LOCAL_CONTEXT_TOKENS": str(MODEL_CONTEXT),
+        # The same generation as llama_direct.py (no system prompt, greedy, no repeat penalty);
+        # the loop guard stays on, so its per-token cost is in the figure.
+        "LOCAL_SYSTEM_PROMPT": "",
+        "LOCAL_TEMPERATURE": "0",
+        "LOCAL_REPEAT_PENALTY": "1",
     }
     service = Service(run, upstream.url, extra, ready_timeout=180)
     command = [run.python, str(BENCH / "llama_direct.py"), "--model", path]

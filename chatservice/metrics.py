@@ -43,7 +43,8 @@ Exported, every name prefixed ``chatservice_``:
   The marks live in RATELIMIT_STORAGE_URI's store, so with ``memory://`` and several workers
   this is the scraping worker's view; with Redis it is everyone's.
 - ``rate_limited_total{face}``: requests refused by the per-client limits (HOUR/MINUTE/
-  SECOND_LIMIT), told apart from the upstream's own 429s.
+  SECOND_LIMIT), told apart from the upstream's own 429s; ``face="ws"`` counts WebSocket
+  frames refused (each frame is one request there).
 
 Upstream latency, errors and tokens are recorded by an observer of the answer pipeline
 (:class:`BackendMetrics`, see :mod:`chatservice.pipeline`), which every face goes through:

@@ -224,6 +224,22 @@ def _optional_number(minimum: float, maximum: float) -> Callable[[str], float | 
     return parse
 
 
+def _number(minimum: float, maximum: float) -> Callable[[str], float]:
+    optional = _optional_number(minimum, maximum)
+
+    def parse(raw: str) -> float:
+        value = optional(raw)
+        if value is None:
+            raise ValueError(f"expected a number from {minimum:g} to {maximum:g}, got {raw!r}")
+        return value
+
+    return parse
+
+
+#: The embedded model's default system message (chosen with bench/quality.py).
+LOCAL_SYSTEM_PROMPT = "Answer the question directly and briefly, in the language of the question."
+
+
 def _proxy(raw: str) -> str:
     """A proxy URL; ``host:port`` without a scheme means ``http://host:port`` (seed 001's
     README example has no scheme, which broke every call in the original).
@@ -311,6 +327,11 @@ FIELDS: tuple[Field, ...] = (
     Field("LOCAL_PRELOAD", "local_preload", _bool, "0"),
     Field("LOCAL_CONTEXT_TOKENS", "local_context_tokens", _int(128), "2048"),
     Field("LOCAL_THREADS", "local_threads", _int(0), "0"),
+    Field("LOCAL_SYSTEM_PROMPT", "local_system_prompt", _raw_text, LOCAL_SYSTEM_PROMPT),
+    Field("LOCAL_TEMPERATURE", "local_temperature", _number(0.0, 2.0), "0.2"),
+    Field("LOCAL_TOP_P", "local_top_p", _number(0.0, 1.0), "0.9"),
+    Field("LOCAL_REPEAT_PENALTY", "local_repeat_penalty", _number(1.0, 2.0), "1.1"),
+    Field("LOCAL_LOOP_GUARD", "local_loop_guard", _bool, "1"),
     Field("DEFAULT_MODEL", "default_model", _text, "gpt-3.5-turbo"),
     Field("MAX_BODY_BYTES", "max_body_bytes", _int(1), "1048576"),
     Field("BOT_DESC", "bot_desc", _raw_text, "You are a helpful assistant."),
@@ -390,6 +411,11 @@ class Settings:
     local_preload: bool
     local_context_tokens: int
     local_threads: int
+    local_system_prompt: str
+    local_temperature: float
+    local_top_p: float
+    local_repeat_penalty: float
+    local_loop_guard: bool
     default_model: str
     max_body_bytes: int
     bot_desc: str
