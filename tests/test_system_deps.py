@@ -13,7 +13,18 @@ from tests.conftest import ROOT
 SCRIPT = ROOT / "scripts" / "system-deps"
 #: What the script itself runs, plus what it checks for; apt-get and sudo are left out, so a
 #: missing package can only be reported.
-TOOLS = ("sh", "id", "python3", "make", "cmake", "g++", "redis-server", "chromium")
+TOOLS = (
+    "sh",
+    "id",
+    "python3",
+    "make",
+    "cmake",
+    "g++",
+    "redis-server",
+    "chromium",
+    "nginx",
+    "systemd-analyze",
+)
 
 
 def path_with(tmp_path: Path, tools: tuple[str, ...]) -> str:
