@@ -164,6 +164,7 @@ def _check_response_format(value: Any) -> None:
             raise BadRequest("missing_field", field="response_format.json_schema.name")
         if spec.get("schema") is not None and not isinstance(spec["schema"], dict):
             raise BadRequest("not_an_object", field="response_format.json_schema.schema")
+        validation.boolean(spec, "strict", False)
 
 
 def _check_tools(tools: Any, choice: Any) -> None:
@@ -179,6 +180,7 @@ def _check_tools(tools: Any, choice: Any) -> None:
                 or not isinstance(function, dict)
                 or not isinstance(function.get("name"), str)
                 or not isinstance(function.get("parameters", {}), dict)
+                or not isinstance(function.get("description", ""), str)
             ):
                 raise BadRequest("invalid_tool", field=f"tools[{index}]")
             names.add(function["name"])
