@@ -169,8 +169,10 @@ def test_sdk_streamed_chat_forwards_stream_options(sdk, live_server, fake):
     )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "echo: Hello there"
-    assert chunks[-1].choices[0].finish_reason == "stop"
+    # The last chunk is the usage the client asked for: no choices.
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "echo: Hello there" and chunks[-1].usage is not None
+    assert chunks[-2].choices[0].finish_reason == "stop"
     sent = fake.received[-1].json
     assert sent["stream"] is True
     assert sent["stream_options"] == {"include_usage": True}

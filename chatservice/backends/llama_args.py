@@ -69,7 +69,7 @@ class LlamaCall:
 def plan(req: ChatRequest, model_id: str, context_tokens: int) -> LlamaCall:
     """The llama-cpp-python calls for ``req``. Raises ``BadRequest``:
     ``unsupported_parameter`` (logprobs, logit_bias, an image, a streamed ``auto`` tool
-    choice, an unknown field...) and ``out_of_range`` (``max_tokens`` beyond the context).
+    choice, an unknown field...).
     """
     params = req.params
     for name in params:
@@ -81,10 +81,9 @@ def plan(req: ChatRequest, model_id: str, context_tokens: int) -> LlamaCall:
         raise _unsupported("logprobs" if params.get("logprobs") else "top_logprobs", model_id)
     kwargs = {name: params[name] for name in PASSED if params.get(name) is not None}
     max_tokens = req.max_tokens or params.get("max_completion_tokens")
-    if max_tokens is not None:
-        if max_tokens > context_tokens:
-            field = "max_tokens" if req.max_tokens else "max_completion_tokens"
-            raise BadRequest("out_of_range", field=field, min=1, max=context_tokens)
+    # A bound beyond the context (the seed clients send 3000) means "until the context is
+    # full", which is llama-cpp-python's None.
+    if max_tokens is not None and max_tokens <= context_tokens:
         kwargs["max_tokens"] = max_tokens
     call = LlamaCall(
         # The seed faces turn a chat into a transcript prompt for completion models, and the

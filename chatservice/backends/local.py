@@ -59,7 +59,7 @@ class LocalBackend:
     function-calling format); completion requests send the prompt as is. Which OpenAI fields
     reach llama.cpp, and which are refused, is :mod:`chatservice.backends.llama_args`'s.
     Raises ``LocalModelError`` (busy: 503, unavailable: 503) and ``BadRequest``
-    (``context_length_exceeded``, ``unsupported_parameter``, ``out_of_range``).
+    (``context_length_exceeded``, ``unsupported_parameter``).
     """
 
     def __init__(self, settings: Settings) -> None:
