@@ -127,6 +127,18 @@ class InternalError(ServiceError):
     key = "internal_error"
 
 
+def context_length_exceeded(limit: int | None, tokens: int | None) -> BadRequest:
+    """400 ``context_length_exceeded``: the model holds ``limit`` tokens, the request needed
+    ``tokens``. Its English message is OpenAI's own wording, which clients such as LiteLLM
+    match to fall back on a model with a larger context; an unknown count reads ``?``.
+    """
+    return BadRequest(
+        "context_length_exceeded",
+        limit="?" if limit is None else limit,
+        tokens="?" if tokens is None else tokens,
+    )
+
+
 #: Renders one face's error body: (error, localized message) -> a JSON-able dict, or a
 #: string for faces that answer plain text (seed 003's conversations).
 ErrorRenderer = Callable[[ServiceError, str], dict[str, Any] | str]

@@ -423,28 +423,126 @@ def _schemas() -> dict[str, Schema]:
         # --- OpenAI-compatible
         "ChatCompletionRequest": {
             "type": "object",
-            "description": "OpenAI's chat completion request. Only `messages`, `model`, "
-            "`stream`, `max_tokens` and `max_completion_tokens` are checked here; every other "
-            "field (`temperature`, `tools`, `stream_options`, ...) is forwarded unchanged and "
-            "judged by the upstream.",
+            "description": "OpenAI's chat completion request, checked as OpenAI checks it "
+            "whatever the backend (message shapes, the ranges below). An upstream gets every "
+            "field as sent; the embedded model implements `response_format` (`json_object`, "
+            "`json_schema`), `n`, `seed`, `stream_options.include_usage` and `tools` / "
+            "`tool_choice` (a named function, `required` with one tool, `auto` unstreamed) and "
+            "refuses the rest (`logprobs`, images, unknown fields) with 400 "
+            "`unsupported_parameter` naming the field.",
             "required": ["messages"],
             "properties": {
                 "messages": {
                     "type": "array",
                     "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["role"],
-                        "properties": {"role": {"type": "string"}},
-                        "description": "Content is not checked: OpenAI allows content parts "
-                        "and null.",
-                    },
+                    "items": _ref("ChatMessage"),
                 },
                 "model": model,
                 "stream": {"type": ["boolean", "null"], "default": False},
                 "max_tokens": {"type": ["integer", "null"], "minimum": 1},
                 "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
+                "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+                "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+                "frequency_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
+                "presence_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
+                "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 128},
+                "stop": {
+                    "oneOf": [
+                        {"type": "string"},
+                        {"type": "array", "maxItems": 4, "items": {"type": "string"}},
+                        {"type": "null"},
+                    ]
+                },
+                "seed": {
+                    "type": ["integer", "null"],
+                    "minimum": -(2**63),
+                    "maximum": 2**63 - 1,
+                },
+                "user": {"type": ["string", "null"]},
+                "stream_options": {
+                    "type": ["object", "null"],
+                    "properties": {"include_usage": {"type": ["boolean", "null"]}},
+                },
+                "response_format": {
+                    "oneOf": [
+                        {"type": "null"},
+                        {
+                            "type": "object",
+                            "required": ["type"],
+                            "properties": {"type": {"enum": ["text", "json_object"]}},
+                        },
+                        {
+                            "type": "object",
+                            "required": ["type", "json_schema"],
+                            "properties": {
+                                "type": {"const": "json_schema"},
+                                "json_schema": {
+                                    "type": "object",
+                                    "required": ["name"],
+                                    "properties": {
+                                        "name": {"type": "string"},
+                                        "schema": {"type": ["object", "null"]},
+                                        "strict": {"type": ["boolean", "null"]},
+                                    },
+                                },
+                            },
+                        },
+                    ]
+                },
+                "tools": {
+                    "type": ["array", "null"],
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "function"],
+                        "properties": {
+                            "type": {"const": "function"},
+                            "function": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "description": {"type": "string"},
+                                    "parameters": {"type": "object"},
+                                },
+                            },
+                        },
+                    },
+                },
+                "tool_choice": {
+                    "description": '`none`, `auto`, `required`, or `{"type": "function", '
+                    '"function": {"name": ...}}` naming one of `tools`.',
+                    "enum": ["none", "auto", "required", None],
+                },
                 "lang": lang,
+            },
+        },
+        "ChatMessage": {
+            "type": "object",
+            "description": "An OpenAI message: `content` a string or a list of parts (`text`; "
+            "on user messages also `image_url`, `input_audio`, `file`), `developer` read as "
+            "`system`, `null` content on an assistant message with `tool_calls`, and `tool` "
+            "messages with `tool_call_id`. Anything else is a 400 naming the field "
+            "(`messages[2].content`).",
+            "required": ["role", "content"],
+            "properties": {
+                "role": {"enum": ["system", "developer", "user", "assistant"]},
+                "content": {
+                    "oneOf": [
+                        {"type": "string"},
+                        {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["type", "text"],
+                                "properties": {
+                                    "type": {"const": "text"},
+                                    "text": {"type": "string"},
+                                },
+                            },
+                        },
+                    ]
+                },
+                "name": {"type": ["string", "null"]},
             },
         },
         "CompletionRequest": {

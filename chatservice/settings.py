@@ -288,6 +288,9 @@ class Field:
     default: str
 
 
+#: OpenAI's API, the upstream when UPSTREAM_BASE_URL is not set.
+DEFAULT_UPSTREAM = "https://api.openai.com/v1"
+
 FIELDS: tuple[Field, ...] = (
     Field("HOST", "host", _text, "0.0.0.0"),  # noqa: S104 - listening on all interfaces is the documented default
     Field("PORT", "port", _int(1), "5000"),
@@ -304,7 +307,8 @@ FIELDS: tuple[Field, ...] = (
     Field("KEY_FILE", "key_file", _path, ""),
     Field("AUTO_REMOVE_KEYS", "auto_remove_keys", _bool, "true"),
     Field("ADMIN_TOKEN", "admin_token", _secret, ""),
-    Field("UPSTREAM_BASE_URL", "upstream_base_url", _url, "https://api.openai.com/v1"),
+    Field("UPSTREAM_BASE_URL", "upstream_base_url", _url, DEFAULT_UPSTREAM),
+    Field("CLIENT_KEYS", "client_keys", _choice("auto", "on", "off"), "auto"),
     Field("UPSTREAM_CONNECT_TIMEOUT", "upstream_connect_timeout", _seconds, "10"),
     Field("UPSTREAM_READ_TIMEOUT", "upstream_read_timeout", _seconds, "120"),
     Field("UPSTREAM_STREAM_IDLE_TIMEOUT", "upstream_stream_idle_timeout", _seconds, "60"),
@@ -389,6 +393,7 @@ class Settings:
     auto_remove_keys: bool
     admin_token: Secret | None
     upstream_base_url: str
+    client_keys: str
     upstream_connect_timeout: float
     upstream_read_timeout: float
     upstream_stream_idle_timeout: float
@@ -486,6 +491,18 @@ class Settings:
         if values["auth_mode"] != "none" and values["auth_token"] is None:
             raise ConfigError(f"AUTH_TOKEN: required when AUTH_MODE is {values['auth_mode']}")
         return cls(**values)
+
+    @property
+    def accepts_client_keys(self) -> bool:
+        """Whether a key a client brings (``Authorization: Bearer sk-...``, a seed face's
+        ``api_key``) is used for the upstream: CLIENT_KEYS on/off, or with ``auto`` only when
+        an upstream other than OpenAI's API or a key (API_KEY, KEY_FILE) is configured.
+        Otherwise the placeholder ``sk-xxx`` that tools insist on would reach OpenAI's API on a
+        keyless install.
+        """
+        if self.client_keys != "auto":
+            return self.client_keys == "on"
+        return bool(self.upstream_base_url != DEFAULT_UPSTREAM or self.api_keys or self.key_file)
 
     @property
     def rate_limits(self) -> list[str]:
