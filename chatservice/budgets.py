@@ -86,7 +86,9 @@ class ClientKeys:
     def update(self, ref: str, fields: Mapping[str, Any]) -> KeyRecord:
         """The key ``ref`` with ``fields`` changed (404 as :meth:`find`; 409 for a taken name)."""
         record = self.find(ref)
-        changed = KeyRecord(**{**record.to_json(), **fields, "models": fields.get("models", record.models)})
+        changed = KeyRecord(
+            **{**record.to_json(), **fields, "models": fields.get("models", record.models)}
+        )
         self.store.replace(changed)
         log.info("client key updated: id=%s fields=%s", record.id, ",".join(sorted(fields)))
         return changed
@@ -153,7 +155,9 @@ class ClientKeys:
             counter = Counter(f"{record.id}:tpm:{window}", record.tpm, worst, 2 * MINUTE)
             plan.append((counter, "key_tokens_limited", to_next_minute))
         if record.budget_tokens is not None:
-            plan.append((Counter(_total(record), record.budget_tokens, worst), "budget_exhausted", None))
+            plan.append(
+                (Counter(_total(record), record.budget_tokens, worst), "budget_exhausted", None)
+            )
         if record.daily_budget_tokens is not None:
             counter = Counter(_day(record, now), record.daily_budget_tokens, worst, 2 * DAY)
             plan.append((counter, "budget_exhausted", _next_day(now) - now))

@@ -139,7 +139,9 @@ class SqlKeyStore:
         self._lock = threading.Lock()
         self._memory: sqlite3.Connection | None = None
         if path is None:
-            self._memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            self._memory = sqlite3.connect(
+                ":memory:", isolation_level=None, check_same_thread=False
+            )
         elif path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
@@ -156,7 +158,9 @@ class SqlKeyStore:
                     yield self._memory
                 return
             try:
-                db = sqlite3.connect(self._path or "", timeout=STORAGE_TIMEOUT, isolation_level=None)
+                db = sqlite3.connect(
+                    self._path or "", timeout=STORAGE_TIMEOUT, isolation_level=None
+                )
             except sqlite3.Error:
                 raise ServiceError("store_unavailable", status=503) from None
             try:
@@ -311,8 +315,9 @@ class RedisKeyStore:
     """Keys in Redis under ``chatservice:ck:``, shared by every instance using that server.
 
     ``ck:key:<id>`` holds the record as JSON, ``ck:hash:<sha256>`` and ``ck:name:<name>`` the
-    id, ``ck:hashof:<id>`` the hash, ``ck:ids`` the ids by creation time; counters are ``ck:n:<name>`` integers; usage rows
-    are hashes ``ck:use:<day>:<id>:<model>`` listed in the sorted set ``ck:use``.
+    id, ``ck:hashof:<id>`` the hash, ``ck:ids`` the ids by creation time; counters are
+    ``ck:n:<name>`` integers; usage rows are hashes ``ck:use:<day>:<id>:<model>`` listed in
+    the sorted set ``ck:use``.
     """
 
     _RESERVE = """

@@ -217,7 +217,7 @@ def _optional_number(minimum: float, maximum: float) -> Callable[[str], float | 
 
 
 def _prices(raw: str) -> dict[str, tuple[float, float]]:
-    """``model=input/output,...`` (per million tokens; TOML ``[prices]``) -> ``{model: (in, out)}``."""
+    """``model=in/out,...`` (per million tokens; TOML ``[prices]``) -> ``{model: (in, out)}``."""
     prices = {}
     for item in _list(raw):
         model, sep, pair = item.partition("=")
@@ -226,7 +226,8 @@ def _prices(raw: str) -> dict[str, tuple[float, float]]:
             price = (float(given), float(taken))
         except ValueError:
             price = (-1.0, -1.0)
-        if not sep or not slash or not model.strip() or min(price) < 0 or not all(map(math.isfinite, price)):
+        finite = all(map(math.isfinite, price))
+        if not sep or not slash or not model.strip() or min(price) < 0 or not finite:
             raise ValueError(f"expected model=input/output prices per million tokens, got {item!r}")
         prices[model.strip()] = price
     return prices
