@@ -177,12 +177,13 @@ class ClientKeys:
         if names and used != worst:
             self.store.adjust(names, used - worst)
 
-    def cost_micros(self, model: str, prompt: int, completion: int) -> int:
-        """The cost of the tokens under PRICES, in millionths of its currency (0 unpriced)."""
+    def cost_nanos(self, model: str, prompt: int, completion: int) -> int:
+        """The cost of the tokens under PRICES, in billionths of its currency (0 unpriced)."""
         price = price_of(self.settings.prices, model)
         if price is None:
             return 0
-        return round(prompt * price[0] + completion * price[1])
+        # tokens x price per million = millionths of the currency; x 1000: billionths.
+        return round((prompt * price[0] + completion * price[1]) * 1000)
 
 
 def price_of(prices: Mapping[str, tuple[float, float]], model: str) -> tuple[float, float] | None:
@@ -285,7 +286,7 @@ class _KeyWatch(Watch):
                 prompt_tokens=prompt,
                 completion_tokens=completion,
                 errors=int(outcome == "failed"),
-                cost_micros=self._keys.cost_micros(self._model, prompt, completion),
+                cost_nanos=self._keys.cost_nanos(self._model, prompt, completion),
             )
         )
         if self._metrics is not None:

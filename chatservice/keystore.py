@@ -13,7 +13,7 @@ difference between the reservation and what was really used. A counter may carry
 live (a minute window, a day); ``adjust`` leaves a counter that has expired alone.
 
 Usage rows add up, per UTC day, key and model: ``requests``, ``prompt_tokens``,
-``completion_tokens``, ``errors`` and ``cost_micros`` (millionths of the currency of
+``completion_tokens``, ``errors`` and ``cost_nanos`` (billionths of the currency of
 ``[prices]``).
 """
 
@@ -37,7 +37,7 @@ from chatservice.errors import ServiceError
 from chatservice.state import PREFIX, STORAGE_TIMEOUT, sqlite_path
 
 #: The fields of a usage row that add up.
-USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "errors", "cost_micros")
+USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "errors", "cost_nanos")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +64,7 @@ class UsageRow:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     errors: int = 0
-    cost_micros: int = 0
+    cost_nanos: int = 0
 
 
 class KeyStore(Protocol):
@@ -130,7 +130,7 @@ class SqlKeyStore:
         "CREATE TABLE IF NOT EXISTS client_key_usage (day TEXT NOT NULL, key_id TEXT NOT NULL,"
         " key_name TEXT NOT NULL, model TEXT NOT NULL, requests INTEGER NOT NULL DEFAULT 0,"
         " prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL"
-        " DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0, cost_micros INTEGER NOT NULL DEFAULT 0,"
+        " DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0, cost_nanos INTEGER NOT NULL DEFAULT 0,"
         " PRIMARY KEY (day, key_id, model))",
     )
 
@@ -290,12 +290,12 @@ class SqlKeyStore:
         with self._connect() as db:
             db.execute(
                 "INSERT INTO client_key_usage (day, key_id, key_name, model, requests,"
-                " prompt_tokens, completion_tokens, errors, cost_micros) VALUES (?, ?, ?, ?, ?,"
+                " prompt_tokens, completion_tokens, errors, cost_nanos) VALUES (?, ?, ?, ?, ?,"
                 " ?, ?, ?, ?) ON CONFLICT(day, key_id, model) DO UPDATE SET key_name ="
                 " excluded.key_name, requests = requests + excluded.requests, prompt_tokens ="
                 " prompt_tokens + excluded.prompt_tokens, completion_tokens = completion_tokens"
-                " + excluded.completion_tokens, errors = errors + excluded.errors, cost_micros ="
-                " cost_micros + excluded.cost_micros",
+                " + excluded.completion_tokens, errors = errors + excluded.errors, cost_nanos ="
+                " cost_nanos + excluded.cost_nanos",
                 (row.day, row.key_id, row.key_name, row.model, *numbers),
             )
 
@@ -304,7 +304,7 @@ class SqlKeyStore:
         with self._connect() as db:
             rows = db.execute(
                 "SELECT day, key_id, key_name, model, requests, prompt_tokens,"
-                " completion_tokens, errors, cost_micros FROM client_key_usage WHERE day >= ?"
+                " completion_tokens, errors, cost_nanos FROM client_key_usage WHERE day >= ?"
                 " AND day <= ? ORDER BY day, key_name, model",
                 (first_day, last_day),
             ).fetchall()

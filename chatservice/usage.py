@@ -79,7 +79,7 @@ def _day(value: str | None, field: str) -> dt.date | None:
 
 
 def row_json(row: UsageRow) -> dict[str, Any]:
-    """One row as the report shows it (``cost`` from the stored millionths)."""
+    """One row as the report shows it (``cost`` from the stored billionths)."""
     return {
         "day": row.day,
         "key_id": row.key_id,
@@ -90,7 +90,7 @@ def row_json(row: UsageRow) -> dict[str, Any]:
         "completion_tokens": row.completion_tokens,
         "total_tokens": row.prompt_tokens + row.completion_tokens,
         "errors": row.errors,
-        "cost": row.cost_micros / 1_000_000,
+        "cost": row.cost_nanos / 1_000_000_000,
     }
 
 
@@ -101,7 +101,7 @@ def to_json(report: Report) -> dict[str, Any]:
         name: sum(row[name] for row in rows)
         for name in ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "errors")
     }
-    totals["cost"] = sum(row.cost_micros for row in report.rows) / 1_000_000
+    totals["cost"] = sum(row.cost_nanos for row in report.rows) / 1_000_000_000
     return {"from": report.first, "to": report.last, "rows": rows, "totals": totals}
 
 
