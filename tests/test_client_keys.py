@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from chatservice.tokens import count_prompt_tokens
 from chatservice.models import ChatRequest
+from chatservice.tokens import count_prompt_tokens
 from tests.fakeupstream import Reply
 
 ADMIN = "admin-token-client-keys-1"  # noqa: S105 - a test credential
