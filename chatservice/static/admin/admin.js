@@ -134,7 +134,8 @@
       let message = `HTTP ${response.status}`;
       try {
         const body = await response.json();
-        message = (body.error && (body.error.message || body.error)) || body.message || message;
+        // The admin API answers in the Docker ChatGPT API face's envelope.
+        message = (body.data && body.data.response) || body.message || message;
       } catch (err) { /* keep the status */ }
       throw new Error(message);
     }
