@@ -22,9 +22,8 @@ def local_client():
     from tests.conftest import settings_from
 
     # No key anywhere: BACKEND=auto must choose the embedded model.
-    app = create_app(
-        settings_from({"UPSTREAM_BASE_URL": "http://127.0.0.1:9/v1", "STORE_URL": "memory://"})
-    )
+    app = create_app(settings_from({"UPSTREAM_BASE_URL": "http://127.0.0.1:9/v1",
+                                    "STORE_URL": "memory://"}))
     return app.test_client()
 
 
