@@ -332,3 +332,33 @@ def test_other_modes_are_unchanged(make_app, fake):
     client = make_app(API_KEY=UPSTREAM_KEY, BACKEND="openai").test_client()
     r = client.post(CHAT, json={"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 200
+
+
+def test_prices_come_from_the_environment_or_a_toml_table(tmp_path):
+    from chatservice.settings import ConfigError
+    from tests.conftest import settings_from
+
+    assert settings_from({"PRICES": "gpt-4o=2.5/10, gpt-4o-*=0.15/0.6"}).prices == {
+        "gpt-4o": (2.5, 10.0),
+        "gpt-4o-*": (0.15, 0.6),
+    }
+    toml = tmp_path / "config.toml"
+    toml.write_text('[prices]\n"gpt-4o" = { input = 2.5, output = 10 }\n', encoding="utf-8")
+    assert settings_from({"CONFIG_FILE": str(toml)}).prices == {"gpt-4o": (2.5, 10.0)}
+    for bad in ("gpt-4o=2.5", "gpt-4o=-1/2", "=1/2", "gpt-4o=a/b"):
+        with pytest.raises(ConfigError, match="^PRICES: "):
+            settings_from({"PRICES": bad})
+    toml.write_text('[prices]\n"gpt-4o" = 3\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"\[prices\]"):
+        settings_from({"CONFIG_FILE": str(toml)})
+    # keys mode needs no AUTH_TOKEN: every client brings its own key.
+    assert settings_from({"AUTH_MODE": "keys"}).auth_mode == "keys"
+
+
+def test_the_memory_store_serves_a_single_process(make_app, fake):
+    client = make_app(AUTH_MODE="keys", ADMIN_TOKEN=ADMIN, API_KEY=UPSTREAM_KEY).test_client()
+    key = create(client, budget_tokens=100)["key"]
+    fake.default = Reply(text="x")
+    assert chat(client, key, max_tokens=10).status_code == 200
+    assert spent(client, "ci-bot") == 6
+    assert usage(client).get_json()["rows"][0]["requests"] == 1
