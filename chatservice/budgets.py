@@ -170,7 +170,8 @@ class ClientKeys:
         if refused is not None:
             _, key, wait = plan[refused]
             raise _refusal(key, wait)
-        return [counter.name for counter, _, _ in plan if not counter.name.split(":")[1] == "rpm"]
+        # Every counter but the request count holds tokens, which settling corrects.
+        return [counter.name for counter, key, _ in plan if key != "key_rate_limited"]
 
     def settle(self, names: list[str], worst: int, used: int) -> None:
         """Replace a reservation of ``worst`` tokens by the ``used`` ones."""

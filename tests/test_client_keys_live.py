@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Any
 
+import pytest
 import requests
 
 from tests.conftest import ROOT, SETTING_NAMES
@@ -262,3 +263,35 @@ def test_key_lifecycle_through_the_cli(live_server, upstream, tmp_path):
     bad = run_cli(store, "create", "--name", "x", "--rpm", "-3")
     assert bad.returncode == 1 and "rpm" in bad.stderr
     assert key not in server.log_text()
+
+
+def test_the_websocket_face_applies_the_keys_models_and_budget(live_server, upstream):
+    import simple_websocket
+
+    server = live_server(**ENV)
+    created = create_key(server, name="ws-bot", models=["gpt-4o"], budget_tokens=60)
+    url = f"ws://127.0.0.1:{server.port}/api/ws"
+    with pytest.raises(simple_websocket.ConnectionError):
+        simple_websocket.Client.connect(url)  # no key: the handshake is refused
+    ws = simple_websocket.Client.connect(url, headers={"token": created["key"]})
+    try:
+        upstream.default = Reply(text="fine thanks")
+
+        def frames(seq: str, **data: Any) -> list[dict[str, Any]]:
+            ws.send(json.dumps({"seq": seq, "data": data}))
+            got = [json.loads(ws.receive(timeout=10))]
+            while got[-1]["data"]["finish_reason"] is None:
+                got.append(json.loads(ws.receive(timeout=10)))
+            return got
+
+        refused = frames("1", query="hi", model="gpt-4")
+        assert refused[-1]["code"] == 403
+        assert refused[-1]["data"]["error"] == "model_not_allowed_for_key"
+        answered = frames("2", query="hi", model="gpt-4o", max_tokens=20)
+        assert "".join(f["data"]["contents"] for f in answered) == "fine thanks"
+        spent = frames("3", query="hi", model="gpt-4o", max_tokens=60)
+        assert spent[-1]["code"] == 429 and spent[-1]["data"]["error"] == "budget_exhausted"
+    finally:
+        ws.close()
+    rows = admin_get(server, "usage?key=ws-bot")["rows"]
+    assert [(r["model"], r["requests"]) for r in rows] == [("gpt-4o", 1)]
