@@ -31,6 +31,8 @@ MAX_NAME = 64
 MAX_PATTERNS = 64
 #: Largest limit or budget accepted (fits a 64-bit counter with room for reservations).
 MAX_AMOUNT = 10**15
+#: Latest expiry accepted: the end of year 9999, UTC (Unix seconds).
+MAX_TIME = 253402300799
 #: Fields a client may set, in the order they are shown.
 SETTABLE = (
     "name",
@@ -123,8 +125,9 @@ def parse_settings(body: dict[str, Any], *, creating: bool) -> dict[str, Any]:
     """The key settings in a JSON body (admin API) or built from the command line.
 
     Only the fields present are returned (``null`` clears a budget, the expiry or a limit);
-    ``name`` is required when ``creating``. ``expires_at`` is an ISO 8601 time (UTC when it
-    names no zone) or Unix seconds. Raises ``BadRequest`` naming the field.
+    ``name`` is required when ``creating``; ``models`` is a list; ``expires_at`` is Unix
+    seconds (:func:`parse_time` reads an ISO 8601 time for the command line). Raises
+    ``BadRequest`` naming the field.
     """
     out: dict[str, Any] = {}
     if creating or "name" in body:
@@ -144,6 +147,8 @@ def parse_settings(body: dict[str, Any], *, creating: bool) -> dict[str, Any]:
     if "expires_at" in body:
         out["expires_at"] = _time(body["expires_at"])
     if "enabled" in body:
+        if body["enabled"] is None:  # unlike a budget, a key's state cannot be cleared
+            raise BadRequest("not_a_boolean", field="enabled")
         out["enabled"] = validation.boolean(body, "enabled", True)
     return out
 
@@ -154,8 +159,6 @@ def _amount(body: dict[str, Any], field: str) -> int:
 
 
 def _patterns(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [item.strip() for item in value.split(",")]
     if not isinstance(value, list) or not 0 < len(value) <= MAX_PATTERNS:
         raise BadRequest("invalid_model_patterns", field="models", max=MAX_PATTERNS)
     patterns = tuple(item.strip() for item in value if isinstance(item, str) and item.strip())
@@ -165,20 +168,24 @@ def _patterns(value: Any) -> tuple[str, ...]:
 
 
 def _time(value: Any) -> float | None:
-    if value is None or value == "":
+    if value is None:
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_TIME:
         return float(value)
-    if isinstance(value, str):
-        try:
-            parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            pass
-        else:
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=dt.UTC)
-            return parsed.timestamp()
     raise BadRequest("invalid_time", field="expires_at")
+
+
+def parse_time(text: str) -> float:
+    """Unix seconds of an ISO 8601 date or time (UTC when it names no zone); raises
+    ``BadRequest`` ``invalid_time``.
+    """
+    try:
+        parsed = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest("invalid_time", field="expires_at") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return _time(parsed.timestamp()) or 0.0
 
 
 def _iso(seconds: float | None) -> str | None:

@@ -79,6 +79,10 @@ def main(argv: list[str], environ: dict[str, str] | None = None) -> int:
 def _fields(args: argparse.Namespace) -> dict[str, Any]:
     names = ("name", "enabled", *(dest for dest, _, _ in OPTIONS.values()))
     given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if "models" in given:
+        given["models"] = [item.strip() for item in given["models"].split(",")]
+    if "expires_at" in given:
+        given["expires_at"] = clientkeys.parse_time(given["expires_at"])
     return clientkeys.parse_settings(given, creating=args.command == "create")
 
 

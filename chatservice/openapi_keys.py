@@ -7,18 +7,28 @@ from __future__ import annotations
 
 from typing import Any
 
+from chatservice.clientkeys import MAX_AMOUNT, MAX_NAME, MAX_PATTERNS, MAX_TIME
 from chatservice.settings import Settings
 
-_COUNT = {"type": ["integer", "null"], "minimum": 0}
+_COUNT = {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_AMOUNT}
 
 
 def schemas() -> dict[str, Any]:
-    """``ClientKey``, ``ClientKeyList``, ``ClientKeySettings`` and ``UsageReport``."""
+    """``ClientKey``, ``ClientKeyList``, ``ClientKeySettings``, ``NewClientKey`` and
+    ``UsageReport``.
+    """
     settings_properties: dict[str, Any] = {
-        "name": {"type": "string", "minLength": 1, "maxLength": 64},
+        "name": {
+            "type": "string",
+            "maxLength": MAX_NAME,
+            "pattern": r"^[^\t\r\n]*\S[^\t\r\n]*$",
+            "description": "Unique; no tabs or line breaks; spaces around it are dropped.",
+        },
         "models": {
             "type": "array",
-            "items": {"type": "string"},
+            "minItems": 1,
+            "maxItems": MAX_PATTERNS,
+            "items": {"type": "string", "pattern": r"\S"},
             "description": 'Model names or patterns with `*` and `?` (default `["*"]`).',
         },
         "rpm": {**_COUNT, "description": "Requests per minute; 0 or null: no limit."},
@@ -27,8 +37,10 @@ def schemas() -> dict[str, Any]:
         "daily_budget_tokens": {**_COUNT, "description": "Tokens per UTC day."},
         "monthly_budget_tokens": {**_COUNT, "description": "Tokens per UTC month."},
         "expires_at": {
-            "type": ["string", "number", "null"],
-            "description": "ISO 8601 time (UTC when no zone) or Unix seconds; null: never.",
+            "type": ["number", "null"],
+            "minimum": 0,
+            "maximum": MAX_TIME,
+            "description": "Unix seconds; null: never.",
         },
         "enabled": {"type": "boolean"},
     }
@@ -81,6 +93,11 @@ def schemas() -> dict[str, Any]:
             },
         },
         "ClientKeySettings": {"type": "object", "properties": settings_properties},
+        "NewClientKey": {
+            "type": "object",
+            "required": ["name"],
+            "properties": settings_properties,
+        },
         "UsageReport": {
             "type": "object",
             "required": ["from", "to", "rows", "totals"],
@@ -146,6 +163,8 @@ def operations(settings: Settings) -> dict[str, dict[str, Any]]:
             ("format", "`json` (default) or `csv`."),
         )
     ]
+    query[2]["schema"] = query[3]["schema"] = {"type": "string", "format": "date"}
+    query[4]["schema"] = {"enum": ["json", "csv"]}
     html = {"200": {"description": "HTML.", "content": doc._content(doc.HTML, {"type": "string"})}}
     return {
         f"{base}/client-keys": {
@@ -170,7 +189,7 @@ def operations(settings: Settings) -> dict[str, dict[str, Any]]:
                     **one("The new key, shown in full this once.", "201"),
                     **errors(400, 401, 404, 409, 503),
                 },
-                body=settings_body,
+                body=doc._json_body(doc._ref("NewClientKey")),
                 security=admin,
                 description="`name` is required; the store keeps the key's SHA-256.",
             ),

@@ -136,7 +136,10 @@ def test_admin_api_refuses_without_the_token_and_checks_fields(keyed, make_app):
         ({"name": "a", "budget_tokens": "many"}, "not_an_integer", "budget_tokens"),
         ({"name": "a", "models": []}, "invalid_model_patterns", "models"),
         ({"name": "a", "expires_at": "tomorrow"}, "invalid_time", "expires_at"),
+        ({"name": "a", "expires_at": 1e300}, "invalid_time", "expires_at"),
+        ({"name": "a", "models": "gpt-4o"}, "invalid_model_patterns", "models"),
         ({"name": "a", "enabled": "yes"}, "not_a_boolean", "enabled"),
+        ({"name": "a", "enabled": None}, "not_a_boolean", "enabled"),
     ]
     for body, code, field in cases:
         r = client.post(
@@ -201,7 +204,7 @@ def test_each_refusal_has_its_status_and_key(keyed, fake):
     r = chat(client, daily, max_tokens=100)
     assert r.get_json()["error"]["code"] == "budget_exhausted" and int(r.headers["Retry-After"]) > 0
 
-    expired = create(client, name="old", expires_at="2020-01-01T00:00:00Z")["key"]
+    expired = create(client, name="old", expires_at=1577836800)["key"]
     r = chat(client, expired)
     assert r.status_code == 401 and r.get_json()["error"]["code"] == "client_key_expired"
     # Nothing refused reached the upstream: two limited answers and two tpm answers did.
@@ -309,8 +312,12 @@ def test_usage_report_filters_and_csv(keyed, fake):
     assert r.mimetype == "text/csv"
     rows = list(csv.DictReader(io.StringIO(r.get_data(True))))
     assert len(rows) == 3 and rows[0]["key"] == "team-a" and int(rows[0]["requests"]) == 1
+    assert usage(client, **{"from": "2030-01-01", "to": "2029-01-01"}).get_json()["rows"] == []
     for query, code in (
         ({"from": "yesterday"}, "invalid_date"),
+        ({"to": "20261201"}, "invalid_date"),
+        ({"to": ""}, "invalid_date"),
+        ({"format": ""}, "invalid_choice"),
         ({"format": "xml"}, "invalid_choice"),
     ):
         r = client.get("/api/admin/usage", query_string=query, headers=ADMIN_HEADERS)

@@ -230,7 +230,8 @@
       const value = numberField(id);
       if (value !== undefined) body[field] = value;
     }
-    if ($("new-expires").value) body.expires_at = `${$("new-expires").value}T00:00:00Z`;
+    // The API takes Unix seconds: the start of the chosen day, UTC.
+    if ($("new-expires").value) body.expires_at = Date.parse(`${$("new-expires").value}T00:00:00Z`) / 1000;
     if (!body.models.length) body.models = ["*"];
     const created = await api("client-keys", { method: "POST", body });
     $("created-key").textContent = created.key;
