@@ -5,6 +5,7 @@ Bearer <ADMIN_TOKEN>`` (compared in constant time; 401 ``admin_unauthorized`` ot
 
 - ``GET keys``: the upstream key pool, masked (``sk-...abcd``), with each key's state,
   failure count and last error type.
+- ``GET upstreams``: every upstream with its breaker, keys (masked) and counts.
 - ``GET|POST client-keys``, ``GET|PATCH|DELETE client-keys/<id or name>``: the client keys of
   AUTH_MODE=keys (:mod:`chatservice.clientkeys`). Creating answers 201 with the key in full
   (``"key": "csk-..."``), the only time it is ever shown; every other answer shows it masked.
@@ -34,6 +35,7 @@ def create_blueprint(route: str) -> Blueprint:
     blueprint = Blueprint("admin", __name__)
     base = f"{route}/admin"
     blueprint.add_url_rule(f"{base}/keys", view_func=keys, methods=["GET"])
+    blueprint.add_url_rule(f"{base}/upstreams", view_func=upstreams, methods=["GET"])
     blueprint.add_url_rule(
         f"{base}/client-keys", view_func=list_client_keys, methods=["GET"], strict_slashes=False
     )
@@ -67,6 +69,15 @@ def keys() -> ResponseReturnValue:
     "last_error"}]}``.
     """
     return jsonify(keys=current_service().backends.upstream.pool.snapshot())
+
+
+def upstreams() -> ResponseReturnValue:
+    """``{"upstreams": [{"name", "type", "host", "models", "model_map", "priority",
+    "weight", "breaker", "breaker_until", "keys": [masked keys as in /admin/keys],
+    "requests", "failures", "latency_p50_ms"}]}`` (the counts: the answering worker's since
+    it started; the breakers and key states: shared).
+    """
+    return jsonify(upstreams=current_service().backends.router.snapshot())
 
 
 def _keys() -> ClientKeys:
