@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from chatservice import openapi_keys
 from chatservice.settings import Settings
 
 OPENAPI_VERSION = "3.1.0"
@@ -63,21 +64,24 @@ TAGS = [
 ERROR_TEXT = {
     400: "The request is invalid: bad JSON, a wrong type or range, a missing field, a model "
     "ALLOWED_MODELS excludes, or the upstream refused the request.",
-    401: "Authentication failed (AUTH_MODE), or the upstream refused the key.",
+    401: "Authentication failed (AUTH_MODE; with AUTH_MODE=keys also a disabled or expired "
+    "client key), or the upstream refused the key.",
+    403: "AUTH_MODE=keys: the client key may not use this model.",
     404: "No such resource.",
     409: "The conversation or chat room is busy with another turn, or the conversation has "
     "nothing to regenerate or roll back.",
     413: "The body is larger than MAX_BODY_BYTES.",
     426: "A plain HTTP request to the WebSocket path.",
-    429: "A rate limit was hit (HOUR_LIMIT, MINUTE_LIMIT, SECOND_LIMIT, UPSTREAM_RPM) or the "
-    "upstream key is limited; see `Retry-After`.",
+    429: "A rate limit was hit (HOUR_LIMIT, MINUTE_LIMIT, SECOND_LIMIT, UPSTREAM_RPM, a client "
+    "key's RPM or TPM), a client key's budget is spent, or the upstream key is limited; see "
+    "`Retry-After`.",
     502: "The upstream API failed, broke off, or answered something unreadable.",
     503: "No usable upstream key, the upstream is overloaded, the store is unavailable, or the "
     "embedded model is busy or cannot be loaded.",
     504: "The upstream API did not answer in time.",
 }
 #: Error statuses every model-answering operation can give.
-MODEL_ERRORS = (400, 401, 413, 429, 502, 503, 504)
+MODEL_ERRORS = (400, 401, 403, 413, 429, 502, 503, 504)
 
 STREAM_TEXT = (
     'With `"stream": true`: Server-Sent Events, one `data: <JSON>` event per chunk as it is '
@@ -871,6 +875,8 @@ def _security(settings: Settings, *, bearer: bool = False) -> list[dict[str, lis
         return [{"token": []}, {"bearer": []}] if bearer else [{"token": []}]
     if mode == "normal":
         return [{"token": [], "uuid": []}]
+    if mode == "keys":
+        return [{"bearer": []}, {"token": []}]
     # No client authentication: the OpenAI face still reads a bearer sk-... as upstream key.
     return [{}, {"bearer": []}] if bearer else None
 
@@ -1538,7 +1544,7 @@ def _playground_operations(route: str) -> dict[str, dict[str, Any]]:
                                 "required": ["route", "auth_mode", "default_model"],
                                 "properties": {
                                     "route": {"type": "string"},
-                                    "auth_mode": {"enum": ["none", "simple", "normal"]},
+                                    "auth_mode": {"enum": ["none", "simple", "normal", "keys"]},
                                     "default_model": {"type": "string"},
                                     "default_lang": {"type": "string"},
                                 },
@@ -1580,6 +1586,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
         _room_operations(settings),
         _conversation_operations(settings),
         _other_operations(settings),
+        openapi_keys.operations(settings),
     ):
         paths.update(group)
     return {
@@ -1595,7 +1602,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
         "tags": TAGS,
         "paths": paths,
         "components": {
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **openapi_keys.schemas()},
             "parameters": {
                 "lang": {
                     "name": "lang",
@@ -1618,7 +1625,8 @@ def build_document(settings: Settings) -> dict[str, Any]:
                     "type": "apiKey",
                     "in": "header",
                     "name": "token",
-                    "description": "AUTH_MODE=simple: AUTH_TOKEN itself. AUTH_MODE=normal: the "
+                    "description": "AUTH_MODE=keys: a client key. "
+                    "AUTH_MODE=simple: AUTH_TOKEN itself. AUTH_MODE=normal: the "
                     "lowercase hex SHA-256 of AUTH_TOKEN followed by the `uuid` header.",
                 },
                 "uuid": {
@@ -1631,7 +1639,8 @@ def build_document(settings: Settings) -> dict[str, Any]:
                 "bearer": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "OpenAI-compatible face only. AUTH_MODE=simple: AUTH_TOKEN "
+                    "description": "AUTH_MODE=keys: a client key (`csk-...`), on every face. "
+                    "Otherwise the OpenAI-compatible face only. AUTH_MODE=simple: AUTH_TOKEN "
                     "authenticates. Any `sk-...` value that is not AUTH_TOKEN is used as the "
                     "upstream API key for this request (like the `api_key` body field of "
                     "`POST /{ROUTE}`).",

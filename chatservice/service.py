@@ -10,6 +10,7 @@ import dataclasses
 from flask import current_app
 
 from chatservice.backends import Backends
+from chatservice.budgets import ClientKeys
 from chatservice.errors import FaceRegistry
 from chatservice.i18n import Catalogs
 from chatservice.pipeline import Pipeline
@@ -22,7 +23,7 @@ class Service:
     """Everything the factory wires for one app: settings, catalogs, backends, the answer
     pipeline, faces, the shared state (at RATELIMIT_STORAGE_URI: key marks, chat rooms) and
     the store (at STORE_URL: conversations, shared conversations, turn locks, the auth replay
-    cache).
+    cache) and the client keys kept there (AUTH_MODE=keys, the admin API).
     """
 
     settings: Settings
@@ -32,6 +33,7 @@ class Service:
     faces: FaceRegistry
     state: SharedState
     store: SharedState
+    client_keys: ClientKeys | None = None
 
 
 def current_service() -> Service:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
@@ -224,6 +225,23 @@ def _optional_number(minimum: float, maximum: float) -> Callable[[str], float | 
     return parse
 
 
+def _prices(raw: str) -> dict[str, tuple[float, float]]:
+    """``model=in/out,...`` (per million tokens; TOML ``[prices]``) -> ``{model: (in, out)}``."""
+    prices = {}
+    for item in _list(raw):
+        model, sep, pair = item.partition("=")
+        given, slash, taken = pair.partition("/")
+        try:
+            price = (float(given), float(taken))
+        except ValueError:
+            price = (-1.0, -1.0)
+        finite = all(map(math.isfinite, price))
+        if not sep or not slash or not model.strip() or min(price) < 0 or not finite:
+            raise ValueError(f"expected model=input/output prices per million tokens, got {item!r}")
+        prices[model.strip()] = price
+    return prices
+
+
 def _number(minimum: float, maximum: float) -> Callable[[str], float]:
     optional = _optional_number(minimum, maximum)
 
@@ -352,9 +370,11 @@ FIELDS: tuple[Field, ...] = (
     Field("COMPLETION_MODEL", "completion_model", _text, "gpt-3.5-turbo-instruct"),
     Field("TURBO_MODEL", "turbo_model", _text, "gpt-3.5-turbo"),
     Field("GPT4_MODEL", "gpt4_model", _text, "gpt-4"),
-    Field("AUTH_MODE", "auth_mode", _choice("none", "simple", "normal"), "none"),
+    Field("AUTH_MODE", "auth_mode", _choice("none", "simple", "normal", "keys"), "none"),
     Field("AUTH_TOKEN", "auth_token", _secret, ""),
     Field("AUTH_REPLAY_WINDOW", "auth_replay_window", _seconds, "86400"),
+    Field("CLIENT_KEY_RESERVE_TOKENS", "client_key_reserve_tokens", _int(1), "4096"),
+    Field("PRICES", "prices", _prices, ""),
     Field("CONFIG_FILE", "config_file", _path, ""),
     Field("LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error"), "info"),
     Field("LOG_PROMPTS", "log_prompts", _bool, "0"),
@@ -440,6 +460,8 @@ class Settings:
     auth_mode: str
     auth_token: Secret | None
     auth_replay_window: float
+    client_key_reserve_tokens: int
+    prices: dict[str, tuple[float, float]]
     config_file: str
     log_level: str
     log_prompts: bool
@@ -488,7 +510,7 @@ class Settings:
             except ValueError as exc:
                 raise ConfigError(f"{field.env}: {exc}") from None
         values.update(overrides)
-        if values["auth_mode"] != "none" and values["auth_token"] is None:
+        if values["auth_mode"] in ("simple", "normal") and values["auth_token"] is None:
             raise ConfigError(f"AUTH_TOKEN: required when AUTH_MODE is {values['auth_mode']}")
         return cls(**values)
 
@@ -560,12 +582,27 @@ def _read_config_file(source: Mapping[str, str]) -> dict[str, str]:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"CONFIG_FILE: {path}: {exc}") from None
     values: dict[str, str] = {}
+    prices = document.pop("prices", None)
+    if prices is not None:
+        values["PRICES"] = _prices_table(prices, path)
     for key, value in _flatten(document):
         name = _config_name(key)
         if name is None:
             raise ConfigError(f"CONFIG_FILE: {path}: unknown setting {key!r}")
         values[name] = _config_value(value)
     return _resolve_aliases(values)
+
+
+def _prices_table(table: Any, path: Path) -> str:
+    """TOML ``[prices]`` (``"gpt-4o" = { input = 2.5, output = 10 }``) as PRICES' text."""
+    items = []
+    for model, price in table.items() if isinstance(table, dict) else [(None, None)]:
+        if not isinstance(price, dict) or set(price) != {"input", "output"}:
+            raise ConfigError(
+                f"CONFIG_FILE: {path}: [prices] entries are model = {{ input = ..., output = ... }}"
+            )
+        items.append(f"{model}={price['input']}/{price['output']}")
+    return ",".join(items)
 
 
 def _flatten(table: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
