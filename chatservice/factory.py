@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from chatservice import auth, http_headers, metrics
+from chatservice import auth, cache, http_headers, metrics
 from chatservice.backends import Backends
 from chatservice.errors import FaceRegistry, register_error_handlers
 from chatservice.i18n import Catalogs
@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # The page is not a chat face: no rate limit and no AUTH_MODE check on loading it.
     if settings.playground:
         app.register_blueprint(playground.create_blueprint(settings.route))
+    cache.init_app(app)
     register_error_handlers(app, faces, request_language)
     init_access_log(app)
 

@@ -24,14 +24,14 @@ Exported, every name prefixed ``chatservice_``:
   (the whole answer for JSON; the first event for a stream, which is what a client waits for).
 - ``backend_duration_seconds{backend}``: the upstream's (``backend="upstream"``) or the
   embedded model's (``local``) latency per call: the whole answer, or the first chunk of a
-  stream; failures included.
+  stream; failures included. Answers from the response cache are ``backend="cache"``.
 - ``backend_errors_total{backend, type}``: calls that failed, ``type`` being the error's
   stable key (``upstream_timeout``, ``upstream_error``, ``upstream_unauthorized``,
   ``no_upstream_key``, ``upstream_interrupted``, ``local_model_busy``...), whether the
   failure came before the answer or in the middle of a stream.
 - ``tokens_total{backend, direction}``: ``in`` = prompt tokens, ``out`` = completion tokens,
   from the ``usage`` the backend reported (a stream reports it only when asked, with
-  ``stream_options.include_usage``).
+  ``stream_options.include_usage``); cached answers count under ``backend="cache"``.
 - ``streams_in_flight``: ``text/event-stream`` responses started and not yet closed (gauge,
   summed over live workers).
 - ``upstream_keys{state}``: configured upstream keys by state (``usable``, ``cooling``,
@@ -219,8 +219,9 @@ class BackendMetrics:
         self._metrics = metrics
 
     def begin(self, call: Call) -> _BackendWatch:
-        """Start the clock for ``call``."""
-        return _BackendWatch(self._metrics, call.route.name)
+        """Start the clock for ``call``; a cache hit is counted under ``cache``, apart."""
+        hit = call.cache is not None and call.cache.status == "HIT"
+        return _BackendWatch(self._metrics, "cache" if hit else call.route.name)
 
 
 class _BackendWatch:

@@ -74,6 +74,8 @@ class ChatRequest:
     :ivar relay: the face relays a stream's chunks unchanged (OpenAI's API): the upstream
         backend then passes each event's bytes (:attr:`ChatChunk.event`) and parses at once
         only those that carry a finish reason, usage or an error.
+    :ivar trim: the messages are a history the pipeline may shorten, oldest turns first, to
+        fit the model's context window (:mod:`chatservice.context`).
     """
 
     kind: Kind
@@ -85,6 +87,7 @@ class ChatRequest:
     stream: bool = False
     api_key: Secret | None = None
     relay: bool = False
+    trim: bool = False
 
 
 @dataclasses.dataclass

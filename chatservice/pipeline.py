@@ -11,7 +11,11 @@ its own envelope. Everything else happens here, once, in this order:
    embedded model (a pure function of the resolved model, the client's key and BACKEND);
 3. **the resolved request**: a new :class:`ChatRequest` (``dataclasses.replace``; the face's
    object is never changed), built for the route when the face gave a :class:`Draft`;
-4. **prompt log** (LOG_PROMPTS);
+   **context**: a request that keeps history (``ChatRequest.trim``, or a draft with
+   ``shorter()``) drops its oldest turns until it fits the model's context window
+   (:mod:`chatservice.context`; ``BadRequest`` ``context_length_exceeded`` when it cannot);
+4. **prompt log** (LOG_PROMPTS); **cache lookup** (CACHE_URL, :mod:`chatservice.cache`): a hit
+   is answered from the cache instead of step 6, observers still see it (``Call.cache``);
 5. **observers begin**: every :class:`Observer` sees the :class:`Call` before the backend is
    called; one may refuse it by raising a :class:`~chatservice.errors.ServiceError`;
 6. **the call**: the backend's ``complete`` or ``stream`` (its own retries, before the first
@@ -32,8 +36,8 @@ Seams for later work (none is built here):
 - **client API keys with budgets**: an observer whose :meth:`Observer.begin` admits the call
   or raises (429/402-like ``ServiceError``) and whose :meth:`Watch.end` settles the usage it
   saw, on ``disconnected`` too.
-- **a response cache**: a lookup between steps 4 and 5 returning a stored result or chunks
-  without step 6; an observer fills it on ``end("done")``.
+- **a response cache** (built: :mod:`chatservice.cache`): the lookup of step 4, and an
+  observer, first of all, that fills it on ``end("done")``.
 - **usage accounting**: an observer reading ``usage`` from results and chunks.
 - **raw event bytes**: chunks travel through unchanged, whatever they carry (a face that
   relays the upstream's bytes still gets :class:`ChatChunk` objects, whose usage and finish
@@ -49,10 +53,13 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from flask import Response, jsonify
 
+from chatservice.cache import Lookup, ResponseCache
+from chatservice.context import ContextWindows, without_oldest_turn
 from chatservice.errors import ErrorRenderer, ServiceError
 from chatservice.models import ChatChunk, ChatRequest, ChatResult
 from chatservice.settings import Secret
 from chatservice.sse import event_stream
+from chatservice.tokens import TokenCounter
 from chatservice.web import request_language
 
 if TYPE_CHECKING:
@@ -90,12 +97,15 @@ class Call:
     :ivar route: who answers it.
     :ivar asked_model: the model the client named, before MODEL_ALIASES.
     :ivar streamed: the answer comes as chunks (:meth:`Pipeline.stream`).
+    :ivar cache: the cache lookup's verdict (``cache.status`` ``HIT``: no backend is
+        called); ``None`` when the request is not cacheable or CACHE_URL is off.
     """
 
     request: ChatRequest
     route: Route
     asked_model: str
     streamed: bool
+    cache: Lookup | None = None
 
 
 class Watch:
@@ -146,7 +156,13 @@ class Pipeline:
         self.settings = settings
         self.backends = backends
         self.catalogs = catalogs
+        self.tokens = TokenCounter(backends.local.count_tokens)
+        self.context = ContextWindows(settings, self.tokens)
+        self.cache = ResponseCache.from_settings(settings)
         self._observers: list[Observer] = list(observers)
+        if self.cache is not None:
+            # First: a miss's lock is released even when a later observer refuses the call.
+            self._observers.insert(0, self.cache)
 
     def observe(self, observer: Observer) -> None:
         """Add ``observer``: it sees every call from now on."""
@@ -159,11 +175,31 @@ class Pipeline:
         """
         model = self.backends.policy.resolve(draft.model)
         route = self.backends.select(model, draft.api_key)
-        req = draft if isinstance(draft, ChatRequest) else draft.build(route.embedded)
-        call = Call(dataclasses.replace(req, model=model), route, draft.model, streamed)
+        req = self._fit(draft, route, model)
+        call = Call(req, route, draft.model, streamed)
         if self.settings.log_prompts:
             log.info("prompt model=%s messages=%r prompt=%r", draft.model, req.messages, req.prompt)
+        if self.cache is not None:
+            call = dataclasses.replace(call, cache=self.cache.lookup(call))
         return call
+
+    def _fit(self, draft: ChatRequest | Draft, route: Route, model: str) -> ChatRequest:
+        """The resolved request, trimmed to the context window when it keeps history."""
+
+        def build(current: ChatRequest | Draft) -> ChatRequest:
+            req = current if isinstance(current, ChatRequest) else current.build(route.embedded)
+            return dataclasses.replace(req, model=model)
+
+        def shorter(current: Any) -> Any:
+            if isinstance(current, ChatRequest):
+                return without_oldest_turn(current)
+            return current.shorter()
+
+        if isinstance(draft, ChatRequest) and not draft.trim:
+            return build(draft)
+        if not isinstance(draft, ChatRequest) and not hasattr(draft, "shorter"):
+            return build(draft)
+        return self.context.fit(draft, build, shorter, route.name)
 
     def answer(self, draft: ChatRequest | Draft) -> ChatResult:
         """The whole answer to ``draft`` (its ``stream`` flag is not looked at).
@@ -173,7 +209,10 @@ class Pipeline:
         call = self.plan(draft, streamed=False)
         watches = self._begin(call)
         try:
-            result = call.route.backend.complete(call.request)
+            if call.cache is not None and call.cache.status == "HIT":
+                result = call.cache.result()
+            else:
+                result = call.route.backend.complete(call.request)
         except Exception as exc:
             _tell(watches, "error", exc)
             _tell(watches, "end", "failed")
@@ -217,7 +256,10 @@ class Pipeline:
             # Primed by stream(): from here on even a close before the first chunk runs the
             # finally, so every watch gets its end (a budget is settled however it ends).
             yield None
-            chunks = call.route.backend.stream(call.request)
+            if call.cache is not None and call.cache.status == "HIT":
+                chunks = iter(call.cache.chunks())
+            else:
+                chunks = call.route.backend.stream(call.request)
             seen = [watch.chunk for watch in watches]  # the per-chunk path: bound once
             for chunk in chunks:
                 for see in seen:
@@ -233,8 +275,8 @@ class Pipeline:
             raise
         finally:
             try:
-                if chunks is not None:
-                    chunks.close()  # type: ignore[attr-defined]
+                if chunks is not None and hasattr(chunks, "close"):
+                    chunks.close()
             finally:
                 _tell(watches, "end", outcome)
 

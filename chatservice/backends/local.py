@@ -83,6 +83,15 @@ class LocalBackend:
             self._path = bundled_model_path()
         return self._path
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` with the model's own tokenizer (loads the model when needed).
+
+        Raises ``LocalModelError`` (``local_model_unavailable``) when it cannot be loaded.
+        """
+        llama = self._llama or self._run(self._load)
+        # Tokenizing reads the vocabulary only: no need to queue behind a generation.
+        return len(llama.tokenize(text.encode(), add_bos=False, special=True))
+
     def preload(self) -> None:
         """Load the model now instead of on the first request."""
         self._run(self._load)

@@ -149,6 +149,7 @@ def build_request(kind: Kind, body: dict[str, Any], settings: Settings) -> ChatR
         stream=stream,
         api_key=client_key(),
         relay=True,
+        trim=settings.trim_openai_face and kind == "chat",
     )
 
 
