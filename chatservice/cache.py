@@ -102,7 +102,8 @@ class ResponseCache:
         """The cache CACHE_URL names, or ``None`` when it is off."""
         if not settings.cache_url:
             return None
-        return cls(create_state(settings.cache_url), settings.cache_ttl, settings.upstream_read_timeout)
+        state = create_state(settings.cache_url)
+        return cls(state, settings.cache_ttl, settings.upstream_read_timeout)
 
     def lookup(self, call: Call) -> Lookup | None:
         """The verdict for ``call``: ``None`` when it is not cacheable, a hit, or a miss

@@ -109,7 +109,7 @@ class ContextWindows:
                 raise BadRequest("context_length_exceeded")
             draft, req, dropped = smaller, build(smaller), dropped + 1
         if dropped:
-            log.info("dropped the %d oldest turns to fit %d tokens of %s", dropped, window, req.model)
+            log.info("dropped %d oldest turns to fit %d tokens of %s", dropped, window, req.model)
         return req
 
     def fits(self, req: ChatRequest, window: int, embedded: bool) -> bool:
