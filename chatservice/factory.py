@@ -57,11 +57,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     faces = FaceRegistry(default=api.render_error)
     state = create_state(settings.ratelimit_storage_uri)
     backends = Backends(settings, state)
+    pipeline = Pipeline(settings, backends, catalogs)
+    pipeline.observe(AccessRecord(pipeline.tokens))
     service = Service(
         settings=settings,
         catalogs=catalogs,
         backends=backends,
-        pipeline=Pipeline(settings, backends, catalogs, observers=[AccessRecord()]),
+        pipeline=pipeline,
         faces=faces,
         state=state,
         store=create_state(settings.store_url),

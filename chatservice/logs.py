@@ -11,8 +11,10 @@ order: ``request_id`` (the client's ``X-Request-ID`` when it is a sane token, at
 ``/api/chatgpt/share/<share_id>``, never the raw path with its ids), ``method``, ``status``,
 ``duration_ms``, ``ip`` (the client after TRUSTED_PROXIES, from werkzeug's ProxyFix), ``model``,
 ``prompt_tokens``, ``completion_tokens``, ``backend`` (``upstream`` or ``local``), then
-``error`` (the stable key of an error that ended a started stream) and ``aborted`` (the client
-left before the end) when they apply. The answer pipeline (:mod:`chatservice.pipeline`)
+``usage`` (``reported``: the backend's own numbers; ``counted``: the answer reported none, so
+:mod:`chatservice.tokens` counted them), ``cache`` (``HIT`` or ``MISS`` for a cacheable
+request), ``error`` (the stable key of an error that ended a started stream) and ``aborted``
+(the client left before the end) when they apply. The answer pipeline (:mod:`chatservice.pipeline`)
 fills model, backend, tokens and error through one observer, :class:`AccessRecord`. A key,
 a token or a prompt is never a field. LOG_FORMAT=json writes the fields as one JSON object
 per line (plus ``time`` and ``pid``); ``text`` writes ``POST /api 200 12.3ms id=... face=api
@@ -86,6 +88,7 @@ if TYPE_CHECKING:
 
     from chatservice.models import ChatChunk, ChatResult
     from chatservice.pipeline import Call
+    from chatservice.tokens import TokenCounter
 
 # Flask is imported inside the access-log functions: gunicorn's master imports this module to
 # run the log hub, and must not import Flask (and so ssl and sockets users) before its gevent
@@ -633,8 +636,12 @@ class AccessRecord:
     call starts, then the answering model and token counts of the result or of the chunks as
     they pass, and the stable key of a :class:`ServiceError` that ends a stream.
 
-    The one writer of these fields (a :class:`chatservice.pipeline.Observer`).
+    The one writer of these fields (a :class:`chatservice.pipeline.Observer`). With a
+    ``counter``, an answer that reported no usage (most streams) gets counted numbers.
     """
+
+    def __init__(self, counter: TokenCounter | None = None) -> None:
+        self.counter = counter
 
     def begin(self, call: Call) -> _AccessWatch:
         """Note the resolved model and the backend; watch the answer."""
@@ -642,24 +649,36 @@ class AccessRecord:
 
         fields = _fields() if has_request_context() else {}
         fields.update(model=call.request.model, backend=call.route.name)
-        return _AccessWatch(fields, call.streamed)
+        if call.cache is not None:
+            fields["cache"] = call.cache.status
+        return _AccessWatch(fields, call, self.counter)
 
 
 class _AccessWatch:
-    def __init__(self, fields: dict[str, Any], streamed: bool) -> None:
+    def __init__(self, fields: dict[str, Any], call: Call, counter: TokenCounter | None) -> None:
         self.fields = fields
-        self.streamed = streamed
+        self.call = call
+        self.streamed = call.streamed
+        self.counter = counter
+        self.parts: list[str] = []
 
     def result(self, result: ChatResult) -> None:
         if result.model:
             self.fields["model"] = result.model
-        self.fields.update(usage_fields(result.usage))
+        self._reported(result.usage)
+        self.parts.append(result.text)
 
     def chunk(self, chunk: ChatChunk) -> None:
         if chunk.model:
             self.fields["model"] = chunk.model
         if chunk.usage:
-            self.fields.update(usage_fields(chunk.usage))
+            self._reported(chunk.usage)
+        self.parts.append(chunk.text)
+
+    def _reported(self, usage: Any) -> None:
+        counts = usage_fields(usage)
+        if counts:
+            self.fields.update(counts, usage="reported")
 
     def error(self, err: Exception) -> None:
         from chatservice.errors import ServiceError
@@ -669,7 +688,17 @@ class _AccessWatch:
             self.fields["error"] = err.key
 
     def end(self, outcome: str) -> None:
-        pass
+        if self.counter is None or outcome == "failed" or "usage" in self.fields:
+            return
+        from chatservice.errors import ServiceError
+
+        req, embedded = self.call.request, self.call.route.embedded
+        try:
+            prompt = self.counter.count_request(req, embedded)
+            completion = self.counter.count(req.model, "".join(self.parts), embedded)
+        except ServiceError:  # the embedded model's tokenizer could not be loaded
+            return
+        self.fields.update(prompt_tokens=prompt, completion_tokens=completion, usage="counted")
 
 
 def usage_fields(usage: Any) -> dict[str, int]:
@@ -796,8 +825,9 @@ def _log_access(
     line = {name: fields.get(name) for name in FIELDS}
     if isinstance(line["model"], str) and len(line["model"]) > MAX_MODEL_CHARS:
         line["model"] = line["model"][:MAX_MODEL_CHARS] + "..."  # a client's string
-    if fields.get("error"):
-        line["error"] = fields["error"]
+    for name in ("usage", "cache", "error"):
+        if fields.get(name):
+            line[name] = fields[name]
     if not finished:
         line["aborted"] = True
     access_log.info(_text_line(line), extra={"access": line})
@@ -814,8 +844,9 @@ def _text_line(line: dict[str, Any]) -> str:
         f" tokens={show('prompt_tokens')}/{show('completion_tokens')}"
         f" backend={show('backend')}"
     )
-    if "error" in line:
-        text += f" error={line['error']}"
+    for name in ("usage", "cache", "error"):
+        if name in line:
+            text += f" {name}={line[name]}"
     if line.get("aborted"):
         text += " aborted"
     return text
