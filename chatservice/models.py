@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from chatservice.settings import Secret
 
-Kind = Literal["chat", "completion"]
+Kind = Literal["chat", "completion", "embedding"]
 
 _COMPLETION_PREFIXES = ("davinci", "babbage", "text-", "curie", "ada")
 
@@ -61,7 +61,8 @@ def choice_text(choice: dict[str, Any], delta: bool) -> str:
 class ChatRequest:
     """One request to a model.
 
-    :ivar kind: ``chat`` (``messages``) or ``completion`` (``prompt``).
+    :ivar kind: ``chat`` (``messages``), ``completion`` (``prompt``) or ``embedding``
+        (``prompt`` holds the ``input``: a string, a list of strings or of token ids).
     :ivar model: the model the client asked for.
     :ivar messages: ``[{"role": "system"|"user"|"assistant", "content": str}]`` for chat.
     :ivar prompt: the prompt text for completion.

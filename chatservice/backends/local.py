@@ -11,10 +11,12 @@ The default weights are SmolLM2-135M-Instruct Q4_1, shipped as a file inside the
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib.metadata
 import logging
 import os
+import struct
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -70,6 +72,7 @@ class LocalBackend:
         self._threads = settings.local_threads or max(1, (os.cpu_count() or 1) // 2)
         self._max_queue = settings.local_max_queue
         self._llama: Any = None
+        self._embedder: Any = None
         self._pool: gevent.threadpool.ThreadPool | None = None
         self._lock = gevent.lock.BoundedSemaphore(1)
         self._waiting = 0
@@ -97,7 +100,9 @@ class LocalBackend:
         self._run(self._load)
 
     def complete(self, req: ChatRequest) -> ChatResult:
-        """One whole answer from the model."""
+        """One whole answer from the model (embeddings: :meth:`embed`)."""
+        if req.kind == "embedding":
+            return self.embed(req)
         with self._slot():
             body = self._run(self._start, req, False)
         body["model"] = self.model_id  # llama-cpp-python names the file path here
@@ -129,6 +134,57 @@ class LocalBackend:
                         )
             finally:
                 self._run(parts.close)
+
+    def embed(self, req: ChatRequest) -> ChatResult:
+        """Embeddings of ``req.prompt`` (a string or a list of strings) as an OpenAI
+        ``list`` of ``embedding`` objects in ``raw``: the mean of the GGUF's token vectors
+        (llama.cpp, a second context of the same file loaded on first use), floats or, with
+        ``encoding_format`` ``base64``, little-endian float32 bytes in base64 as OpenAI sends.
+
+        Raises ``BadRequest`` (``invalid_embedding_input`` for token-id input, which this
+        model's vocabulary would not match; ``context_length_exceeded``) and
+        ``LocalModelError``.
+        """
+        texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if not all(isinstance(text, str) for text in texts):
+            raise BadRequest("invalid_embedding_input", field="input")
+        with self._slot():
+            body = self._run(self._embed, texts)
+        if req.params.get("encoding_format") == "base64":
+            for item in body["data"]:
+                vector = item["embedding"]
+                packed = struct.pack(f"<{len(vector)}f", *vector)
+                item["embedding"] = base64.b64encode(packed).decode()
+        body["model"] = self.model_id  # llama-cpp-python names the file path here
+        usage = body.get("usage")
+        return ChatResult(text="", finish_reason=None, model=self.model_id, usage=usage, raw=body)
+
+    def _embed(self, texts: list[str]) -> Any:
+        if self._embedder is None:
+            try:
+                from llama_cpp import LLAMA_POOLING_TYPE_MEAN, Llama
+
+                self._embedder = Llama(
+                    model_path=self.model_file(),
+                    embedding=True,
+                    pooling_type=LLAMA_POOLING_TYPE_MEAN,
+                    n_ctx=self._context_tokens,
+                    # A whole input is one batch: llama.cpp embeds no longer one.
+                    n_batch=self._context_tokens,
+                    n_ubatch=self._context_tokens,
+                    n_threads=self._threads,
+                    verbose=False,
+                )
+            except (ImportError, OSError, ValueError, RuntimeError) as exc:
+                log.error("embedded model could not be loaded for embeddings: %s", exc)
+                raise LocalModelError("local_model_unavailable") from None
+        try:
+            return self._embedder.create_embedding(texts)
+        except ValueError as exc:
+            # llama-cpp-python: "Requested tokens (N) exceed context window / batch size".
+            if "exceed" in str(exc):
+                raise BadRequest("context_length_exceeded") from None
+            raise
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[None]:
