@@ -81,6 +81,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from chatservice.errors import ServiceError
 from chatservice.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -681,8 +682,6 @@ class _AccessWatch:
             self.fields.update(counts, usage="reported")
 
     def error(self, err: Exception) -> None:
-        from chatservice.errors import ServiceError
-
         # A whole answer's error is the response's status; a stream's shows only here.
         if self.streamed and isinstance(err, ServiceError):
             self.fields["error"] = err.key
@@ -690,8 +689,6 @@ class _AccessWatch:
     def end(self, outcome: str) -> None:
         if self.counter is None or outcome == "failed" or "usage" in self.fields:
             return
-        from chatservice.errors import ServiceError
-
         req, embedded = self.call.request, self.call.route.embedded
         try:
             prompt = self.counter.count_request(req, embedded)
