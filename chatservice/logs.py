@@ -11,8 +11,9 @@ order: ``request_id`` (the client's ``X-Request-ID`` when it is a sane token, at
 ``/api/chatgpt/share/<share_id>``, never the raw path with its ids), ``method``, ``status``,
 ``duration_ms``, ``ip`` (the client after TRUSTED_PROXIES, from werkzeug's ProxyFix), ``model``,
 ``prompt_tokens``, ``completion_tokens``, ``backend`` (``upstream`` or ``local``), then
-``usage`` (``reported``: the backend's own numbers; ``counted``: the answer reported none, so
-:mod:`chatservice.tokens` counted them), ``cache`` (``HIT`` or ``MISS`` for a cacheable
+``usage`` (``reported``: the backend's own numbers; the answer reported none, so
+:mod:`chatservice.tokens` made them: ``counted`` with the model's tokenizer, ``estimated`` with
+its approximation), ``cache`` (``HIT`` or ``MISS`` for a cacheable
 request), ``error`` (the stable key of an error that ended a started stream) and ``aborted``
 (the client left before the end) when they apply. The answer pipeline (:mod:`chatservice.pipeline`)
 fills model, backend, tokens and error through one observer, :class:`AccessRecord`. A key,
@@ -691,11 +692,13 @@ class _AccessWatch:
             return
         req, embedded = self.call.request, self.call.route.embedded
         try:
-            prompt = self.counter.count_request(req, embedded)
-            completion = self.counter.count(req.model, "".join(self.parts), embedded)
+            method = self.counter.usage_method(req.model, embedded)
+            prompt = self.counter.count_request(req, embedded, method)
+            completion = self.counter.count(req.model, "".join(self.parts), embedded, method)
         except ServiceError:  # the embedded model's tokenizer could not be loaded
             return
-        self.fields.update(prompt_tokens=prompt, completion_tokens=completion, usage="counted")
+        usage = "estimated" if method == "estimate" else "counted"
+        self.fields.update(prompt_tokens=prompt, completion_tokens=completion, usage=usage)
 
 
 def usage_fields(usage: Any) -> dict[str, int]:

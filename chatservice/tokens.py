@@ -17,9 +17,12 @@ Three ways, chosen per model:
 Chat messages add OpenAI's documented overhead (:data:`MESSAGE_TOKENS` per message, one more
 for a ``name``, :data:`REPLY_TOKENS` for the reply's start).
 
-Memory: importing tiktoken costs about 5 MB and the cl100k encoding about 47 MB more, so both
-load on first use only, and :meth:`TokenCounter.upper_bound` (no tokenizer at all: a token is
-at least one byte) lets trimming skip counting whenever the prompt plainly fits.
+Memory: importing tiktoken costs about 5 MB and the cl100k encoding about 47 MB more, against
+an idle worker budget of 60 MB. So both load on first use only; :func:`upper_bound` (no
+tokenizer at all: a token is at least one byte) lets trimming skip counting whenever the
+prompt plainly fits, so the encoding loads only for a history near its model's window; and
+the usage of answers that reported none (:meth:`TokenCounter.usage_method`) uses tiktoken only
+once it is loaded, the approximation before, rather than load 47 MB for a log field.
 """
 
 from __future__ import annotations
@@ -74,11 +77,23 @@ class TokenCounter:
             return "estimate"
         return "tiktoken"
 
-    def count(self, model: str, text: str, embedded: bool = False) -> int:
-        """Tokens of ``text`` for ``model`` (no per-message overhead)."""
+    def usage_method(self, model: str, embedded: bool = False) -> Method:
+        """The method for usage numbers: :meth:`method`, but ``estimate`` for tiktoken's
+        models until the encoding was loaded by something that needed it (trimming).
+        """
+        if not embedded and self._encoding is None:
+            return "estimate"
+        return self.method(model, embedded)
+
+    def count(
+        self, model: str, text: str, embedded: bool = False, method: Method | None = None
+    ) -> int:
+        """Tokens of ``text`` for ``model`` (no per-message overhead), by ``method`` (default:
+        :meth:`method`).
+        """
         if not text:
             return 0
-        method = self.method(model, embedded)
+        method = method or self.method(model, embedded)
         if method == "local":
             return self._local_tokens(text)
         if method == "tiktoken":
@@ -86,21 +101,30 @@ class TokenCounter:
         return estimate(text)
 
     def count_messages(
-        self, model: str, messages: Iterable[dict[str, Any]], embedded: bool = False
+        self,
+        model: str,
+        messages: Iterable[dict[str, Any]],
+        embedded: bool = False,
+        method: Method | None = None,
     ) -> int:
         """Prompt tokens of chat ``messages``, the format's overhead included."""
+        method = method or self.method(model, embedded)
         total = REPLY_TOKENS
         for message in messages:
-            total += MESSAGE_TOKENS + self.count(model, message_text(message), embedded)
+            total += MESSAGE_TOKENS + self.count(model, message_text(message), embedded, method)
             if message.get("name"):
                 total += NAME_TOKENS
         return total
 
-    def count_request(self, req: ChatRequest, embedded: bool = False) -> int:
-        """Prompt tokens of ``req``: its messages (chat) or its prompt (completion)."""
+    def count_request(
+        self, req: ChatRequest, embedded: bool = False, method: Method | None = None
+    ) -> int:
+        """Prompt tokens of ``req``: its messages (chat) or its prompt (completion,
+        embedding input).
+        """
         if req.kind == "chat":
-            return self.count_messages(req.model, req.messages, embedded)
-        return self.count(req.model, prompt_text(req.prompt), embedded)
+            return self.count_messages(req.model, req.messages, embedded, method)
+        return self.count(req.model, prompt_text(req.prompt), embedded, method)
 
     def _tiktoken(self) -> Any:
         if self._encoding is None:

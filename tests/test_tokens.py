@@ -137,3 +137,40 @@ def test_dropping_the_oldest_turn_keeps_system_prompt_and_newest_turn():
     assert [m["content"] for m in shortest.messages] == ["S", "u3"]
     assert without_oldest_turn(shortest) is None
     assert [m["content"] for m in req.messages][-1] == "u3"  # the original is left alone
+
+
+def access_lines(caplog) -> dict[str, dict]:
+    return {r.access["request_id"]: r.access for r in caplog.records if hasattr(r, "access")}
+
+
+def test_streams_without_a_usage_chunk_get_counted_usage(make_app, fake, caplog):
+    app = make_app(API_KEY="sk-test-configured-0001")
+    client = app.test_client()
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello there"}]}
+    with caplog.at_level("INFO", logger="chatservice.access"):
+        stream = {**body, "stream": True}
+        headers = {"X-Request-ID": "s1"}
+        client.post("/api/v1/chat/completions", json=stream, headers=headers, buffered=True)
+        # Until something needed tiktoken's encoding (47 MB), usage is the approximation.
+        first = access_lines(caplog)["s1"]
+        assert first["usage"] == "estimated" and first["completion_tokens"] == 6  # 17 bytes
+        counter = app.extensions["chatservice"].pipeline.tokens
+        counter.count("gpt-4o", "load it")
+        headers = {"X-Request-ID": "s2"}
+        client.post("/api/v1/chat/completions", json=stream, headers=headers, buffered=True)
+        client.post("/api/v1/chat/completions", json=body, headers={"X-Request-ID": "w"})
+    lines = access_lines(caplog)
+    assert lines["s2"]["usage"] == "counted"
+    assert lines["s2"]["completion_tokens"] == counter.count("gpt-4o", "echo: Hello there")
+    assert lines["s2"]["prompt_tokens"] == counter.count_messages("gpt-4o", body["messages"])
+    assert lines["w"]["usage"] == "reported"  # the fake's whole answers carry usage
+
+
+def test_embedded_model_streams_are_counted_with_its_tokenizer(make_app, caplog):
+    client = make_app(BACKEND="local").test_client()
+    body = {"user_content": "Hi", "max_tokens": 3, "stream": True}
+    with caplog.at_level("INFO", logger="chatservice.access"):
+        client.post("/api", json=body, headers={"X-Request-ID": "loc"}, buffered=True)
+    line = access_lines(caplog)["loc"]
+    assert line["usage"] == "counted"
+    assert line["prompt_tokens"] > 0 and 0 < line["completion_tokens"] <= 4
