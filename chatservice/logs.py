@@ -690,6 +690,8 @@ class _AccessWatch:
     def end(self, outcome: str) -> None:
         if self.counter is None or outcome == "failed" or "usage" in self.fields:
             return
+        if outcome == "disconnected" and not self.parts:
+            return  # nothing was generated: no numbers to make
         req, embedded = self.call.request, self.call.route.embedded
         try:
             method = self.counter.usage_method(req.model, embedded)

@@ -207,6 +207,7 @@ def _schemas() -> dict[str, Schema]:
             "total_tokens": {"type": "integer"},
         },
     }
+    token_ids = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
     model = {
         "type": ["string", "null"],
         "pattern": _NON_BLANK,
@@ -475,16 +476,16 @@ def _schemas() -> dict[str, Schema]:
                     "upstream only: the embedded model takes text).",
                     "anyOf": [
                         {"type": "string", "minLength": 1},
-                        {"type": "array", "minItems": 1, "items": {"type": "string"}},
-                        {"type": "array", "minItems": 1, "items": {"type": "integer"}},
                         {
                             "type": "array",
                             "minItems": 1,
-                            "items": {"type": "array", "items": {"type": "integer"}},
+                            "items": {"type": "string", "minLength": 1},
                         },
+                        token_ids,
+                        {"type": "array", "minItems": 1, "items": token_ids},
                     ],
                 },
-                "model": {"type": "string", "minLength": 1},
+                "model": {"type": "string", "pattern": _NON_BLANK},
                 "encoding_format": {"type": "string", "enum": ["float", "base64"]},
                 "lang": lang,
             },

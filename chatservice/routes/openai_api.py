@@ -257,6 +257,9 @@ def _embedding_input(value: Any) -> bool:
 
 
 def _token(value: Any) -> bool:
+    # JSON Schema (and the other faces) count 5.0 as the integer 5.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
