@@ -78,9 +78,13 @@ class Lookup:
         return ChatResult(**self.entry["result"])
 
     def chunks(self) -> list[ChatChunk]:
-        """The stored chunks of a streamed hit."""
+        """The stored chunks of a streamed hit (relayed ones with their event bytes)."""
         assert self.entry is not None  # noqa: S101 - only called on a hit
-        return [ChatChunk(**chunk) for chunk in self.entry["chunks"]]
+        chunks = []
+        for stored in self.entry["chunks"]:
+            event = stored.pop("event", None)
+            chunks.append(ChatChunk(**stored, event=None if event is None else event.encode()))
+        return chunks
 
 
 class ResponseCache:
@@ -187,7 +191,16 @@ class _Fill:
 
     def chunk(self, chunk: ChatChunk) -> None:
         self.finished = self.finished or chunk.finish_reason is not None
-        self.chunks.append(dataclasses.asdict(chunk))
+        stored: dict[str, Any] = {
+            "text": chunk.text,
+            "model": chunk.model,
+            "finish_reason": chunk.finish_reason,
+            "usage": chunk.usage,
+            "raw": chunk.raw,
+        }
+        if chunk.event is not None:  # relayed as the upstream's bytes: replayed the same
+            stored["event"] = chunk.event.decode("utf-8", errors="replace")
+        self.chunks.append(stored)
 
     def error(self, err: Exception) -> None:
         self.entry, self.chunks = None, []

@@ -90,7 +90,7 @@ if TYPE_CHECKING:
 
     from chatservice.models import ChatChunk, ChatResult
     from chatservice.pipeline import Call
-    from chatservice.tokens import TokenCounter
+    from chatservice.tokens import Method, TokenCounter
 
 # Flask is imported inside the access-log functions: gunicorn's master imports this module to
 # run the log hub, and must not import Flask (and so ssl and sockets users) before its gevent
@@ -662,20 +662,31 @@ class _AccessWatch:
         self.call = call
         self.streamed = call.streamed
         self.counter = counter
-        self.parts: list[str] = []
+        self.method: Method | None = None
+        if counter is not None:
+            # Decided once: a stream's tokens are counted chunk by chunk, holding no text
+            # (thousands of open streams), so the method must not change half-way.
+            self.method = counter.usage_method(call.request.model, call.route.embedded)
+        self.text = ""
+        self.completion = 0
+        self.seen = False
 
     def result(self, result: ChatResult) -> None:
         if result.model:
             self.fields["model"] = result.model
         self._reported(result.usage)
-        self.parts.append(result.text)
+        self.text, self.seen = result.text, True
 
     def chunk(self, chunk: ChatChunk) -> None:
         if chunk.model:
             self.fields["model"] = chunk.model
         if chunk.usage:
             self._reported(chunk.usage)
-        self.parts.append(chunk.text)
+        self.seen = True
+        if self.counter is not None and "usage" not in self.fields:
+            self.completion += self.counter.count(
+                self.call.request.model, chunk.text, self.call.route.embedded, self.method
+            )
 
     def _reported(self, usage: Any) -> None:
         counts = usage_fields(usage)
@@ -690,17 +701,17 @@ class _AccessWatch:
     def end(self, outcome: str) -> None:
         if self.counter is None or outcome == "failed" or "usage" in self.fields:
             return
-        if outcome == "disconnected" and not self.parts:
+        if not self.seen:
             return  # nothing was generated: no numbers to make
         req, embedded = self.call.request, self.call.route.embedded
         try:
-            method = self.counter.usage_method(req.model, embedded)
-            prompt = self.counter.count_request(req, embedded, method)
-            completion = self.counter.count(req.model, "".join(self.parts), embedded, method)
+            prompt = self.counter.count_request(req, embedded, self.method)
+            if not self.streamed:
+                self.completion = self.counter.count(req.model, self.text, embedded, self.method)
         except ServiceError:  # the embedded model's tokenizer could not be loaded
             return
-        usage = "estimated" if method == "estimate" else "counted"
-        self.fields.update(prompt_tokens=prompt, completion_tokens=completion, usage=usage)
+        usage = "estimated" if self.method == "estimate" else "counted"
+        self.fields.update(prompt_tokens=prompt, completion_tokens=self.completion, usage=usage)
 
 
 def usage_fields(usage: Any) -> dict[str, int]:
