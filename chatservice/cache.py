@@ -18,7 +18,8 @@ answers and streams are kept apart: a stream is replayed as the same chunks.
   its answer, up to UPSTREAM_READ_TIMEOUT, then ask the backend themselves.
 - A cache storage outage turns into misses (logged), never into a failed request.
 
-``memory://`` keeps entries in the worker, dropped lazily when read after CACHE_TTL.
+``memory://`` keeps entries in the worker, at most :data:`MEMORY_BYTES` of them (cachetools'
+``TTLCache``: expired entries go first, then the least recently used).
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
+import cachetools
 import gevent
 from flask import Flask, Response, has_request_context, request
 
 from chatservice.errors import ServiceError
 from chatservice.models import ChatChunk, ChatResult
-from chatservice.state import SharedState, create_state
+from chatservice.state import MemoryState, SharedState, create_state
 
 if TYPE_CHECKING:
     from chatservice.pipeline import Call, Outcome
@@ -49,6 +51,8 @@ HEADER = "X-Cache"
 ENVIRON_KEY = "chatservice.cache"
 #: Seconds between two looks of a request waiting for an identical one's answer.
 POLL_SECONDS = 0.05
+#: Most characters of stored answers a ``memory://`` cache keeps in one worker (8 MiB).
+MEMORY_BYTES = 8 * 1024 * 1024
 #: Request fields that change how an answer is delivered, not what it says.
 _DELIVERY = frozenset({"stream_options"})
 
@@ -90,14 +94,18 @@ class Lookup:
 class ResponseCache:
     """The cache at CACHE_URL.
 
-    :param state: where entries and single-flight locks live.
+    :param state: where single-flight locks live, and entries unless ``entries`` is given.
     :param ttl: seconds an entry is kept (CACHE_TTL).
     :param wait: most seconds a request waits for an identical one's answer, and the
         lock's lifetime (UPSTREAM_READ_TIMEOUT).
+    :param entries: where entries live (``get``, ``set``), if not in ``state``.
     """
 
-    def __init__(self, state: SharedState, ttl: float, wait: float) -> None:
+    def __init__(
+        self, state: SharedState, ttl: float, wait: float, entries: Any | None = None
+    ) -> None:
         self.state = state
+        self.entries = entries if entries is not None else state
         self.ttl = ttl
         self.wait = wait
 
@@ -106,8 +114,10 @@ class ResponseCache:
         """The cache CACHE_URL names, or ``None`` when it is off."""
         if not settings.cache_url:
             return None
-        state = create_state(settings.cache_url)
-        return cls(state, settings.cache_ttl, settings.upstream_read_timeout)
+        ttl, wait = settings.cache_ttl, settings.upstream_read_timeout
+        if settings.cache_url.startswith("memory://"):
+            return cls(MemoryState(), ttl, wait, MemoryEntries(MEMORY_BYTES, ttl))
+        return cls(create_state(settings.cache_url), ttl, wait)
 
     def lookup(self, call: Call) -> Lookup | None:
         """The verdict for ``call``: ``None`` when it is not cacheable, a hit, or a miss
@@ -143,7 +153,7 @@ class ResponseCache:
     def put(self, key: str, entry: dict[str, Any]) -> None:
         """Store ``entry`` under ``key`` for CACHE_TTL seconds."""
         try:
-            self.state.set(_entry_key(key), json.dumps(entry, ensure_ascii=False), ttl=self.ttl)
+            self.entries.set(_entry_key(key), json.dumps(entry, ensure_ascii=False), ttl=self.ttl)
         except ServiceError:
             log.warning("cache storage unreachable; answer not stored")
 
@@ -156,7 +166,7 @@ class ResponseCache:
 
     def _get(self, key: str) -> dict[str, Any] | None:
         try:
-            raw = self.state.get(_entry_key(key))
+            raw = self.entries.get(_entry_key(key))
         except ServiceError:
             log.warning("cache storage unreachable; treated as a miss")
             return None
@@ -173,6 +183,22 @@ class ResponseCache:
             return self.state.add(_lock_key(key), token, ttl=self.wait)
         except ServiceError:
             return True  # no storage, no one to wait for
+
+
+class MemoryEntries:
+    """A worker's entries, bounded: at most ``size`` characters, each kept ``ttl`` seconds."""
+
+    def __init__(self, size: int, ttl: float) -> None:
+        self._cache: cachetools.TTLCache[str, str] = cachetools.TTLCache(size, ttl, getsizeof=len)
+
+    def get(self, key: str) -> str | None:
+        """The entry, or ``None``."""
+        return self._cache.get(key)
+
+    def set(self, key: str, value: str, ttl: float | None = None) -> None:
+        """Keep ``value`` (for the cache's own TTL); one larger than the whole cache is not."""
+        if len(value) <= self._cache.maxsize:
+            self._cache[key] = value
 
 
 class _Fill:

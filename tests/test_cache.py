@@ -161,3 +161,15 @@ def test_single_flight_across_two_instances_through_redis(live_server, fake, red
     assert len({text for _, _, text in results}) == 1
     assert sorted(cache for _, cache, _ in results).count("MISS") == 1
     assert chat_calls(fake) == 1
+
+
+def test_the_memory_store_is_bounded():
+    from chatservice.cache import MemoryEntries
+
+    entries = MemoryEntries(size=10, ttl=60)
+    entries.set("a", "12345")
+    entries.set("b", "12345")
+    entries.set("c", "12345")  # over 10 characters: the least recently used goes
+    assert (entries.get("a"), entries.get("b"), entries.get("c")) == (None, "12345", "12345")
+    entries.set("huge", "x" * 11)  # larger than the whole store: not kept, nothing evicted
+    assert entries.get("huge") is None and entries.get("c") == "12345"
