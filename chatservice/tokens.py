@@ -135,6 +135,28 @@ class TokenCounter:
         return self._encoding
 
 
+def count_prompt_tokens(req: ChatRequest, embedded: bool = False) -> int:
+    """Prompt tokens of ``req`` by the current app's counter, for accounting (budgets): its
+    :meth:`TokenCounter.usage_method`, so counting never loads tiktoken's encoding itself.
+    """
+    counter = _current_counter()
+    return counter.count_request(req, embedded, counter.usage_method(req.model, embedded))
+
+
+def count_text_tokens(text: str, model: str = "", embedded: bool = False) -> int:
+    """Tokens of ``text`` (an answer) by the current app's counter, like
+    :func:`count_prompt_tokens`; an unnamed ``model`` gets the approximation.
+    """
+    counter = _current_counter()
+    return counter.count(model, text, embedded, counter.usage_method(model, embedded))
+
+
+def _current_counter() -> TokenCounter:
+    from chatservice.pipeline import current_pipeline  # the pipeline imports this module
+
+    return current_pipeline().tokens
+
+
 def upper_bound(req: ChatRequest) -> int:
     """Most prompt tokens ``req`` can have with any byte-level tokenizer (tiktoken's,
     llama.cpp's): every token holds at least one byte, plus the chat format's overhead.

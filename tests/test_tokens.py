@@ -174,3 +174,15 @@ def test_embedded_model_streams_are_counted_with_its_tokenizer(make_app, caplog)
     line = access_lines(caplog)["loc"]
     assert line["usage"] == "counted"
     assert line["prompt_tokens"] > 0 and 0 < line["completion_tokens"] <= 4
+
+
+def test_accounting_helpers_use_the_apps_counter(make_app):
+    from chatservice.models import ChatRequest
+    from chatservice.tokens import count_prompt_tokens, count_text_tokens
+
+    app = make_app()
+    req = ChatRequest(kind="chat", model="gpt-4o", max_tokens=None)
+    req.messages = [{"role": "user", "content": "abcdef"}]
+    with app.test_request_context():
+        assert count_text_tokens("abcdef") == 2  # the approximation
+        assert count_prompt_tokens(req) == 3 + 3 + estimate("user\nabcdef")
