@@ -4,7 +4,9 @@ A request that keeps history (a conversation's turn, a chat-room turn, the seed 
 ``continuous`` dialogue, and the OpenAI-compatible face with TRIM_OPENAI_FACE) loses its
 oldest turns, one at a time, until its prompt plus ``max_tokens`` fits the model's context
 window. The system prompt and the newest turn are never dropped; when even they do not fit,
-the request is refused with a 400 ``context_length_exceeded`` before any upstream call.
+the request is refused with a 400 ``context_length_exceeded`` before any upstream call. At
+most half the window is kept for the answer: a ``max_tokens`` beyond it (3000 for a 2048-token
+model) would leave no room for any prompt, and backends clip it themselves (llama.cpp does).
 
 Windows come from CONTEXT_WINDOWS (``model@upstream``, then ``model``), then the built-in
 :data:`WINDOWS` (the exact name, else the longest prefix followed by ``-``); the embedded model's
@@ -114,7 +116,7 @@ class ContextWindows:
 
     def fits(self, req: ChatRequest, window: int, embedded: bool) -> bool:
         """Whether ``req``'s prompt plus its answer tokens fit in ``window`` tokens."""
-        answer = answer_tokens(req)
+        answer = min(answer_tokens(req), window // 2)
         if upper_bound(req) + answer <= window:
             return True  # plainly fits: no tokenizer needed
         return self.counter.count_request(req, embedded) + answer <= window

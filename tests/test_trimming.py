@@ -161,3 +161,13 @@ def test_the_embedded_model_is_trimmed_to_its_own_window(make_app):
     response = client.post("/api", json=body)
     assert response.status_code == 200, response.get_json()
     assert response.get_json()["data"]["response"] is not None
+
+
+def test_max_tokens_beyond_the_window_keeps_half_of_it_for_the_answer(make_app):
+    # Seed 002's client script asks for 3000 tokens; the embedded model's window is 2048 and
+    # llama.cpp clips the answer to what is left.
+    client = make_app(BACKEND="local").test_client()
+    body = {"user_content": "Name a color.", "max_tokens": 3000, "continuous": history(8)}
+    response = client.post("/api", json={**body, "stream": True}, buffered=False)
+    assert response.status_code == 200
+    response.close()  # the first event is enough: the request was not refused
