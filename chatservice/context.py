@@ -73,14 +73,15 @@ class ContextWindows:
         self.local_window = settings.local_context_tokens
         self.counter = counter
 
-    def window(self, model: str, route_name: str) -> int | None:
-        """The context window of ``model`` answered through ``route_name``
-        (``local`` for the embedded model), or ``None`` when unknown.
+    def window(self, model: str, upstream: str, embedded: bool = False) -> int | None:
+        """The context window of ``model`` answered through ``upstream`` (its
+        ``[[upstreams]]`` name, else ``upstream``; ``local`` for the embedded model, as
+        ``embedded`` says), or ``None`` when unknown.
         """
-        for name in (f"{model}@{route_name}", model):
+        for name in (f"{model}@{upstream}", model):
             if name in self.overrides:
                 return self.overrides[name]
-        if route_name == "local":
+        if embedded:
             return self.local_window
         bare = model.rsplit("/", 1)[-1].lower()
         if bare in WINDOWS:
@@ -93,17 +94,17 @@ class ContextWindows:
         draft: D,
         build: Callable[[D], ChatRequest],
         shorter: Callable[[D], D | None],
-        route_name: str,
+        upstream: str,
+        embedded: bool = False,
     ) -> ChatRequest:
         """``build(draft)``, or of the longest ``shorter(...)`` of it that fits the window.
 
         Raises ``BadRequest`` (``context_length_exceeded``) when nothing shorter is left.
         """
         req = build(draft)
-        window = self.window(req.model, route_name)
+        window = self.window(req.model, upstream, embedded)
         if window is None:
             return req
-        embedded = route_name == "local"
         dropped = 0
         while not self.fits(req, window, embedded):
             smaller = shorter(draft)

@@ -11,6 +11,7 @@ order: ``request_id`` (the client's ``X-Request-ID`` when it is a sane token, at
 ``/api/chatgpt/share/<share_id>``, never the raw path with its ids), ``method``, ``status``,
 ``duration_ms``, ``ip`` (the client after TRUSTED_PROXIES, from werkzeug's ProxyFix), ``model``,
 ``prompt_tokens``, ``completion_tokens``, ``backend`` (``upstream`` or ``local``), then
+``upstream`` (with ``[[upstreams]]``: the name of the one that answered, after fallbacks),
 ``usage`` (``reported``: the backend's own numbers; the answer reported none, so
 :mod:`chatservice.tokens` made them: ``counted`` with the model's tokenizer, ``estimated`` with
 its approximation), ``cache`` (``HIT`` or ``MISS`` for a cacheable
@@ -651,6 +652,8 @@ class AccessRecord:
 
         fields = _fields() if has_request_context() else {}
         fields.update(model=call.request.model, backend=call.route.name)
+        if call.route.upstream is not None:
+            fields["upstream"] = call.route.upstream
         if call.cache is not None:
             fields["cache"] = call.cache.status
         return _AccessWatch(fields, call, self.counter)
@@ -692,6 +695,13 @@ class _AccessWatch:
         counts = usage_fields(usage)
         if counts:
             self.fields.update(counts, usage="reported")
+
+    def moved(self, call: Call, err: Exception) -> None:
+        # A fallback: the line names the upstream that answered (or failed last).
+        self.call = call
+        self.fields["backend"] = call.route.name
+        if call.route.upstream is not None:
+            self.fields["upstream"] = call.route.upstream
 
     def error(self, err: Exception) -> None:
         # A whole answer's error is the response's status; a stream's shows only here.
@@ -838,7 +848,7 @@ def _log_access(
     line = {name: fields.get(name) for name in FIELDS}
     if isinstance(line["model"], str) and len(line["model"]) > MAX_MODEL_CHARS:
         line["model"] = line["model"][:MAX_MODEL_CHARS] + "..."  # a client's string
-    for name in ("usage", "cache", "error"):
+    for name in ("upstream", "usage", "cache", "error"):
         if fields.get(name):
             line[name] = fields[name]
     if not finished:
@@ -857,7 +867,7 @@ def _text_line(line: dict[str, Any]) -> str:
         f" tokens={show('prompt_tokens')}/{show('completion_tokens')}"
         f" backend={show('backend')}"
     )
-    for name in ("usage", "cache", "error"):
+    for name in ("upstream", "usage", "cache", "error"):
         if name in line:
             text += f" {name}={line[name]}"
     if line.get("aborted"):

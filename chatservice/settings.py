@@ -14,6 +14,7 @@ from seeds 002/004) and from the issue tracker.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
@@ -180,6 +181,14 @@ def _aliases(raw: str) -> dict[str, str]:
     return aliases
 
 
+def _upstreams(raw: str) -> tuple[Any, ...]:
+    """UPSTREAMS: a JSON list of upstream objects (``[[upstreams]]`` in the TOML file)."""
+    # Imported here: the spec module builds on this one (Secret and the URL parsers).
+    from chatservice.upstream_specs import parse_upstreams
+
+    return parse_upstreams(raw)
+
+
 def _windows(raw: str) -> dict[str, int]:
     """``model=tokens,model@upstream=tokens`` -> ``{"model": tokens, ...}`` (CONTEXT_WINDOWS)."""
     windows = {}
@@ -232,6 +241,22 @@ def _optional_number(minimum: float, maximum: float) -> Callable[[str], float | 
         return value
 
     return parse
+
+
+def _number(minimum: float, maximum: float) -> Callable[[str], float]:
+    optional = _optional_number(minimum, maximum)
+
+    def parse(raw: str) -> float:
+        value = optional(raw)
+        if value is None:
+            raise ValueError(f"expected a number from {minimum:g} to {maximum:g}, got {raw!r}")
+        return value
+
+    return parse
+
+
+#: The embedded model's default system message (chosen with bench/quality.py).
+LOCAL_SYSTEM_PROMPT = "Answer the question directly and briefly, in the language of the question."
 
 
 def _proxy(raw: str) -> str:
@@ -305,6 +330,11 @@ FIELDS: tuple[Field, ...] = (
     Field("UPSTREAM_RETRIES", "upstream_retries", _int(0), "2"),
     Field("UPSTREAM_RPM", "upstream_rpm", _limit, "0"),
     Field("UPSTREAM_POOL_SIZE", "upstream_pool_size", _int(1), "100"),
+    Field("UPSTREAMS", "upstreams", _upstreams, ""),
+    Field("UPSTREAM_FALLBACKS", "upstream_fallbacks", _int(0), "2"),
+    Field("UPSTREAM_BREAKER_FAILURES", "upstream_breaker_failures", _int(1), "5"),
+    Field("UPSTREAM_BREAKER_COOLDOWN", "upstream_breaker_cooldown", _seconds, "10"),
+    Field("UPSTREAM_MODELS_TTL", "upstream_models_ttl", _seconds, "600"),
     Field("CHAT_PROXY", "proxy", _proxy, ""),
     Field("HTTPS_PROXY", "https_proxy", _proxy, ""),
     Field("HTTP_PROXY", "http_proxy", _proxy, ""),
@@ -316,6 +346,11 @@ FIELDS: tuple[Field, ...] = (
     Field("LOCAL_PRELOAD", "local_preload", _bool, "0"),
     Field("LOCAL_CONTEXT_TOKENS", "local_context_tokens", _int(128), "2048"),
     Field("LOCAL_THREADS", "local_threads", _int(0), "0"),
+    Field("LOCAL_SYSTEM_PROMPT", "local_system_prompt", _raw_text, LOCAL_SYSTEM_PROMPT),
+    Field("LOCAL_TEMPERATURE", "local_temperature", _number(0.0, 2.0), "0.2"),
+    Field("LOCAL_TOP_P", "local_top_p", _number(0.0, 1.0), "0.9"),
+    Field("LOCAL_REPEAT_PENALTY", "local_repeat_penalty", _number(1.0, 2.0), "1.1"),
+    Field("LOCAL_LOOP_GUARD", "local_loop_guard", _bool, "1"),
     Field("DEFAULT_MODEL", "default_model", _text, "gpt-3.5-turbo"),
     Field("MAX_BODY_BYTES", "max_body_bytes", _int(1), "1048576"),
     Field("BOT_DESC", "bot_desc", _raw_text, "You are a helpful assistant."),
@@ -383,6 +418,11 @@ class Settings:
     upstream_retries: int
     upstream_rpm: int
     upstream_pool_size: int
+    upstreams: tuple[Any, ...]
+    upstream_fallbacks: int
+    upstream_breaker_failures: int
+    upstream_breaker_cooldown: float
+    upstream_models_ttl: float
     proxy: str
     https_proxy: str
     http_proxy: str
@@ -394,6 +434,11 @@ class Settings:
     local_preload: bool
     local_context_tokens: int
     local_threads: int
+    local_system_prompt: str
+    local_temperature: float
+    local_top_p: float
+    local_repeat_penalty: float
+    local_loop_guard: bool
     default_model: str
     max_body_bytes: int
     bot_desc: str
@@ -510,7 +555,8 @@ def _read_config_file(source: Mapping[str, str]) -> dict[str, str]:
     """The settings of the TOML file named by CONFIG_FILE (a missing default file is fine).
 
     Keys are the variable names in any case (``port``, ``API_KEY``), seed 001's short names
-    (``apikey`` for ``CHAT_APIKEY``), inside any table. Lists are joined with commas.
+    (``apikey`` for ``CHAT_APIKEY``), inside any table. Lists are joined with commas;
+    a list of tables (``[[upstreams]]``) becomes JSON.
     """
     explicit = bool(source.get("CONFIG_FILE", "").strip())
     path = Path(os.path.expanduser(source.get("CONFIG_FILE", "").strip() or "config.toml"))
@@ -572,6 +618,8 @@ def _config_name(key: str) -> str | None:
 def _config_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list) and any(isinstance(item, dict) for item in value):
+        return json.dumps(value, default=str)  # [[upstreams]]: a list of tables
     if isinstance(value, list):
         return ",".join(str(item) for item in value)
     return str(value)

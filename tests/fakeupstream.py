@@ -31,10 +31,12 @@ class Reply:
     ``stall`` holds the connection silently before anything (or until the client closes it:
     ``client_gone``); ``drop`` closes it without a
     response; ``drop_after`` closes a stream after that many chunks; ``pause_after`` waits
-    ``pause`` seconds after that many chunks; ``finish: False`` ends a stream without its
-    finish reason and ``[DONE]``; ``truncate`` sends only that many bytes of a whole answer
-    and closes; ``raw_stream`` is sent as the SSE body, byte for byte; ``raw_body`` is sent
-    as a whole answer's body, byte for byte, with ``headers`` (e.g. ``Content-Encoding``).
+    ``pause`` seconds after that many chunks, or, with ``hold``, until the test sets that event
+    (at most 30 s), so a test can observe what arrived while the stream is held;
+    ``finish: False`` ends a stream without its finish reason and ``[DONE]``; ``truncate`` sends
+    only that many bytes of a whole answer and closes; ``raw_stream`` is sent as the SSE body,
+    byte for byte; ``raw_body`` is sent as a whole answer's body, byte for byte, with
+    ``headers`` (e.g. ``Content-Encoding``).
     """
 
     text: str | None = None
@@ -48,6 +50,7 @@ class Reply:
     drop_after: int | None = None
     pause_after: int | None = None
     pause: float = 0.0
+    hold: threading.Event | None = None
     finish: bool = True
     truncate: int | None = None
     raw_stream: bytes | None = None
@@ -104,6 +107,8 @@ class FakeUpstream:
         self.default = Reply()
         #: Keys this upstream refuses with 401 invalid_api_key, like a revoked OpenAI key.
         self.revoked: set[str] = set()
+        #: The ids its ``GET /models`` lists.
+        self.models: list[str] = []
         self._queue: deque[Reply] = deque()
         self._lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"fake": self})
@@ -120,6 +125,7 @@ class FakeUpstream:
             self._queue.clear()
             self.default = Reply()
             self.revoked = set()
+            self.models = []
 
     def push(self, *replies: Reply) -> None:
         """Answer the next requests with these replies, in order, then the default."""
@@ -172,7 +178,8 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def do_GET(self) -> None:
-        self._send_json(200, {"object": "list", "data": []})
+        data = [{"id": model, "object": "model", "owned_by": "fake"} for model in self.fake.models]
+        self._send_json(200, {"object": "list", "data": data})
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -284,6 +291,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
             if reply.pause_after is not None and index == reply.pause_after:
+                if reply.hold is not None:
+                    reply.hold.wait(timeout=30)
                 time.sleep(reply.pause)
             if reply.chunk_delay:
                 time.sleep(reply.chunk_delay)

@@ -354,3 +354,37 @@ def test_completion_model_gets_a_transcript_prompt(make_app, fake):
     assert sent.path == "/v1/completions"
     assert sent.json["prompt"] == "Be kind.\nHuman: hi\nAI:"
     assert sent.json["stop"] == ["Human:"]
+
+
+def test_two_simultaneous_turns_in_one_room_one_gets_409(live_server, upstream, redis_url):
+    # Two workers sharing Redis: the lock holds whichever worker takes the second turn.
+    server = live_server(API_KEY="sk-x", WORKERS="2", RATELIMIT_STORAGE_URI=redis_url)
+    upstream.default = Reply(text=" ".join(f"w{i}" for i in range(20)), chunk_delay=0.05)
+    headers = {"X-Room-Id": f"busy-{uuid.uuid4().hex}", "Accept-Language": "ru"}
+    url = server.url + "/api/chat-room"
+    with requests.post(
+        url + "/stream", json={"content": "first"}, headers=headers, stream=True, timeout=10
+    ) as first:
+        lines = first.iter_lines(chunk_size=1)
+        next(line for line in lines if line.startswith(b"data: "))  # the turn is running
+        for path in ("", "/stream", "/reset"):
+            busy = requests.post(
+                url + path, json={"content": "second"}, headers=headers, timeout=10
+            )
+            assert busy.status_code == 409
+            assert busy.json() == {
+                "code": 409,
+                "msg": CATALOGS["ru"]["chat_room_busy"],
+                "data": None,
+                "error": "chat_room_busy",
+            }
+        assert b"data: [DONE]" in list(lines)
+    # The finished turn freed the room and kept its answer; the refused ones left no trace.
+    upstream.default = Reply()
+    r = requests.post(url, json={"content": "third"}, headers=headers, timeout=10)
+    assert r.json()["data"] == "echo: third"
+    assert [m["content"] for m in sent_messages(upstream, 1)[1:3]] == [
+        "first",
+        " ".join(f"w{i}" for i in range(20)),
+    ]
+    assert len(upstream.received) == 2

@@ -102,7 +102,7 @@ def test_context_window_table_and_overrides():
     assert windows.window("my-model", "upstream") == 500
     assert windows.window("my-model", "other") == 700
     assert windows.window("unheard-of", "upstream") is None
-    assert windows.window("unheard-of", "local") == 2048  # LOCAL_CONTEXT_TOKENS
+    assert windows.window("unheard-of", "local", embedded=True) == 2048  # LOCAL_CONTEXT_TOKENS
 
 
 def test_context_windows_in_the_toml_file(tmp_path):
