@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from chatservice import auth, http_headers, metrics
+from chatservice import auth, cache, http_headers, metrics
 from chatservice.backends import Backends
 from chatservice.budgets import ClientKeys, KeyBudgets
 from chatservice.errors import FaceRegistry, register_error_handlers
@@ -60,11 +60,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     faces = FaceRegistry(default=api.render_error)
     state = create_state(settings.ratelimit_storage_uri)
     backends = Backends(settings, state)
+    pipeline = Pipeline(settings, backends, catalogs)
+    pipeline.observe(AccessRecord(pipeline.tokens))
     service = Service(
         settings=settings,
         catalogs=catalogs,
         backends=backends,
-        pipeline=Pipeline(settings, backends, catalogs, observers=[AccessRecord()]),
+        pipeline=pipeline,
         faces=faces,
         state=state,
         store=create_state(settings.store_url),
@@ -96,6 +98,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # The page is not a chat face: no rate limit and no AUTH_MODE check on loading it.
     if settings.playground:
         app.register_blueprint(playground.create_blueprint(settings.route))
+    cache.init_app(app)
     register_error_handlers(app, faces, request_language)
     init_access_log(app)
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from chatservice.settings import Secret
 
-Kind = Literal["chat", "completion"]
+Kind = Literal["chat", "completion", "embedding"]
 
 _COMPLETION_PREFIXES = ("davinci", "babbage", "text-", "curie", "ada")
 
@@ -61,7 +61,8 @@ def choice_text(choice: dict[str, Any], delta: bool) -> str:
 class ChatRequest:
     """One request to a model.
 
-    :ivar kind: ``chat`` (``messages``) or ``completion`` (``prompt``).
+    :ivar kind: ``chat`` (``messages``), ``completion`` (``prompt``) or ``embedding``
+        (``prompt`` holds the ``input``: a string, a list of strings or of token ids).
     :ivar model: the model the client asked for.
     :ivar messages: ``[{"role": "system"|"user"|"assistant", "content": str}]`` for chat; on
         the OpenAI-compatible face any message OpenAI accepts (content parts, ``tool_calls``,
@@ -76,6 +77,8 @@ class ChatRequest:
     :ivar relay: the face relays a stream's chunks unchanged (OpenAI's API): the upstream
         backend then passes each event's bytes (:attr:`ChatChunk.event`) and parses at once
         only those that carry a finish reason, usage or an error.
+    :ivar trim: the messages are a history the pipeline may shorten, oldest turns first, to
+        fit the model's context window (:mod:`chatservice.context`).
     """
 
     kind: Kind
@@ -87,6 +90,7 @@ class ChatRequest:
     stream: bool = False
     api_key: Secret | None = None
     relay: bool = False
+    trim: bool = False
 
 
 @dataclasses.dataclass

@@ -190,6 +190,25 @@ def _upstreams(raw: str) -> tuple[Any, ...]:
     return parse_upstreams(raw)
 
 
+def _windows(raw: str) -> dict[str, int]:
+    """``model=tokens,model@upstream=tokens`` -> ``{"model": tokens, ...}`` (CONTEXT_WINDOWS)."""
+    windows = {}
+    for item in _list(raw):
+        name, sep, tokens = item.rpartition("=")
+        if not sep or not name.strip() or not tokens.strip().isdigit() or int(tokens) < 1:
+            raise ValueError(f"expected model=tokens pairs separated by commas, got {item!r}")
+        windows[name.strip()] = int(tokens)
+    return windows
+
+
+def _cache_url(raw: str) -> str:
+    """CACHE_URL: empty (off), memory:// or a redis:// URL."""
+    value = raw.strip()
+    if value and value.split("://", 1)[0] not in STORAGE_SCHEMES:
+        raise ValueError("expected empty (off), memory:// or redis://host:6379")
+    return value
+
+
 def _raw_text(raw: str) -> str:
     return raw
 
@@ -386,6 +405,10 @@ FIELDS: tuple[Field, ...] = (
     Field("PLAYGROUND", "playground", _bool, "1"),
     Field("ALLOWED_MODELS", "allowed_models", _list, ""),
     Field("MODEL_ALIASES", "model_aliases", _aliases, ""),
+    Field("CONTEXT_WINDOWS", "context_windows", _windows, ""),
+    Field("TRIM_OPENAI_FACE", "trim_openai_face", _bool, "0"),
+    Field("CACHE_URL", "cache_url", _cache_url, ""),
+    Field("CACHE_TTL", "cache_ttl", _seconds, "3600"),
 )
 
 
@@ -473,6 +496,10 @@ class Settings:
     playground: bool
     allowed_models: tuple[str, ...]
     model_aliases: dict[str, str]
+    context_windows: dict[str, int]
+    trim_openai_face: bool
+    cache_url: str
+    cache_ttl: float
 
     @classmethod
     def from_env(
@@ -585,6 +612,9 @@ def _read_config_file(source: Mapping[str, str]) -> dict[str, str]:
     prices = document.pop("prices", None)
     if prices is not None:
         values["PRICES"] = _prices_table(prices, path)
+    windows = document.pop("context_windows", None)
+    if windows is not None:
+        values["CONTEXT_WINDOWS"] = _windows_value(windows)
     for key, value in _flatten(document):
         name = _config_name(key)
         if name is None:
@@ -602,6 +632,21 @@ def _prices_table(table: Any, path: Path) -> str:
                 f"CONFIG_FILE: {path}: [prices] entries are model = {{ input = ..., output = ... }}"
             )
         items.append(f"{model}={price['input']}/{price['output']}")
+    return ",".join(items)
+
+
+def _windows_value(table: Any) -> str:
+    """The ``[context_windows]`` table as CONTEXT_WINDOWS: ``"model" = tokens`` entries, and
+    one sub-table per upstream (``[context_windows.<upstream>]``) for ``model@upstream``.
+    """
+    if not isinstance(table, dict):
+        raise ConfigError("CONFIG_FILE: context_windows must be a table")
+    items = []
+    for name, value in table.items():
+        if isinstance(value, dict):
+            items += [f"{model}@{name}={tokens}" for model, tokens in value.items()]
+        else:
+            items.append(f"{name}={value}")
     return ",".join(items)
 
 

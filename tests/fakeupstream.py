@@ -1,17 +1,20 @@
 """A fake OpenAI-compatible upstream on 127.0.0.1 for the tests.
 
 A real threaded HTTP/1.1 server: it records every request it receives and answers
-``/chat/completions`` and ``/completions`` (whole or as chunked SSE, optionally slowly), or
+``/chat/completions`` and ``/completions`` (whole or as chunked SSE, optionally slowly),
+``/embeddings`` (:func:`fake_embedding` vectors, floats or base64 as asked), or
 follows a scripted :class:`Reply`: any status and body, a delay, a stall, a dropped connection.
 Sockets set TCP_NODELAY so keep-alive requests do not show delayed-ACK stalls.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import select
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -73,6 +76,27 @@ def answer_for(path: str, body: Any) -> str:
         messages = body.get("messages") or [{}]
         return "echo: " + str(messages[-1].get("content", ""))
     return "echo: " + str(body.get("prompt", ""))
+
+
+def fake_embedding(text: Any) -> list[float]:
+    """The fake's vector for one input: three floats derived from it (exact in float32)."""
+    size = len(str(text))
+    return [float(size), 0.5, -0.25]
+
+
+def embeddings_body(body: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's embeddings answer for ``body``'s ``input``."""
+    value = body.get("input")
+    several = isinstance(value, list) and value and not isinstance(value[0], int)
+    items = value if several else [value]
+    data = []
+    for index, item in enumerate(items):
+        vector: Any = fake_embedding(item)
+        if body.get("encoding_format") == "base64":
+            vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": vector})
+    usage = {"prompt_tokens": 2 * len(items), "total_tokens": 2 * len(items)}
+    return {"object": "list", "data": data, "model": body.get("model"), "usage": usage}
 
 
 class FakeUpstream:
@@ -199,6 +223,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if reply.status != 200 or reply.body is not None:
             self._send_json(reply.status, reply.body or {}, reply.headers)
+            return
+        if self.path.endswith("/embeddings"):
+            self._send_json(200, embeddings_body(body), reply.headers)
             return
         text = reply.text if reply.text is not None else answer_for(self.path, body)
         chat = self.path.endswith("/chat/completions")

@@ -424,7 +424,7 @@ def test_access_log_and_metrics_name_the_upstream(routed, fakes, caplog):
         assert ask_openai(client).status_code == 200
     [record] = [r for r in caplog.records if r.name == "chatservice.access"]
     assert record.access["upstream"] == "second" and record.access["backend"] == "upstream"
-    assert record.getMessage().endswith("backend=upstream upstream=second")
+    assert record.getMessage().endswith("backend=upstream upstream=second usage=reported")
     metrics = client.get("/metrics").get_data(as_text=True)
     assert (
         'chatservice_upstream_attempts_total{result="upstream_overloaded",upstream="first"} 1.0'

@@ -167,7 +167,11 @@ class UpstreamBackend:
         return body
 
     def complete(self, req: ChatRequest) -> ChatResult:
-        """One whole answer. Raises ``UpstreamError``/``UpstreamTimeout``/``BadRequest``."""
+        """One whole answer (embeddings: :meth:`embed`). Raises
+        ``UpstreamError``/``UpstreamTimeout``/``BadRequest``.
+        """
+        if req.kind == "embedding":
+            return self.embed(req)
         body = _json(_read_body(self._post(req, stream=False)))
         try:
             choice = body["choices"][0]
@@ -177,6 +181,22 @@ class UpstreamBackend:
         return ChatResult(
             text=text,
             finish_reason=choice.get("finish_reason"),
+            model=body.get("model") or req.model,
+            usage=body.get("usage"),
+            raw=body,
+        )
+
+    def embed(self, req: ChatRequest) -> ChatResult:
+        """The upstream's ``POST /embeddings`` answer for ``req.prompt`` (the ``input``),
+        passed on unchanged in ``raw``; raises like :meth:`complete`.
+        """
+        payload = {**req.params, "model": req.model, "input": req.prompt}
+        body = _json(_read_body(self._call("POST", "/embeddings", payload, False, req.api_key)))
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+            raise UpstreamError("upstream_bad_response")
+        return ChatResult(
+            text="",
+            finish_reason=None,
             model=body.get("model") or req.model,
             usage=body.get("usage"),
             raw=body,

@@ -214,6 +214,7 @@ def build_request(
         messages=[{"role": "system", "content": settings.bot_desc}, *history, turn],
         params=params,
         stream=stream,
+        trim=True,
     )
     return for_model(req)
 

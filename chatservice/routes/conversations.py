@@ -181,6 +181,14 @@ class _Draft:
     def build(self, embedded: bool) -> ChatRequest:
         return self.asks.request(self.settings, stream=self.stream, embedded=embedded)
 
+    def shorter(self) -> _Draft | None:
+        """The draft without its oldest earlier turn (the pipeline's context step), or
+        ``None`` when only the question is left.
+        """
+        if not isinstance(self.asks, Exchange) or not self.asks.history:
+            return None
+        return dataclasses.replace(self, asks=self.asks.without_oldest())
+
 
 def _draft(asks: _Asks, stream: bool) -> _Draft:
     return _Draft(asks, current_service().settings, stream)
