@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from chatservice import auth, http_headers, metrics
+from chatservice import auth, body, http_headers, metrics
 from chatservice.backends import Backends
 from chatservice.errors import FaceRegistry, register_error_handlers
 from chatservice.i18n import Catalogs
@@ -50,12 +50,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    body.init_app(app, settings.max_body_bytes, settings.body_read_timeout)
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
 
     catalogs = Catalogs.load()
     faces = FaceRegistry(default=api.render_error)
-    state = create_state(settings.ratelimit_storage_uri)
+    state = create_state(settings.ratelimit_storage_uri, settings.memory_max_entries)
     backends = Backends(settings, state)
     service = Service(
         settings=settings,
@@ -64,7 +65,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         pipeline=Pipeline(settings, backends, catalogs, observers=[AccessRecord()]),
         faces=faces,
         state=state,
-        store=create_state(settings.store_url),
+        store=create_state(settings.store_url, settings.memory_max_entries),
     )
     app.extensions["chatservice"] = service
     app.extensions["chatservice.catalogs"] = catalogs

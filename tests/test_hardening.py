@@ -1,0 +1,224 @@
+"""Regressions of an adversarial pass, each through a real server (gunicorn, gevent worker):
+the WebSocket backlog, one rate budget for every face, lone surrogates and non-finite
+numbers, request bodies (chunked over the limit, slow), the memory state's eviction, and the
+text log's control characters. The key pool's part lives in test_keypool.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import simple_websocket
+
+from tests import test_ws
+from tests.fakeupstream import Reply
+from tests.test_ws import answer, ask, contents, receive
+
+connect = test_ws.connect  # the WebSocket client fixture
+
+MB = 1024 * 1024
+
+
+def worker_pid(server) -> int:
+    """The gunicorn worker of a one-worker live server."""
+    deadline = time.monotonic() + 10
+    while True:
+        kids = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text()
+        if kids.split():
+            return int(kids.split()[0])
+        assert time.monotonic() < deadline, "no worker"
+        time.sleep(0.05)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+# --- WebSocket: bounded backlog (DoS), one budget with HTTP, a surrogate seq ---------------------
+
+
+def test_a_websocket_flood_is_closed_with_a_policy_code_and_memory_stays_bounded(
+    live_server, upstream, connect
+):
+    server = live_server(API_KEY="sk-x")
+    upstream.default = Reply(stall=8)  # the first frame's answer keeps the session busy
+    pid = worker_pid(server)
+    before = rss_mb(pid)
+    ws = connect(server)
+    frame = json.dumps({"seq": "s", "data": {"query": "x" * (900 * 1024)}})
+    sent = 0
+    with contextlib.suppress(simple_websocket.ConnectionClosed, OSError):
+        for _ in range(400):
+            ws.send(frame)
+            sent += 1
+    # The server stopped it long before 400 frames (360 MB) got in.
+    with pytest.raises(simple_websocket.ConnectionClosed) as closed:
+        while True:
+            ws.receive(timeout=10)
+    assert closed.value.reason == 1008  # policy violation: too many frames waiting
+    assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
+    assert rss_mb(pid) - before < 40
+    assert "too many frames waiting" in server.log_text()
+
+
+def test_websocket_frames_and_http_requests_share_one_budget(live_server, upstream, connect):
+    server = live_server(API_KEY="sk-x", MINUTE_LIMIT="5")
+    answered = 0
+    for i in range(3):
+        answered += requests.post(server.url + "/api", json={"user_content": f"h{i}"}).ok
+    ws = connect(server)  # the handshake is the fourth request
+    for i in range(4):
+        ask(ws, f"w{i}", query=f"w{i}")
+    codes = []
+    for _ in range(4):
+        frames = answer(ws)
+        codes.append(frames[-1]["code"])
+    answered += codes.count(0)
+    assert answered == 4 and codes == [0, 429, 429, 429]
+    late = requests.post(server.url + "/api", json={"user_content": "late"})
+    assert late.status_code == 429
+
+
+def test_a_websocket_seq_with_a_lone_surrogate_gets_an_error_frame(live_server, connect):
+    server = live_server(API_KEY="sk-x")
+    ws = connect(server)
+    ws.send('{"seq": "a\\ud800", "data": {"query": "hi"}}')
+    frame = receive(ws)
+    assert frame["code"] == 400 and frame["data"]["error"] == "invalid_character"
+    assert frame["seq"] == "" and "'seq'" in frame["msg"]
+    ask(ws, "next", query="hi")  # the socket keeps serving
+    assert "".join(contents(answer(ws))) == "echo: hi"
+
+
+# --- lone surrogates and non-finite numbers ------------------------------------------------------
+
+SURROGATE_CASES = [
+    ("/api", '{"user_content": "a\\ud800b"}', "user_content"),
+    ("/api/v1/chat", '{"query": "hi", "model": "gpt\\udfff"}', "model"),
+    (
+        "/api/v1/chat/completions",
+        '{"model": "m", "messages": [{"role": "user", "content": "x\\ud800"}]}',
+        "messages[0].content",
+    ),
+    ("/api/chat-room", '{"content": "\\ud800"}', "content"),
+    ("/api/chatgpt/createRolePlay", '{"human_name": "h", "ai_name": "a\\ud800", "prompt": "p"}',
+     "ai_name"),
+    ("/api/chatgpt/createTurbo", '{"prompt": "\\udc00", "stream": false}', "prompt"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "field"), SURROGATE_CASES)
+def test_a_lone_surrogate_from_the_client_is_a_400_naming_the_field(
+    live_server, upstream, redis_url, path, body, field
+):
+    server = live_server(API_KEY="sk-x", RATELIMIT_STORAGE_URI=redis_url)
+    r = requests.post(
+        server.url + path, data=body, headers={"Content-Type": "application/json"}, timeout=10
+    )
+    assert r.status_code == 400, r.text
+    assert "invalid_character" in r.text or "invalid character" in r.text
+    assert field in r.text
+    assert "Traceback" not in server.log_text()
+    assert upstream.received == []
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_numbers_are_a_400_naming_the_field(live_server, upstream, value):
+    server = live_server(API_KEY="sk-x")
+    for path, body in (
+        ("/api", f'{{"user_content": "hi", "temperature": {value}}}'),
+        ("/api/v1/chat/completions", f'{{"model": "m", "messages": [], "top_p": {value}}}'),
+    ):
+        r = requests.post(server.url + path, data=body, timeout=10)
+        assert r.status_code == 400, r.text
+        assert "not_finite" in r.text
+    assert upstream.received == []
+
+
+UPSTREAM_SURROGATE = '{"x": "ok \\ud800 end"}'
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_lone_surrogate_from_the_upstream_is_replaced_on_every_face(
+    live_server, upstream, redis_url, stream
+):
+    server = live_server(API_KEY="sk-x", RATELIMIT_STORAGE_URI=redis_url)
+    # The fake upstream writes json.dumps of its text: "\ud800" goes out escaped, valid JSON.
+    upstream.default = Reply(text="ok \ud800 end")
+    calls = [
+        ("/api", {"user_content": "q", "stream": stream}),
+        ("/api/v1/chat", {"query": "q", "stream": stream}),
+        ("/api/v1/chat/completions", {"model": "m", "stream": stream,
+                                      "messages": [{"role": "user", "content": "q"}]}),
+        ("/api/chat-room" + ("/stream" if stream else ""), {"content": "q"}),
+    ]
+    for path, body in calls:
+        r = requests.post(server.url + path, json=body, timeout=10)
+        assert r.status_code == 200, (path, r.text)
+        assert "\ufffd" in r.text or "\\ufffd" in r.text, path
+    conv = requests.post(server.url + "/api/chatgpt/createTurbo", data="p", timeout=10).text
+    said = requests.post(server.url + "/api/chatgpt/chat", data="q", timeout=10,
+                         headers={"conversation": conv})
+    assert said.status_code == 200 and said.text == "ok \ufffd end"
+    context = requests.post(server.url + "/api/chatgpt/context", timeout=10,
+                            headers={"conversation": conv})
+    assert "ok \ufffd end" in context.text  # the answer was kept
+    # The chat room kept its answer too: the next turn sends it back upstream.
+    requests.post(server.url + "/api/chat-room", json={"content": "again"}, timeout=10)
+    history = upstream.received[-1].json["messages"]
+    assert {"role": "assistant", "content": "ok \ufffd end"} in history
+    assert "Traceback" not in server.log_text()
+
+
+# --- request bodies: chunked over the limit, slow bodies -----------------------------------------
+
+
+def chunked(size: int):
+    piece = b'{"user_content": "' + b"x" * (64 * 1024)
+    yield piece
+    sent = len(piece)
+    while sent < size:
+        yield b"x" * (64 * 1024)
+        sent += 64 * 1024
+    yield b'"}'
+
+
+@pytest.mark.parametrize("path", ["/api", "/api/chatgpt/chat", "/api/v1/chat/completions"])
+def test_a_chunked_body_over_max_body_bytes_is_a_413(live_server, upstream, path):
+    server = live_server(API_KEY="sk-x")
+    r = requests.post(server.url + path, data=chunked(2 * MB), timeout=30,
+                      headers={"conversation": "whatever"})
+    assert r.status_code == 413, r.text[:200]
+    assert "payload_too_large" in r.text or "1048576" in r.text
+    small = requests.post(server.url + "/api", data=chunked(1000), timeout=10)
+    assert small.status_code == 200  # a chunked body within the limit is fine
+    assert upstream.received[-1].json["messages"][-1]["content"].startswith("xxx")
+
+
+def test_a_slow_body_gets_a_408_and_its_connection_back(live_server):
+    server = live_server(API_KEY="sk-x", BODY_READ_TIMEOUT="1", WORKER_CONNECTIONS="20")
+    stalled = []
+    for _ in range(15):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.sendall(b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{")
+        stalled.append(sock)
+    # /healthz answers while they stall, and each stalled request gets a 408 and is closed.
+    assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
+    for sock in stalled:
+        answer_bytes = b""
+        while chunk := sock.recv(65536):
+            answer_bytes += chunk
+        sock.close()
+        head, _, body = answer_bytes.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), head
+        assert json.loads(body)["data"]["error"] == "body_timeout"
