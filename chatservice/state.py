@@ -62,6 +62,9 @@ class SharedState(Protocol):
     def incr(self, key: str) -> int:
         """Add one to an integer value (absent counts as 0) and return it; keeps the TTL."""
 
+    def expire_if(self, key: str, value: str, ttl: float) -> bool:
+        """Give ``key`` a new TTL only if it holds ``value``; True if it did (renews locks)."""
+
     def ping(self) -> None:
         """Raise ``ServiceError`` (store_unavailable) unless the storage answers."""
 
@@ -130,6 +133,14 @@ class MemoryState:
             expires = self._data[key][1] if key in self._data else None
             self._store(key, str(value), expires)
             return value
+
+    def expire_if(self, key: str, value: str, ttl: float) -> bool:
+        """See :class:`SharedState`."""
+        with self._lock:
+            if self._live(key) != value:
+                return False
+            self._store(key, value, _expiry(self.clock(), ttl))
+            return True
 
     def ping(self) -> None:
         """Memory always answers."""
@@ -277,6 +288,17 @@ class SqliteState:
             db.execute("COMMIT")
             return value
 
+    def expire_if(self, key: str, value: str, ttl: float) -> bool:
+        """See :class:`SharedState`."""
+        now = self.clock()
+        with self._connect() as db:
+            cursor = db.execute(
+                "UPDATE state SET expires = ? WHERE key = ? AND value = ? AND (expires IS NULL"
+                " OR expires > ?)",
+                (_expiry(now, ttl), key, value, now),
+            )
+            return cursor.rowcount == 1
+
     def ping(self) -> None:
         """See :class:`SharedState`."""
         with self._connect() as db:
@@ -308,6 +330,10 @@ class RedisState:
         "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
         "else return 0 end"
     )
+    _EXPIRE_IF = (
+        "if redis.call('get', KEYS[1]) == ARGV[1] then "
+        "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+    )
 
     def __init__(self, url: str) -> None:
         self.clock = time.time
@@ -318,6 +344,7 @@ class RedisState:
             decode_responses=True,
         )
         self._delete_if = self._redis.register_script(self._DELETE_IF)
+        self._expire_if = self._redis.register_script(self._EXPIRE_IF)
 
     def get(self, key: str) -> str | None:
         """See :class:`SharedState`."""
@@ -355,6 +382,11 @@ class RedisState:
         """See :class:`SharedState`."""
         with _redis_errors():
             return int(self._redis.incr(PREFIX + key))
+
+    def expire_if(self, key: str, value: str, ttl: float) -> bool:
+        """See :class:`SharedState`."""
+        with _redis_errors():
+            return bool(self._expire_if(keys=[PREFIX + key], args=[value, _milliseconds(ttl)]))
 
     def ping(self) -> None:
         """See :class:`SharedState`."""

@@ -110,8 +110,11 @@ SURROGATE_CASES = [
         "messages[0].content",
     ),
     ("/api/chat-room", '{"content": "\\ud800"}', "content"),
-    ("/api/chatgpt/createRolePlay", '{"human_name": "h", "ai_name": "a\\ud800", "prompt": "p"}',
-     "ai_name"),
+    (
+        "/api/chatgpt/createRolePlay",
+        '{"human_name": "h", "ai_name": "a\\ud800", "prompt": "p"}',
+        "ai_name",
+    ),
     ("/api/chatgpt/createTurbo", '{"prompt": "\\udc00", "stream": false}', "prompt"),
 ]
 
@@ -157,8 +160,10 @@ def test_a_lone_surrogate_from_the_upstream_is_replaced_on_every_face(
     calls = [
         ("/api", {"user_content": "q", "stream": stream}),
         ("/api/v1/chat", {"query": "q", "stream": stream}),
-        ("/api/v1/chat/completions", {"model": "m", "stream": stream,
-                                      "messages": [{"role": "user", "content": "q"}]}),
+        (
+            "/api/v1/chat/completions",
+            {"model": "m", "stream": stream, "messages": [{"role": "user", "content": "q"}]},
+        ),
         ("/api/chat-room" + ("/stream" if stream else ""), {"content": "q"}),
     ]
     for path, body in calls:
@@ -166,11 +171,13 @@ def test_a_lone_surrogate_from_the_upstream_is_replaced_on_every_face(
         assert r.status_code == 200, (path, r.text)
         assert "\ufffd" in r.text or "\\ufffd" in r.text, path
     conv = requests.post(server.url + "/api/chatgpt/createTurbo", data="p", timeout=10).text
-    said = requests.post(server.url + "/api/chatgpt/chat", data="q", timeout=10,
-                         headers={"conversation": conv})
+    said = requests.post(
+        server.url + "/api/chatgpt/chat", data="q", timeout=10, headers={"conversation": conv}
+    )
     assert said.status_code == 200 and said.text == "ok \ufffd end"
-    context = requests.post(server.url + "/api/chatgpt/context", timeout=10,
-                            headers={"conversation": conv})
+    context = requests.post(
+        server.url + "/api/chatgpt/context", timeout=10, headers={"conversation": conv}
+    )
     assert "ok \ufffd end" in context.text  # the answer was kept
     # The chat room kept its answer too: the next turn sends it back upstream.
     requests.post(server.url + "/api/chat-room", json={"content": "again"}, timeout=10)
@@ -195,8 +202,9 @@ def chunked(size: int):
 @pytest.mark.parametrize("path", ["/api", "/api/chatgpt/chat", "/api/v1/chat/completions"])
 def test_a_chunked_body_over_max_body_bytes_is_a_413(live_server, upstream, path):
     server = live_server(API_KEY="sk-x")
-    r = requests.post(server.url + path, data=chunked(2 * MB), timeout=30,
-                      headers={"conversation": "whatever"})
+    r = requests.post(
+        server.url + path, data=chunked(2 * MB), timeout=30, headers={"conversation": "whatever"}
+    )
     assert r.status_code == 413, r.text[:200]
     assert "payload_too_large" in r.text or "1048576" in r.text
     small = requests.post(server.url + "/api", data=chunked(1000), timeout=10)
@@ -209,8 +217,10 @@ def test_a_slow_body_gets_a_408_and_its_connection_back(live_server):
     stalled = []
     for _ in range(15):
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-        sock.sendall(b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 100\r\n\r\n{")
+        sock.sendall(
+            b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
         stalled.append(sock)
     # /healthz answers while they stall, and each stalled request gets a 408 and is closed.
     assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
@@ -222,3 +232,111 @@ def test_a_slow_body_gets_a_408_and_its_connection_back(live_server):
         head, _, body = answer_bytes.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408"), head
         assert json.loads(body)["data"]["error"] == "body_timeout"
+
+
+# --- share links ---------------------------------------------------------------------------------
+
+
+def test_a_share_id_shows_the_copy_but_never_opens_the_conversation(live_server, upstream):
+    server = live_server(API_KEY="sk-x")
+    base = server.url + "/api/chatgpt"
+    conv = requests.post(base + "/createTurbo", data="be brief", timeout=10).text
+    assert requests.post(base + "/chat", data="q1", headers={"conversation": conv}).ok
+    stored = requests.post(base + "/store", headers={"conversation": conv}, timeout=10)
+    assert stored.text == "保存成功"
+    share_id = stored.headers["X-Share-Id"]
+    assert share_id.startswith("sh_") and conv not in share_id
+    shared = requests.get(f"{base}/share/{share_id}", timeout=10)
+    assert shared.json() == {
+        "Id": share_id,
+        "Prompt": "be brief",
+        "SentenceList": ["q1", "echo: q1"],
+    }
+    assert conv not in shared.text
+    # Storing again keeps the same share id and refreshes the copy.
+    requests.post(base + "/chat", data="q2", headers={"conversation": conv})
+    again = requests.post(base + "/store", headers={"conversation": conv}, timeout=10)
+    assert again.headers["X-Share-Id"] == share_id
+    assert len(requests.get(f"{base}/share/{share_id}").json()["SentenceList"]) == 4
+    # A share id is never a conversation id.
+    for view in ("chat", "context", "contextArray", "finish", "store", "regenerate"):
+        r = requests.post(f"{base}/{view}", data="q", headers={"conversation": share_id})
+        assert r.status_code == 404, (view, r.text)
+    # The seed's form still works by default.
+    assert requests.get(f"{base}/share/{conv}").json()["Id"] == conv
+
+
+def test_operators_can_turn_the_seeds_share_form_off(live_server, upstream):
+    server = live_server(API_KEY="sk-x", SHARE_BY_CONVERSATION_ID="0")
+    base = server.url + "/api/chatgpt"
+    conv = requests.post(base + "/createTurbo", data="p", timeout=10).text
+    share_id = requests.post(base + "/store", headers={"conversation": conv}).headers["X-Share-Id"]
+    assert requests.get(f"{base}/share/{conv}").status_code == 404
+    assert requests.get(f"{base}/share/{share_id}").json()["Id"] == share_id
+
+
+# --- conversations: turn locks after a killed worker, bounded size --------------------------------
+
+
+def test_a_turn_lock_is_renewed_while_the_turn_runs_and_freed_soon_after_a_killed_worker(
+    live_server, upstream
+):
+    import os
+    import signal
+    import threading
+
+    from chatservice.conversations import LOCK_TTL
+
+    server = live_server(API_KEY="sk-x")
+    base = server.url + "/api/chatgpt"
+    conv = requests.post(base + "/createTurbo", data="p", timeout=10).text
+    headers = {"conversation": conv}
+    # A turn longer than the lock's TTL keeps its lock (it is renewed) ...
+    upstream.push(Reply(delay=LOCK_TTL + 4))
+    results = []
+    turn = threading.Thread(
+        target=lambda: results.append(requests.post(base + "/chat", data="slow", headers=headers))
+    )
+    turn.start()
+    upstream.wait_for(1)
+    time.sleep(LOCK_TTL + 1)  # past the lock's first lifetime, not a synchronization
+    busy = requests.post(base + "/chat", data="meanwhile", headers=headers, timeout=10)
+    assert busy.status_code == 409
+    turn.join(30)
+    assert results[0].status_code == 200
+    # ... and a worker killed mid-turn frees the conversation within the TTL, not 430 s.
+    upstream.push(Reply(stall=120))
+    threading.Thread(
+        target=_quiet_post, args=(base + "/chat", "doomed", headers), daemon=True
+    ).start()
+    upstream.wait_for(2)
+    os.kill(worker_pid(server), signal.SIGKILL)
+    deadline = time.monotonic() + LOCK_TTL + 20
+    while True:
+        with contextlib.suppress(requests.RequestException):
+            r = requests.post(base + "/chat", data="after", headers=headers, timeout=10)
+            if r.status_code == 200:
+                break
+            assert r.status_code == 409, r.text
+        assert time.monotonic() < deadline, "the conversation stayed locked"
+        time.sleep(0.5)
+
+
+def _quiet_post(url: str, data: str, headers: dict[str, str]) -> None:
+    with contextlib.suppress(requests.RequestException):
+        requests.post(url, data=data, headers=headers, timeout=200)
+
+
+def test_a_conversation_is_bounded_by_size_dropping_its_oldest_turns(live_server, upstream):
+    server = live_server(API_KEY="sk-x", CONVERSATION_MAX_BYTES="300000")
+    base = server.url + "/api/chatgpt"
+    conv = requests.post(base + "/createTurbo", data="p", timeout=10).text
+    headers = {"conversation": conv}
+    for i in range(8):  # 8 turns of about 100 KB each way
+        question = f"q{i} " + "x" * 50_000
+        assert requests.post(base + "/chat", data=question, headers=headers, timeout=20).ok
+    sentences = requests.post(base + "/contextArray", headers=headers, timeout=10).json()
+    assert len(json.dumps(sentences)) < 300_000
+    assert sentences[-2].startswith("q7 ") and sentences[-1].startswith("echo: q7 ")
+    assert not any(s.startswith("q0 ") for s in sentences)
+    assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
