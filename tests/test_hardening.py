@@ -340,3 +340,21 @@ def test_a_conversation_is_bounded_by_size_dropping_its_oldest_turns(live_server
     assert sentences[-2].startswith("q7 ") and sentences[-1].startswith("echo: q7 ")
     assert not any(s.startswith("q0 ") for s in sentences)
     assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
+
+
+# --- logs ------------------------------------------------------------------------------------------
+
+
+def test_a_model_name_cannot_forge_a_text_log_line(live_server, upstream):
+    server = live_server(API_KEY="sk-x", LOG_FORMAT="text")
+    forged = "gpt\n2026-01-01 00:00:00,000 INFO chatservice.access: FORGED\x1b[2J"
+    r = requests.post(server.url + "/api/v1/chat", json={"query": "hi", "model": forged})
+    assert r.status_code == 200
+    deadline = time.monotonic() + 10
+    while "FORGED" not in server.log_text():
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.05)
+    lines = server.log_text().splitlines()
+    assert not any(line.startswith("2026-01-01") for line in lines)
+    assert any("gpt\\n2026-01-01" in line and "\\x1b[2J" in line for line in lines)
+    assert "\x1b" not in server.log_text()
