@@ -66,7 +66,11 @@ class Server(BaseApplication):
         """Build the app in the worker (called by gunicorn after the fork)."""
         from chatservice import create_app
 
-        return create_app(self.settings)
+        try:
+            return create_app(self.settings)
+        except ConfigError as exc:  # e.g. a STORE_URL that became unwritable since start-up
+            log.error("invalid configuration: %s", exc)
+            raise SystemExit(3) from None  # gunicorn stops: "Worker failed to boot"
 
     def refresh_settings(self) -> bool:
         """Re-read the configuration (environment, ``.env``, TOML file, command-line flags)

@@ -30,12 +30,22 @@ from chatservice.routes import (
     ws,
 )
 from chatservice.service import Service
-from chatservice.settings import Settings
-from chatservice.state import create_state
+from chatservice.settings import ConfigError, Settings
+from chatservice.state import SharedState, create_state
 from chatservice.web import request_language
 
 #: The chat faces, each a module with ``prefix``, ``create_blueprint`` and ``render_error``.
 FACES = (api, chat, openai_api, chatroom, ws, conversations)
+
+
+def open_store(settings: Settings) -> SharedState:
+    """The store at STORE_URL; raises ``ConfigError`` (one line naming STORE_URL and the
+    file) when a SQLite store cannot be created or written.
+    """
+    try:
+        return create_state(settings.store_url, settings.memory_max_entries)
+    except OSError as exc:
+        raise ConfigError(f"STORE_URL: {exc}") from None
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -65,7 +75,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         pipeline=Pipeline(settings, backends, catalogs, observers=[AccessRecord()]),
         faces=faces,
         state=state,
-        store=create_state(settings.store_url, settings.memory_max_entries),
+        store=open_store(settings),
     )
     app.extensions["chatservice"] = service
     app.extensions["chatservice.catalogs"] = catalogs

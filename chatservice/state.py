@@ -199,14 +199,20 @@ class SqliteState:
         self.clock = clock
         self._path = path
         self._swept = 0.0
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL,"
-                " expires REAL)"
-            )
+        try:
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.closing(sqlite3.connect(path, timeout=STORAGE_TIMEOUT)) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT"
+                    " NULL, expires REAL)"
+                )
+                db.commit()
+        except (OSError, sqlite3.Error) as exc:
+            # One line naming the file, for the start-up error; never a traceback.
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise OSError(f"cannot write {path}: {reason}") from None
 
     def get(self, key: str) -> str | None:
         """See :class:`SharedState`."""
@@ -300,9 +306,12 @@ class SqliteState:
             return cursor.rowcount == 1
 
     def ping(self) -> None:
-        """See :class:`SharedState`."""
+        """Raise ``store_unavailable`` unless the file can be *written*: reads go on in WAL
+        mode while a stuck writer, a read-only file or a full disk refuse every write.
+        """
         with self._connect() as db:
-            db.execute("SELECT 1").fetchone()
+            db.execute("BEGIN IMMEDIATE")  # takes the write lock, writes nothing
+            db.execute("ROLLBACK")
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

@@ -275,7 +275,7 @@ def test_operators_can_turn_the_seeds_share_form_off(live_server, upstream):
     assert requests.get(f"{base}/share/{share_id}").json()["Id"] == share_id
 
 
-# --- conversations: turn locks after a killed worker, bounded size --------------------------------
+# --- conversations: turn locks after a killed worker, bounded size --------------------------
 
 
 def test_a_turn_lock_is_renewed_while_the_turn_runs_and_freed_soon_after_a_killed_worker(
@@ -342,7 +342,7 @@ def test_a_conversation_is_bounded_by_size_dropping_its_oldest_turns(live_server
     assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
 
 
-# --- logs ------------------------------------------------------------------------------------------
+# --- logs ---------------------------------------------------------------------------------
 
 
 def test_a_model_name_cannot_forge_a_text_log_line(live_server, upstream):
@@ -358,3 +358,92 @@ def test_a_model_name_cannot_forge_a_text_log_line(live_server, upstream):
     assert not any(line.startswith("2026-01-01") for line in lines)
     assert any("gpt\\n2026-01-01" in line and "\\x1b[2J" in line for line in lines)
     assert "\x1b" not in server.log_text()
+
+
+# --- the SQLite store: readiness checks writing, start-up on an unwritable path -------------------
+
+
+def test_readyz_fails_while_the_sqlite_store_cannot_be_written(live_server, tmp_path):
+    import sqlite3
+
+    server = live_server(API_KEY="sk-x")
+    assert requests.get(server.url + "/readyz", timeout=10).status_code == 200
+    # Another process holds the write lock (a stuck writer): reads still work in WAL mode.
+    blocker = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        r = requests.get(server.url + "/readyz", timeout=20)
+        assert r.status_code == 503 and r.json()["checks"]["store"] == "unavailable"
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert requests.get(server.url + "/readyz", timeout=10).status_code == 200
+
+
+def test_an_unwritable_store_url_stops_start_up_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, SETTING_NAMES, free_port
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    env = {k: v for k, v in __import__("os").environ.items() if k not in SETTING_NAMES}
+    env.update(HOST="127.0.0.1", PORT=str(free_port()), STORE_URL=f"sqlite:///{blocker}/store.db")
+    done = subprocess.run(
+        [sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert f"STORE_URL: cannot write {blocker}/store.db" in output
+    assert "Traceback" not in output
+
+
+# --- the memory state frees expired entries and bounds its size ----------------------------------
+
+
+def test_expired_chat_rooms_are_freed_from_memory(live_server, upstream):
+    # A fixed mmap threshold: freed large strings go back to the system, so RSS shows it.
+    server = live_server(
+        API_KEY="sk-x",
+        STORE_URL="memory://",
+        CONVERSATION_TTL="10",
+        MALLOC_MMAP_THRESHOLD_="131072",
+    )
+    pid = worker_pid(server)
+    before = rss_mb(pid)
+    for i in range(40):  # rooms of about 600 KB (the turn and its echo)
+        r = requests.post(
+            server.url + "/api/chat-room",
+            json={"content": "x" * 300_000},
+            headers={"X-Room-Id": f"room-{i}"},
+            timeout=20,
+        )
+        assert r.status_code == 200
+    peak = rss_mb(pid)
+    assert peak - before > 15
+    time.sleep(10.5)  # past CONVERSATION_TTL of the last room (no synchronization)
+    requests.post(
+        server.url + "/api/chat-room", json={"content": "hi"}, headers={"X-Room-Id": "late"}
+    )
+    assert rss_mb(pid) < peak - 15  # freed without anyone reading those rooms again
+
+
+def test_the_memory_state_keeps_at_most_memory_max_entries(live_server, upstream):
+    server = live_server(API_KEY="sk-x", STORE_URL="memory://", MEMORY_MAX_ENTRIES="5")
+    for room in ("a", "b", "c", "d", "e", "f", "g"):
+        requests.post(
+            server.url + "/api/chat-room", json={"content": room}, headers={"X-Room-Id": room}
+        )
+    requests.post(
+        server.url + "/api/chat-room", json={"content": "again"}, headers={"X-Room-Id": "a"}
+    )
+    assert [m["content"] for m in upstream.received[-1].json["messages"][1:]] == ["again"]
+    requests.post(
+        server.url + "/api/chat-room", json={"content": "again"}, headers={"X-Room-Id": "g"}
+    )
+    assert [m["content"] for m in upstream.received[-1].json["messages"][1:]] == [
+        "g",
+        "echo: g",
+        "again",
+    ]
