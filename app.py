@@ -45,7 +45,9 @@ class Server(BaseApplication):
         options = {
             "bind": f"{self.settings.host}:{self.settings.port}",
             "workers": self.settings.workers,
-            "worker_class": "gevent",
+            # gunicorn's gevent worker, with JSON instead of HTML for the requests gunicorn
+            # refuses itself (400, 414, 431).
+            "worker_class": "chatservice.worker.JsonErrorWorker",
             # gunicorn's default of 1,000 would queue the 1,001st open stream of a worker.
             "worker_connections": self.settings.worker_connections,
             # Streams and local generation can outlast gunicorn's 30 s default.

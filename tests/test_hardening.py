@@ -447,3 +447,31 @@ def test_the_memory_state_keeps_at_most_memory_max_entries(live_server, upstream
         "echo: g",
         "again",
     ]
+
+
+# --- gunicorn's own refusals ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "key"),
+    [
+        (b"GET /" + b"a" * 4200 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 120 + b"\r\n",
+            431,
+            "headers_too_large",
+        ),
+        (b"G@T /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad_request"),
+    ],
+)
+def test_gunicorns_own_refusals_are_json(live_server, request_bytes, status, key):
+    server = live_server(API_KEY="sk-x")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request_bytes)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), head
+    assert b"Content-Type: application/json" in head
+    assert json.loads(body)["data"]["error"] == key
