@@ -211,7 +211,7 @@ class UpstreamBackend:
                         continue
                     chunk = _parse_chunk(event, req.model)
                     parsed_one, model = True, chunk.model
-                    if req.relay:
+                    if req.relay and not _escapes_surrogate(event):
                         chunk.event = event
                     finished = finished or chunk.finish_reason is not None
                     yield chunk
@@ -524,12 +524,21 @@ class _RelayedChunk(ChatChunk):
         return getattr(self, name)
 
 
+def _escapes_surrogate(event: bytes) -> bool:
+    """Whether an event's JSON escapes a UTF-16 surrogate (relayed as bytes, a lone one would
+    reach the client; parsed, :class:`ChatChunk` replaces it)."""
+    return b"\\ud" in event or b"\\uD" in event
+
+
 def _plain(event: bytes) -> bool:
     """True when an event's bytes show it is a plain content chunk: every finish reason
-    null, no usage or a null one, no error (cheap ``bytes`` checks, no parse)."""
+    null, no usage or a null one, no error, no escaped UTF-16 surrogate (a lone one is
+    replaced when the chunk is parsed; a pair is rare enough to parse too). Cheap ``bytes``
+    checks, no parse."""
     finishes = event.count(b'"finish_reason"')
     return (
-        finishes > 0
+        not _escapes_surrogate(event)
+        and finishes > 0
         and finishes == event.count(_NO_FINISH[0]) + event.count(_NO_FINISH[1])
         and event.count(b'"usage"') == event.count(_NO_USAGE[0]) + event.count(_NO_USAGE[1])
         and b'"error"' not in event
