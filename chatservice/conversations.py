@@ -382,6 +382,26 @@ class Conversation:
 LOCK_TTL = 15.0
 
 
+def renew_lock(store: SharedState, key: str, token: str, ttl: float) -> threading.Event:
+    """Keep the lock ``key`` held by ``token`` alive (every ``ttl / 3`` seconds, for another
+    ``ttl``) until the returned event is set, the lock is released or it lapsed. Used by the
+    conversations' and the chat room's turn locks alike.
+    """
+    stop = threading.Event()
+    threading.Thread(target=_renew, args=(store, key, token, ttl, stop), daemon=True).start()
+    return stop
+
+
+def _renew(store: SharedState, key: str, token: str, ttl: float, stop: threading.Event) -> None:
+    # A background thread (a greenlet under gevent) for as long as the turn runs.
+    while not stop.wait(ttl / 3):
+        try:
+            if not store.expire_if(key, token, ttl):
+                return  # released, or lapsed: nothing to keep
+        except ServiceError:
+            log.warning("turn lock not renewed: store unavailable")
+
+
 class ConversationStore:
     """Conversations, shared conversations and turn locks in a :class:`SharedState`.
 
@@ -502,8 +522,7 @@ class ConversationStore:
         token = self._try_lock(conv_id)
         if token is None:
             raise ServiceError("conversation_busy", status=409)
-        stop = self._renewers[token] = threading.Event()
-        threading.Thread(target=self._renew, args=(conv_id, token, stop), daemon=True).start()
+        self._renewers[token] = renew_lock(self.store, f"lock:{conv_id}", token, self.lock_ttl)
         return token
 
     def release(self, conv_id: str, token: str) -> None:
@@ -512,15 +531,6 @@ class ConversationStore:
         if stop is not None:
             stop.set()
         self.store.delete_if(f"lock:{conv_id}", token)
-
-    def _renew(self, conv_id: str, token: str, stop: threading.Event) -> None:
-        # A background thread (a greenlet under gevent) for as long as the turn runs.
-        while not stop.wait(self.lock_ttl / 3):
-            try:
-                if not self.store.expire_if(f"lock:{conv_id}", token, self.lock_ttl):
-                    return  # released, or lapsed: nothing to keep
-            except ServiceError:
-                log.warning("turn lock not renewed: store unavailable")
 
     @contextlib.contextmanager
     def locked(self, conv_id: str) -> Iterator[str]:

@@ -10,9 +10,9 @@ weight's, exactly, per worker), then the rest of the group by weight, then the n
 
 The pipeline tries the first candidate; when it fails before its first byte with an
 upstream's fault (:func:`is_upstream_fault`: unreachable, a timeout, a 5xx, a 429, a refused
-key, a 403 refusing the request, a 404 for the model) it moves to the next one, at most UPSTREAM_FALLBACKS times. A
-client's fault (400 and other 4xx) is answered as it is. After the first chunk of a stream
-nothing moves: the client already has part of the answer.
+key, a 403 refusing the request, a 404 for the model) it moves to the next one, at most
+UPSTREAM_FALLBACKS times. A client's fault (400 and other 4xx) is answered as it is. After
+the first chunk of a stream nothing moves: the client already has part of the answer.
 
 Without ``[[upstreams]]`` there is exactly one upstream, ``default``, from UPSTREAM_BASE_URL,
 API_KEY and KEY_FILE, and the BACKEND rule of :meth:`Backends.select` picks it or the

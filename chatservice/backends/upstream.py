@@ -56,6 +56,7 @@ from chatservice.errors import (
     UpstreamTimeout,
     context_length_exceeded,
 )
+from chatservice.jsonsafe import find_unsafe_value
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, choice_text
 from chatservice.settings import Secret, Settings
 from chatservice.sse import EventTooLarge, SSEDecoder
@@ -399,8 +400,9 @@ def _encode(payload: dict[str, Any]) -> bytes:
     try:
         return json.dumps(payload, allow_nan=False).encode("utf-8")
     except ValueError:
-        # NaN or Infinity in a forwarded field: not JSON, so no upstream could read it.
-        raise BadRequest("bad_request") from None
+        # NaN or Infinity in a forwarded field (the faces refuse a client's before this):
+        # not JSON, so no upstream could read it. The same 400 as theirs, naming the field.
+        raise find_unsafe_value(payload) or BadRequest("bad_request") from None
 
 
 def _set_read_timeout(response: urllib3.BaseHTTPResponse, seconds: float) -> None:

@@ -46,9 +46,9 @@ from simple_websocket import ConnectionClosed, Server
 from chatservice import validation
 from chatservice.errors import BadRequest, InternalError, RateLimited, ServiceError
 from chatservice.i18n import negotiate
-from chatservice.metrics import Metrics, current_metrics
 from chatservice.jsonsafe import find_unsafe_value
 from chatservice.limits import shared_identifiers
+from chatservice.metrics import Metrics, current_metrics
 from chatservice.models import ChatRequest
 from chatservice.routes.chat import build_request
 from chatservice.service import Service, current_service
