@@ -322,6 +322,56 @@ def test_a_turn_lock_is_renewed_while_the_turn_runs_and_freed_soon_after_a_kille
         time.sleep(0.5)
 
 
+def test_a_chat_room_lock_is_renewed_while_the_turn_runs_and_lapses_after_a_killed_worker(
+    live_server, upstream, redis_url
+):
+    import os
+    import signal
+    import threading
+    import uuid
+
+    from chatservice.conversations import LOCK_TTL
+
+    # Redis holds the room and its lock, so they outlive the killed worker.
+    server = live_server(API_KEY="sk-x", RATELIMIT_STORAGE_URI=redis_url)
+    url = server.url + "/api/chat-room"
+    headers = {"X-Room-Id": f"lock-{uuid.uuid4().hex}"}
+
+    def post(content: str, timeout: float = 60) -> requests.Response:
+        return requests.post(url, json={"content": content}, headers=headers, timeout=timeout)
+
+    upstream.push(Reply(delay=LOCK_TTL + 4))
+    results = []
+    turn = threading.Thread(target=lambda: results.append(post("slow")))
+    turn.start()
+    upstream.wait_for(1)
+    time.sleep(LOCK_TTL + 1)  # past the lock's first lifetime, not a synchronization
+    busy = post("meanwhile", timeout=10)
+    assert busy.status_code == 409 and busy.json()["error"] == "chat_room_busy"
+    turn.join(30)
+    assert results[0].status_code == 200
+    upstream.push(Reply(stall=120))
+    threading.Thread(
+        target=_quiet_json_post, args=(url, {"content": "doomed"}, headers), daemon=True
+    ).start()
+    upstream.wait_for(2)
+    os.kill(worker_pid(server), signal.SIGKILL)
+    deadline = time.monotonic() + LOCK_TTL + 20
+    while True:
+        with contextlib.suppress(requests.RequestException):
+            r = post("after", timeout=10)
+            if r.status_code == 200:
+                break
+            assert r.status_code == 409, r.text
+        assert time.monotonic() < deadline, "the room stayed locked"
+        time.sleep(0.5)
+
+
+def _quiet_json_post(url: str, body: dict, headers: dict[str, str]) -> None:
+    with contextlib.suppress(requests.RequestException):
+        requests.post(url, json=body, headers=headers, timeout=200)
+
+
 def _quiet_post(url: str, data: str, headers: dict[str, str]) -> None:
     with contextlib.suppress(requests.RequestException):
         requests.post(url, data=data, headers=headers, timeout=200)
