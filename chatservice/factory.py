@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from chatservice import auth, cache, http_headers, metrics
+from chatservice import auth, body, cache, http_headers, metrics
 from chatservice.backends import Backends
 from chatservice.budgets import ClientKeys, KeyBudgets
 from chatservice.errors import FaceRegistry, register_error_handlers
@@ -33,12 +33,22 @@ from chatservice.routes import (
     ws,
 )
 from chatservice.service import Service
-from chatservice.settings import Settings
-from chatservice.state import create_state
+from chatservice.settings import ConfigError, Settings
+from chatservice.state import SharedState, create_state
 from chatservice.web import request_language
 
 #: The chat faces, each a module with ``prefix``, ``create_blueprint`` and ``render_error``.
 FACES = (api, chat, openai_api, chatroom, ws, conversations)
+
+
+def open_store(settings: Settings) -> SharedState:
+    """The store at STORE_URL; raises ``ConfigError`` (one line naming STORE_URL and the
+    file) when a SQLite store cannot be created or written.
+    """
+    try:
+        return create_state(settings.store_url, settings.memory_max_entries)
+    except OSError as exc:
+        raise ConfigError(f"STORE_URL: {exc}") from None
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -53,12 +63,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    body.init_app(app, settings.max_body_bytes, settings.body_read_timeout)
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
 
     catalogs = Catalogs.load()
     faces = FaceRegistry(default=api.render_error)
-    state = create_state(settings.ratelimit_storage_uri)
+    state = create_state(settings.ratelimit_storage_uri, settings.memory_max_entries)
     backends = Backends(settings, state)
     pipeline = Pipeline(settings, backends, catalogs)
     pipeline.observe(AccessRecord(pipeline.tokens))
@@ -69,7 +80,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         pipeline=pipeline,
         faces=faces,
         state=state,
-        store=create_state(settings.store_url),
+        store=open_store(settings),
     )
     app.extensions["chatservice"] = service
     app.extensions["chatservice.catalogs"] = catalogs

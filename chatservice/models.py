@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+from chatservice.jsonsafe import scrub_text
 from chatservice.settings import Secret
 
 Kind = Literal["chat", "completion", "embedding"]
@@ -107,6 +108,11 @@ class ChatResult:
     usage: dict[str, int] | None = None
     raw: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # An upstream may send a lone surrogate in valid JSON; it would fail every encoder
+        # downstream, so it becomes U+FFFD here, once for every backend and face.
+        self.text, self.model, self.raw = scrub_text((self.text, self.model, self.raw))
+
 
 @dataclasses.dataclass
 class ChatChunk:
@@ -125,6 +131,11 @@ class ChatChunk:
     usage: dict[str, int] | None = None
     raw: dict[str, Any] = dataclasses.field(default_factory=dict)
     event: bytes | None = None
+
+    def __post_init__(self) -> None:
+        # An upstream may send a lone surrogate in valid JSON; it would fail every encoder
+        # downstream, so it becomes U+FFFD here, once for every backend and face.
+        self.text, self.model, self.raw = scrub_text((self.text, self.model, self.raw))
 
     def delta(self) -> dict[str, Any]:
         """The seed faces' ``data`` of a stream event: ``{"response": text, "finish_reason",

@@ -1397,7 +1397,20 @@ def _conversation_operations(settings: Settings) -> dict[str, dict[str, Any]]:
         f"{base}/store": post(
             "conversation_store",
             "Keep a copy for sharing (again: overwrite it)",
-            {"200": text("Done (the seed's answer).", "保存成功"), **read_errors},
+            {
+                "200": {
+                    **text("Done (the seed's answer).", "保存成功"),
+                    "headers": {
+                        "X-Share-Id": {
+                            "description": "The read-only share id for `share/{share_id}`: it "
+                            "shows the copy without the conversation id, and is never "
+                            "accepted as a conversation id.",
+                            "schema": {"type": "string", "pattern": "^sh_[A-Za-z0-9]{1,64}$"},
+                        }
+                    },
+                },
+                **read_errors,
+            },
             parameters=[conversation, lang],
         ),
         f"{base}/share/{{share_id}}": {
@@ -1421,6 +1434,9 @@ def _conversation_operations(settings: Settings) -> dict[str, dict[str, Any]]:
                     },
                     lang,
                 ],
+                description="`share_id` is the `X-Share-Id` of `store`, or (the seed's form, "
+                "while SHARE_BY_CONVERSATION_ID is on) the conversation id, which such a link "
+                "reveals to anyone holding it.",
                 # Open to anyone under every AUTH_MODE, as in the seed.
                 security=[] if security is not None else None,
             )

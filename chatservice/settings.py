@@ -375,6 +375,9 @@ FIELDS: tuple[Field, ...] = (
     Field("LOCAL_LOOP_GUARD", "local_loop_guard", _bool, "1"),
     Field("DEFAULT_MODEL", "default_model", _text, "gpt-3.5-turbo"),
     Field("MAX_BODY_BYTES", "max_body_bytes", _int(1), "1048576"),
+    Field("BODY_READ_TIMEOUT", "body_read_timeout", _seconds, "30"),
+    Field("WS_MAX_BACKLOG", "ws_max_backlog", _int(1), "16"),
+    Field("MEMORY_MAX_ENTRIES", "memory_max_entries", _int(1), "100000"),
     Field("BOT_DESC", "bot_desc", _raw_text, "You are a helpful assistant."),
     Field("HISTORY_MAX_MESSAGES", "history_max_messages", _int(1), "20"),
     Field("CONVERSATION_TTL", "conversation_ttl", _seconds, "1800"),
@@ -386,6 +389,8 @@ FIELDS: tuple[Field, ...] = (
     Field("CHAT_FREQUENCYPENALTY", "chat_frequency_penalty", _optional_number(-2, 2), ""),
     Field("STORE_URL", "store_url", _store_url, "sqlite:///data/chatservice.db"),
     Field("MAX_CONTEXT_MESSAGES", "max_context_messages", _int(1), "20"),
+    Field("CONVERSATION_MAX_BYTES", "conversation_max_bytes", _int(1024), "2097152"),
+    Field("SHARE_BY_CONVERSATION_ID", "share_by_conversation_id", _bool, "1"),
     Field("COMPLETION_MODEL", "completion_model", _text, "gpt-3.5-turbo-instruct"),
     Field("TURBO_MODEL", "turbo_model", _text, "gpt-3.5-turbo"),
     Field("GPT4_MODEL", "gpt4_model", _text, "gpt-4"),
@@ -466,6 +471,9 @@ class Settings:
     local_loop_guard: bool
     default_model: str
     max_body_bytes: int
+    body_read_timeout: float
+    ws_max_backlog: int
+    memory_max_entries: int
     bot_desc: str
     history_max_messages: int
     conversation_ttl: float
@@ -477,6 +485,8 @@ class Settings:
     chat_frequency_penalty: float | None
     store_url: str
     max_context_messages: int
+    conversation_max_bytes: int
+    share_by_conversation_id: bool
     completion_model: str
     turbo_model: str
     gpt4_model: str

@@ -109,6 +109,13 @@ class FakeUpstream:
         self.revoked: set[str] = set()
         #: The ids its ``GET /models`` lists.
         self.models: list[str] = []
+        #: The key of every GET (``/models``) received, in order.
+        self.probes: list[str] = []
+        #: Keys whose ``/models`` probe gets a 401 even though their chat calls are scripted.
+        self.probe_refused: set[str] = set()
+        #: Replies for requests whose last message (or prompt) is exactly this text, whatever
+        #: the key: an upstream that refuses one particular request.
+        self.by_content: dict[str, Reply] = {}
         self._queue: deque[Reply] = deque()
         self._lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"fake": self})
@@ -126,6 +133,9 @@ class FakeUpstream:
             self.default = Reply()
             self.revoked = set()
             self.models = []
+            self.probes.clear()
+            self.probe_refused = set()
+            self.by_content = {}
 
     def push(self, *replies: Reply) -> None:
         """Answer the next requests with these replies, in order, then the default."""
@@ -178,6 +188,12 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def do_GET(self) -> None:
+        token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        with self.fake._lock:
+            self.fake.probes.append(token)
+        if token in self.fake.revoked | self.fake.probe_refused:
+            self._send_json(401, {"error": {"code": "invalid_api_key"}})
+            return
         data = [{"id": model, "object": "model", "owned_by": "fake"} for model in self.fake.models]
         self._send_json(200, {"object": "list", "data": data})
 
@@ -191,8 +207,11 @@ class _Handler(BaseHTTPRequestHandler):
         item = Received("POST", self.path, dict(self.headers.items()), body, time.monotonic())
         self.fake.record(item)
         token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        content = answer_for(self.path, body if isinstance(body, dict) else {})
         if token in self.fake.revoked:
             reply = Reply(status=401, body={"error": {"code": "invalid_api_key"}})
+        elif content.removeprefix("echo: ") in self.fake.by_content:
+            reply = self.fake.by_content[content.removeprefix("echo: ")]
         else:
             reply = self.fake.next_reply()
         try:
