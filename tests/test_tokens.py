@@ -37,7 +37,9 @@ def test_offline_tokenizer_loads_with_no_network(tmp_path):
 
         counter = TokenCounter(lambda text: 0)
         print(counter.method("gpt-4o"), counter.count("gpt-4o", "hello world"),
-              counter.count("gpt-3.5-turbo", "tiktoken is great!"))
+              counter.count("gpt-3.5-turbo", "tiktoken is great!"),
+              counter.count("gpt-4o", "你好，世界"), counter.count("gpt-4", "你好，世界"),
+              " ".join(sorted(counter._encodings)))
         """
     )
     env = {"TIKTOKEN_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(ROOT), "PATH": "/usr/bin"}
@@ -45,8 +47,24 @@ def test_offline_tokenizer_loads_with_no_network(tmp_path):
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    # cl100k_base's own counts (OpenAI's cookbook: "tiktoken is great!" is 6 tokens).
-    assert done.stdout.split() == ["tiktoken", "2", "6"]
+    # cl100k_base's and o200k_base's own counts (OpenAI's cookbook: "tiktoken is great!" is
+    # 6 tokens). "你好，世界" tells the two apart: 3 tokens with o200k (the same as
+    # bpe-openai's own Rust tokenizer gives), 6 with cl100k.
+    assert done.stdout.split() == [
+        "tiktoken", "2", "6", "3", "6", "cl100k_base", "o200k_base"
+    ]  # fmt: skip
+    # The big vocabulary came from bpe-openai's data file, not its 68 MB Python package.
+    assert "bpe_openai" not in done.stderr
+
+
+def test_models_use_their_own_encoding():
+    from chatservice.tokens import encoding_name
+
+    for model in ["gpt-4o", "gpt-4o-mini", "openai/gpt-4.1", "o1", "o3-mini", "o4-mini"]:
+        assert encoding_name(model) == "o200k_base", model
+    for model in ["gpt-4", "gpt-3.5-turbo", "text-embedding-3-small", "text-davinci-003"]:
+        assert encoding_name(model) == "cl100k_base", model
+    assert encoding_name("llama3.1:8b") is None
 
 
 def test_methods_by_model():
