@@ -11,11 +11,12 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from chatservice import auth, http_headers, metrics
+from chatservice.access_log import AccessRecord, init_access_log
 from chatservice.backends import Backends
 from chatservice.errors import FaceRegistry, register_error_handlers
 from chatservice.i18n import Catalogs
 from chatservice.limits import create_limiter, limit_face
-from chatservice.logs import AccessRecord, configure_logging, init_access_log
+from chatservice.logs import configure_logging
 from chatservice.pipeline import Pipeline
 from chatservice.routes import (
     admin,

@@ -78,10 +78,6 @@ class Catalogs:
                 catalogs[lang] = json.load(fh)
         return cls(catalogs)
 
-    def keys(self, lang: str) -> set[str]:
-        """The message keys one language defines."""
-        return set(self._catalogs.get(lang, {}))
-
     def translate(self, key: str, lang: str, **params: object) -> str:
         """The message for ``key`` in ``lang`` with ``params`` filled in."""
         for candidate in (lang, FALLBACK):

@@ -24,7 +24,7 @@ import pytest
 import requests
 import simple_websocket
 
-from chatservice import logs
+from chatservice import access_log, logs
 from tests.conftest import ROOT, free_port
 from tests.fakeupstream import Reply
 
@@ -56,9 +56,9 @@ class AccessRecords(logging.Handler):
 @pytest.fixture
 def access() -> Iterator[AccessRecords]:
     handler = AccessRecords()
-    logs.access_log.addHandler(handler)
+    access_log.access_log.addHandler(handler)
     yield handler
-    logs.access_log.removeHandler(handler)
+    access_log.access_log.removeHandler(handler)
 
 
 def usage_stream(text: str, prompt_tokens: int, completion_tokens: int) -> bytes:
@@ -242,7 +242,7 @@ def test_text_and_json_lines(make_app, access):
         text,
     ), text
     line = json.loads(logs.LineFormatter(json_lines=True).format(record))
-    assert list(line) == ["time", *logs.FIELDS, "pid"]
+    assert list(line) == ["time", *access_log.FIELDS, "pid"]
     assert line["request_id"] == "fmt" and line["completion_tokens"] == 2
     app_record = logging.LogRecord("chatservice.x", logging.WARNING, "f", 1, "a %s", ("b",), None)
     assert json.loads(logs.LineFormatter(json_lines=True).format(app_record))["message"] == "a b"
@@ -286,7 +286,7 @@ def test_hub_writes_every_record_of_concurrent_senders_whole(tmp_path):
     def send(index: int) -> None:
         sender = senders[index % 4]
         for n in range(250):
-            name = logs.ACCESS_LOGGER if n % 2 else "chatservice.test"
+            name = access_log.ACCESS_LOGGER if n % 2 else "chatservice.test"
             record = logging.LogRecord(name, logging.INFO, "f", 1, "%s", (f"{index}-{n}",), None)
             if n % 2:
                 record.access = {"request_id": f"{index}-{n}", "pad": filler}

@@ -71,7 +71,3 @@ class Backends:
         if self.mode == "openai" or api_key or self.upstream.has_default_key:
             return Route("upstream", self.upstream)
         return Route("local", self.local)
-
-    def close(self) -> None:
-        """Release pooled connections."""
-        self.upstream.close()
