@@ -1,6 +1,6 @@
-"""Client authentication of the chat faces: AUTH_MODE none, simple or normal (seed 003).
+"""Client authentication of the chat faces: AUTH_MODE none, simple or normal (Alice ChatGPT).
 
-Alice ChatGPT (seed 003) defines the three modes; the headers and the hash are the seed's:
+Alice ChatGPT defines the three modes; the headers and the hash are the original's:
 
 - ``none``: every request is let through.
 - ``simple``: header ``token`` equals AUTH_TOKEN. The OpenAI-compatible face also accepts
@@ -9,7 +9,7 @@ Alice ChatGPT (seed 003) defines the three modes; the headers and the hash are t
   lowercase hex SHA-256 of AUTH_TOKEN + uuid (upper case is accepted too). Each uuid is
   accepted once within AUTH_REPLAY_WINDOW seconds; it is recorded in the store (STORE_URL,
   shared by workers) only once its hash checks out, so requests with junk tokens cannot fill
-  or flush the replay cache (in the seed they could).
+  or flush the replay cache (in the original they could).
 
 :func:`protect` installs the check as a ``before_request`` hook of one face's blueprint, so it
 covers exactly that face's views, including the WebSocket handshake (a GET to the ws route)
@@ -136,12 +136,17 @@ def authenticate(
         _check_normal(secret.get_secret_value(), settings.auth_replay_window, store, headers)
 
 
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (scheme in any case, spaces
+    around the token dropped), or ``None`` without one."""
+    scheme, _, token = headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
 def _check_simple(secret: str, headers: Mapping[str, str], *, bearer: bool) -> None:
     given = [headers.get(TOKEN_HEADER, "")]
     if bearer:
-        scheme, _, value = headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer":
-            given.append(value.strip())
+        given.append(bearer_token(headers) or "")
     given = [value for value in given if value]
     if not given:
         raise ServiceError("auth_required", status=401, headers=_challenge(bearer))
@@ -183,7 +188,7 @@ def _wire(value: str) -> bytes:
 
 def _challenge(bearer: bool, *, failed: bool = False) -> dict[str, str]:
     """``WWW-Authenticate`` for the OpenAI-compatible face (RFC 6750), whose clients speak
-    Bearer; the other faces use the seed's own headers, which have no registered scheme.
+    Bearer; the other faces use the original's own headers, which have no registered scheme.
     """
     if not bearer:
         return {}

@@ -128,7 +128,7 @@ class InternalError(ServiceError):
 
 
 #: Renders one face's error body: (error, localized message) -> a JSON-able dict, or a
-#: string for faces that answer plain text (seed 003's conversations).
+#: string for faces that answer plain text (Alice ChatGPT's conversations).
 ErrorRenderer = Callable[[ServiceError, str], dict[str, Any] | str]
 
 

@@ -73,9 +73,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     metrics.init_app(app, service)
 
     limiter = create_limiter(app, settings)
-    http_headers.init_app(app, settings, limiter)
-    for face in FACES:
-        blueprint = face.create_blueprint(settings.route)
+    blueprints = [(face, face.create_blueprint(settings.route)) for face in FACES]
+    http_headers.init_app(app, settings, limiter, frozenset(bp.name for _, bp in blueprints))
+    for face, blueprint in blueprints:
         limit_face(limiter, settings, blueprint)
         # Per face, so /healthz and the admin view (ADMIN_TOKEN) stay outside AUTH_MODE.
         auth.protect(blueprint, bearer=face is openai_api)

@@ -1,4 +1,4 @@
-"""Prometheus metrics (issue 5, "Operations"): defined per app, served at ``GET /metrics``.
+"""Prometheus metrics ("Operations"): defined per app, served at ``GET /metrics``.
 
 Every app owns its metrics: :func:`init_app` (called by the factory) builds a
 :class:`Metrics` with its own ``CollectorRegistry``, so the many apps a test session builds

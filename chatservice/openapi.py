@@ -30,12 +30,12 @@ HTML = "text/html"
 
 Schema = dict[str, Any]
 
-TAG_API = "Docker ChatGPT API (seeds 002/004)"
-TAG_CHAT = "chatgpt-service (seed 000)"
+TAG_API = "Docker ChatGPT API platform"
+TAG_CHAT = "chatgpt-service"
 TAG_OPENAI = "OpenAI-compatible"
-TAG_WS = "WebSocket (seed 000)"
-TAG_ROOM = "Chat room (seed 001)"
-TAG_CONV = "Conversations (seed 003)"
+TAG_WS = "WebSocket (chatgpt-service)"
+TAG_ROOM = "Chat room (ChatGPT-API on gin)"
+TAG_CONV = "Conversations (Alice ChatGPT)"
 TAG_ADMIN = "Admin"
 TAG_OPS = "Operations"
 TAG_DOCS = "Documentation"
@@ -92,7 +92,7 @@ _NON_BLANK = f"[^{_SPACE}]"
 
 
 def _seed_chunk(description: str, code: int, msg: str, finish_reason: Schema) -> Schema:
-    """A seed face's stream event: ``{"code", "msg", "data": ChatChunk.delta()}``."""
+    """A wrapper service's face's stream event: ``{"code", "msg", "data": ChatChunk.delta()}``."""
     return {
         "type": "object",
         "description": description,
@@ -237,7 +237,7 @@ def _schemas() -> dict[str, Schema]:
     return {
         "Message": message,
         "Usage": usage,
-        # --- POST /{ROUTE} (seeds 002/004)
+        # --- POST /{ROUTE} (the Docker ChatGPT API platform)
         "ApiRequest": {
             "type": "object",
             "required": ["user_content"],
@@ -261,7 +261,7 @@ def _schemas() -> dict[str, Schema]:
                     "description": "System prompt; replaces a leading system turn of the history.",
                 },
                 "sys_content": {
-                    "description": "Same as `system_content` (the seed README's spelling): a "
+                    "description": "Same as `system_content` (the platform's README's spelling): a "
                     "string or null, used (and checked) only when `system_content` is absent "
                     "or null.",
                 },
@@ -336,7 +336,7 @@ def _schemas() -> dict[str, Schema]:
                 },
             },
         },
-        # --- POST /{ROUTE}/v1/chat (seed 000)
+        # --- POST /{ROUTE}/v1/chat (chatgpt-service)
         "ChatRequest": {
             "type": "object",
             "description": "`query` and/or a non-empty `messages`: at least one.",
@@ -359,7 +359,7 @@ def _schemas() -> dict[str, Schema]:
                     "default": True,
                     "description": "true: only the model, the input and `max_tokens` are sent, "
                     "so the upstream's own sampling defaults apply. false: every parameter is "
-                    "sent, with the seed's defaults for the absent ones (temperature 0, top_p "
+                    "sent, with the original's defaults for the absent ones (temperature 0, top_p "
                     '1, penalties 0, `stop: ["Human:"]` for completion models).',
                 },
                 "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
@@ -406,8 +406,8 @@ def _schemas() -> dict[str, Schema]:
         ),
         "ChatError": {
             "type": "object",
-            "description": "The failure envelope of seed 000 (`/v1/chat`, and `/ws` before the "
-            "upgrade); `code` equals the HTTP status, `msg` is the localized reason.",
+            "description": "The failure envelope of chatgpt-service (`/v1/chat`, and `/ws` before "
+            "the upgrade); `code` equals the HTTP status, `msg` is the localized reason.",
             "required": ["code", "msg", "data"],
             "properties": {
                 "code": {"type": "integer"},
@@ -574,7 +574,7 @@ def _schemas() -> dict[str, Schema]:
                 },
             },
         },
-        # --- chat room (seed 001)
+        # --- chat room (ChatGPT-API on gin)
         "RoomTurn": {
             "type": "object",
             "required": ["content"],
@@ -614,7 +614,7 @@ def _schemas() -> dict[str, Schema]:
                 "error": {"type": "string", "description": "Stable key."},
             },
         },
-        # --- conversations (seed 003)
+        # --- conversations (Alice ChatGPT)
         "TurboCreate": {
             "type": "object",
             "properties": {
@@ -772,7 +772,7 @@ def _model_operations(settings: Settings) -> dict[str, dict[str, Any]]:
             "post": _op(
                 TAG_API,
                 "api_ask",
-                "Ask a question (seeds 002/004)",
+                "Ask a question (the Docker ChatGPT API platform)",
                 {
                     "200": {
                         "description": "The answer. " + STREAM_TEXT + " Events are `ApiChunk`.",
@@ -797,7 +797,7 @@ def _model_operations(settings: Settings) -> dict[str, dict[str, Any]]:
             "post": _op(
                 TAG_CHAT,
                 "chat",
-                "Chat or complete (seed 000)",
+                "Chat or complete (chatgpt-service)",
                 {
                     "200": {
                         "description": "The answer. " + STREAM_TEXT + " Events are `ChatChunk`.",
@@ -1065,7 +1065,7 @@ def _conversation_operations(settings: Settings) -> dict[str, dict[str, Any]]:
             "conversation_create",
             "Start a transcript conversation",
             {"200": created, **create_errors},
-            body=text_body("The prompt; empty for the seed's default."),
+            body=text_body("The prompt; empty for the original's default."),
             parameters=[
                 {
                     "name": "settings",
@@ -1172,7 +1172,7 @@ def _conversation_operations(settings: Settings) -> dict[str, dict[str, Any]]:
         f"{base}/store": post(
             "conversation_store",
             "Keep a copy for sharing (again: overwrite it)",
-            {"200": text("Done (the seed's answer).", "保存成功"), **read_errors},
+            {"200": text("Done (the original's answer).", "保存成功"), **read_errors},
             parameters=[conversation, lang],
         ),
         f"{base}/share/{{share_id}}": {
@@ -1196,7 +1196,7 @@ def _conversation_operations(settings: Settings) -> dict[str, dict[str, Any]]:
                     },
                     lang,
                 ],
-                # Open to anyone under every AUTH_MODE, as in the seed.
+                # Open to anyone under every AUTH_MODE, as in the original.
                 security=[] if security is not None else None,
             )
         },
@@ -1390,7 +1390,8 @@ def _playground_operations(route: str) -> dict[str, dict[str, Any]]:
         },
     }
     if route:
-        # With an empty ROUTE, "/" is the POST face of seeds 002/004 and nothing else.
+        # With an empty ROUTE, "/" is the POST face of the Docker ChatGPT API platform and
+        # nothing else.
         paths["/"] = {
             "get": _op(
                 TAG_DOCS,

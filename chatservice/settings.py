@@ -7,8 +7,8 @@ what the entry point prints before it exits. Secrets are wrapped in :class:`Secr
 ``repr``, ``str`` or log line of the settings can show them.
 
 Modelled on starlette's ``Config``/``Secret`` and flask-limiter's "config keys named in one
-place"; the variable names come from the seeds (``ROUTE``, ``LANG``, ``*_LIMIT`` and ``API_KEY``
-from seeds 002/004) and from the issue tracker.
+place"; the variable names come from the wrapper services (``ROUTE``, ``LANG``, ``*_LIMIT``
+and ``API_KEY`` from the Docker ChatGPT API platform) and from the project's own needs.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def _int(minimum: int = 0) -> Callable[[str], int]:
 
 
 def _limit(raw: str) -> int:
-    """A per-IP request limit: empty or 0 means off (seed 002: "0 means unlimited")."""
+    """A per-IP request limit: empty or 0 means off (the Docker ChatGPT API platform: "0
+    means unlimited")."""
     if not raw.strip():
         return 0
     try:
@@ -157,7 +158,7 @@ def _text(raw: str) -> str:
 
 
 def _lang(raw: str) -> str:
-    # Unknown languages fall back to English rather than stopping startup (issue 2).
+    # Unknown languages fall back to English rather than stopping startup.
     return normalize_language(raw) or "en"
 
 
@@ -216,7 +217,7 @@ def _optional_number(minimum: float, maximum: float) -> Callable[[str], float | 
 
 
 def _proxy(raw: str) -> str:
-    """A proxy URL; ``host:port`` without a scheme means ``http://host:port`` (seed 001's
+    """A proxy URL; ``host:port`` without a scheme means ``http://host:port`` (ChatGPT-API on gin's
     README example has no scheme, which broke every call in the original).
     """
     value = raw.strip()
@@ -412,8 +413,8 @@ class Settings:
         """Read settings: ``environ`` (default: ``os.environ``), then ``env_file``, then the
         TOML file CONFIG_FILE (empty: ``config.toml``, when present), then defaults.
 
-        Seed 001's ``CHAT_``-prefixed names and the lower-case proxy variables are accepted as
-        aliases (:data:`ALIASES`); the canonical name wins. ``overrides`` set attributes
+        ChatGPT-API on gin's ``CHAT_``-prefixed names and the lower-case proxy variables are
+        accepted as aliases (:data:`ALIASES`); the canonical name wins. ``overrides`` set attributes
         directly (tests use it). Raises :class:`ConfigError`.
         """
         layered: dict[str, str] = {}
@@ -453,8 +454,9 @@ class Settings:
         return [f"{amount}/{window}" for window, amount in windows if amount > 0]
 
 
-#: Other names accepted for a variable, in priority order after the canonical one: seed 001's
-#: ``CHAT_`` variables, ``PROXY``, and the lower-case proxy variables of curl and requests.
+#: Other names accepted for a variable, in priority order after the canonical one:
+#: ChatGPT-API on gin's ``CHAT_`` variables, ``PROXY``, and the lower-case proxy variables of
+#: curl and requests.
 ALIASES: dict[str, tuple[str, ...]] = {
     "PORT": ("CHAT_PORT",),
     "API_KEY": ("CHAT_APIKEY",),
@@ -482,8 +484,8 @@ def _resolve_aliases(source: Mapping[str, str]) -> dict[str, str]:
 def _read_config_file(source: Mapping[str, str]) -> dict[str, str]:
     """The settings of the TOML file named by CONFIG_FILE (a missing default file is fine).
 
-    Keys are the variable names in any case (``port``, ``API_KEY``), seed 001's short names
-    (``apikey`` for ``CHAT_APIKEY``), inside any table. Lists are joined with commas.
+    Keys are the variable names in any case (``port``, ``API_KEY``), ChatGPT-API on gin's short
+    names (``apikey`` for ``CHAT_APIKEY``), inside any table. Lists are joined with commas.
     """
     explicit = bool(source.get("CONFIG_FILE", "").strip())
     path = Path(os.path.expanduser(source.get("CONFIG_FILE", "").strip() or "config.toml"))

@@ -1,4 +1,5 @@
-"""The chat-room face of seed 001: server-side history per room, streaming, seed settings."""
+"""The chat-room face of ChatGPT-API on gin: server-side history per room, streaming, its
+settings."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The TOML config file, seed 001's CHAT_ variables, and app.py's command-line flags."""
+"""The TOML config file, ChatGPT-API on gin's CHAT_ variables, and app.py's command-line flags."""
 
 from __future__ import annotations
 

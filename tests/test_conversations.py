@@ -1,4 +1,4 @@
-"""The conversations face of seed 003 (Alice ChatGPT): presets, turns, store, locks, streams."""
+"""The conversations face of Alice ChatGPT: presets, turns, store, locks, streams."""
 
 from __future__ import annotations
 

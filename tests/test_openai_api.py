@@ -547,7 +547,7 @@ def test_errors_outside_views_are_openai_shaped(make_app):
                 "code": code,
             }
         }
-    # /v1/chat itself stays the chat face (seed 000), with its own envelope.
+    # /v1/chat itself stays the chat face (chatgpt-service), with its own envelope.
     assert client.post("/api/v1/chat", json={}).get_json()["data"]["error"] == "query_or_messages"
 
 

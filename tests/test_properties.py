@@ -171,7 +171,9 @@ def test_chat_face_body(body: dict[str, Any]) -> None:
     if isinstance(req, BadRequest):
         return
     assert 1 <= req.max_tokens <= 4096
-    assert req.messages or req.prompt is not None
+    assert req.messages  # the query, the turns or both: never an empty conversation
+    if req.kind == "completion":
+        assert isinstance(req.prompt, str)
     ranges = {
         "temperature": (0, 2),
         "top_p": (0, 1),
@@ -216,7 +218,10 @@ def test_openai_face_body(app, body: dict[str, Any], kind: str, authorization: s
         assert "field" in req.params or req.key == "bad_request"
         return
     assert not set(req.params) & openai_api.OWN_FIELDS
-    assert req.messages if kind == "chat" else req.prompt is not None
+    if kind == "chat":
+        assert req.messages
+    else:
+        assert isinstance(req.prompt, str | list) and req.prompt == body["prompt"]
 
 
 @PROPERTIES

@@ -66,8 +66,15 @@ class Backends:
 
         Pure: reads nothing but its arguments and the settings, changes nothing.
         """
-        if self.mode == "local" or (self.mode == "auto" and model == self.local.model_id):
+        if self.mode == "auto" and model == self.local.model_id:
             return Route("local", self.local)
-        if self.mode == "openai" or api_key or self.upstream.has_default_key:
+        if self.upstream_answers(api_key):
             return Route("upstream", self.upstream)
         return Route("local", self.local)
+
+    def upstream_answers(self, api_key: object | None) -> bool:
+        """True when, by the BACKEND rule above, the upstream answers a request with the
+        client's own ``api_key`` (or ``None``) that does not name the embedded model's id."""
+        if self.mode == "auto":
+            return bool(api_key) or self.upstream.has_default_key
+        return self.mode == "openai"

@@ -4,8 +4,8 @@ Keys come from API_KEY (comma-separated) and KEY_FILE (one per line; blank lines
 comments, spaces and Windows line endings ignored). Each key is *usable*, *cooling down*
 until a time, or *disabled*:
 
-- 401, 403 and 429 ``insufficient_quota`` disable a key when AUTO_REMOVE_KEYS is true (seed
-  003's ``-a``); with it false they only count as failures;
+- 401, 403 and 429 ``insufficient_quota`` disable a key when AUTO_REMOVE_KEYS is true
+  (Alice ChatGPT's ``-a``); with it false they only count as failures;
 - a plain 429 cools the key down for its ``Retry-After``, or an exponential backoff
   (1, 2, 4 ... up to 300 s) when the upstream gives none; it comes back by itself;
 - transient upstream faults (5xx, timeouts, overload) never touch a key's state.

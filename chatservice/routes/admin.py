@@ -12,6 +12,7 @@ import hmac
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from chatservice import auth
 from chatservice.errors import NotFound, ServiceError
 from chatservice.service import current_service
 
@@ -31,8 +32,8 @@ def keys() -> ResponseReturnValue:
     token = service.settings.admin_token
     if token is None:
         raise NotFound()
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    given = auth.bearer_token(request.headers)
     expected = token.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+    if given is None or not hmac.compare_digest(given.encode(), expected):
         raise ServiceError("admin_unauthorized", status=401, headers={"WWW-Authenticate": "Bearer"})
     return jsonify(keys=service.backends.upstream.pool.snapshot())

@@ -1,8 +1,8 @@
-"""The ``POST /{ROUTE}`` face of the Docker ChatGPT API platform (seeds 002 and 004).
+"""The ``POST /{ROUTE}`` face of the Docker ChatGPT API platform.
 
 Body: ``user_content`` (required), ``system_content`` or ``sys_content``,
 ``continuous_dialogue`` or ``continuous`` (earlier turns), ``model``, ``api_key`` (this
-request only), ``max_tokens`` (1..4096, default 100), ``stream``, ``lang``. The seed README
+request only), ``max_tokens`` (1..4096, default 100), ``stream``, ``lang``. The platform's README
 documents ``sys_content`` and ``data.response``; its client scripts send ``system_content``
 and read ``current_response`` and ``result``: both spellings work.
 
@@ -43,7 +43,7 @@ def create_blueprint(route: str) -> Blueprint:
 
 
 def render_error(err: ServiceError, message: str) -> dict[str, Any]:
-    """The seed's failure envelope; ``code`` equals the HTTP status."""
+    """The original's failure envelope; ``code`` equals the HTTP status."""
     return {"code": err.status, "msg": "failed", "data": {"response": message, "error": err.key}}
 
 

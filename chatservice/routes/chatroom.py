@@ -1,11 +1,11 @@
-"""The chat-room face of seed 001 (ChatGPT-API on gin): a conversation kept on the server.
+"""The chat-room face of ChatGPT-API on gin: a conversation kept on the server.
 
 ``POST /{ROUTE}/chat-room`` with ``{"role": "user"|"system"|"assistant" (default user),
 "content": <non-empty string>, "name": <optional string>}`` answers
 ``{"code":200,"msg":"success","data":<answer text>}``. ``POST /{ROUTE}/chat-room/stream``
 takes the same body and answers Server-Sent Events: every OpenAI chunk as the backend produced
 it (``data: {"object":"chat.completion.chunk",...}``), then
-``data: {"code":200,"msg":"success","data":""}`` and ``data: [DONE]`` (the seed wrote bare
+``data: {"code":200,"msg":"success","data":""}`` and ``data: [DONE]`` (the original wrote bare
 chunks with no SSE framing). ``POST /{ROUTE}/chat-room/reset`` forgets the room's history and
 answers ``{"code":200,"msg":"success","data":""}``.
 
@@ -16,7 +16,7 @@ after the last successful turn. The model is sent BOT_DESC as the system message
 history, then the new turn; a successful turn appends the turn and the answer and keeps the
 newest HISTORY_MAX_MESSAGES messages. A failed turn leaves the history as it was.
 
-Sampling comes from the seed's settings: model CHAT_MODEL (else DEFAULT_MODEL), CHAT_MAXTOKENS,
+Sampling comes from the original's settings: model CHAT_MODEL (else DEFAULT_MODEL), CHAT_MAXTOKENS,
 CHAT_TEMPERATURE, CHAT_TOPP, CHAT_PRESENCEPENALTY, CHAT_FREQUENCYPENALTY; unset ones are not
 sent, so the upstream's own defaults apply.
 
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 ROOM_HEADER = "X-Room-Id"
 _ROOM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-#: The CHAT_* settings sent under OpenAI's names when set (seed 001's model parameters).
+#: The CHAT_* settings sent under OpenAI's names when set (ChatGPT-API on gin's model parameters).
 SAMPLING = {
     "temperature": "chat_temperature",
     "top_p": "chat_top_p",

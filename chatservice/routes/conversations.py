@@ -1,6 +1,6 @@
-"""The conversations face of Alice ChatGPT (seed 003) under ``/{ROUTE}/chatgpt/``.
+"""The conversations face of Alice ChatGPT under ``/{ROUTE}/chatgpt/``.
 
-Plain-text bodies and answers (``text/plain; charset=utf-8``), as in the seed; a conversation
+Plain-text bodies and answers (``text/plain; charset=utf-8``), as in the original; a conversation
 is named by the ``conversation`` header. All POST unless said:
 
 - ``create`` (header ``settings``: empty or ``FriendChat``; body: the prompt, empty for the
@@ -11,7 +11,7 @@ is named by the ``conversation`` header. All POST unless said:
   question, replacing the old one. ``rollback``: drops the last question and answer,
   ``Rollback Succeeded``. ``context``: the transcript. ``contextArray``: questions and answers
   alternating, as a JSON array of strings. ``finish``: deletes it, ``Conversation finished``.
-- ``store``: keeps a copy for sharing (again: overwrites it), ``保存成功`` (the seed's answer);
+- ``store``: keeps a copy for sharing (again: overwrites it), ``保存成功`` (the original's answer);
   ``GET share/<id>``: ``{"Id", "Prompt", "SentenceList"}`` as JSON.
 - ``quickAnswer`` (JSON ``prompt``, ``examples`` (questions and answers alternating),
   ``question`` (required), ``convType`` (``gpt3``, ``turbo`` (default) or ``gpt4``),
@@ -86,7 +86,7 @@ def prefix(route: str) -> str:
 
 
 def create_blueprint(route: str) -> Blueprint:
-    """The face's blueprint: the seed's POST endpoints and ``GET share/<id>``."""
+    """The face's blueprint: the original's POST endpoints and ``GET share/<id>``."""
     blueprint = Blueprint("conversations", __name__)
     base = prefix(route)
     views = {
@@ -315,7 +315,7 @@ def _create(conv: Conversation) -> Response:
 
 def create() -> Response:
     """POST create: a transcript conversation (header ``settings``: empty or ``FriendChat``;
-    body: the prompt, empty for the seed's default). Answers the id.
+    body: the prompt, empty for the original's default). Answers the id.
     """
     settings_name = request.headers.get(SETTINGS_HEADER, "").strip()
     if settings_name not in CREATE_SETTINGS:
@@ -420,7 +420,7 @@ def store() -> Response:
 def share(share_id: str) -> Response:
     """GET share/<id>: the stored conversation, ``{"Id", "Prompt", "SentenceList"}``.
 
-    Open to clients without credentials, as in the seed (a shared link is for anyone).
+    Open to clients without credentials, as in the original (a shared link is for anyone).
     """
     return jsonify(conversation_store().shared(share_id))
 
@@ -453,7 +453,7 @@ def quick_answer() -> Response:
 
 
 def summary() -> Response:
-    """POST summary: a summary of the body's text (COMPLETION_MODEL, the seed's "Tl;dr")."""
+    """POST summary: a summary of the body's text (COMPLETION_MODEL, the original's "Tl;dr")."""
     text = read_text()
     if not text.strip():
         raise BadRequest("empty_text")

@@ -106,11 +106,10 @@ def client_key() -> Secret | None:
     Other bearer values are not keys (the openai SDK insists on sending something, people
     pass "x"), and the service's own AUTH_TOKEN is a credential for us, never for upstream.
     """
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip()
+    token = auth.bearer_token(request.headers)
     settings = current_service().settings
     if (
-        scheme.lower() == "bearer"
+        token is not None
         and token.startswith("sk-")
         and not auth.is_service_token(settings, token)
     ):
@@ -273,10 +272,7 @@ def _upstream_models(service: Service) -> list[dict[str, Any]]:
     """
     backends = service.backends
     api_key = client_key() if backends.mode != "local" else None
-    in_use = backends.mode == "openai" or (
-        backends.mode == "auto" and (api_key is not None or backends.upstream.has_default_key)
-    )
-    if not in_use:
+    if not backends.upstream_answers(api_key):
         return []
     body = backends.upstream.list_models(api_key)
     data = body.get("data") if isinstance(body, dict) else None

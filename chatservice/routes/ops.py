@@ -1,7 +1,7 @@
 """Operational endpoints, at the root (outside ROUTE), outside the rate limits and AUTH_MODE.
 
 - ``GET /healthz``: liveness, ``{"status": "ok"}`` while the worker serves requests.
-- ``GET /readyz``: readiness (issue 5), 200 ``{"status": "ready", "checks": {...}}`` or 503
+- ``GET /readyz``: readiness, 200 ``{"status": "ready", "checks": {...}}`` or 503
   ``{"status": "not_ready", "checks": {...}, "failing": [...]}``. Checks: ``store``
   (STORE_URL answers), ``shared_state`` (RATELIMIT_STORAGE_URI's store, holding the key marks
   and chat rooms, answers) and ``backend`` (the default backend can answer: a usable upstream
@@ -85,7 +85,7 @@ def backend_check(service: Service) -> str:
     """
     backends = service.backends
     upstream = backends.upstream
-    if backends.mode == "local" or (backends.mode == "auto" and not upstream.has_default_key):
+    if not backends.upstream_answers(None):
         return local_model_check(backends.local)
     if not upstream.has_default_key:
         return OK  # BACKEND=openai with no key: a keyless upstream (Ollama, vLLM)
