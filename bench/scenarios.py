@@ -116,7 +116,7 @@ class Service:
                 "API_KEY": "sk-bench-0000000000000000000000000000",
                 "UPSTREAM_BASE_URL": upstream_url,
                 "STORE_URL": "memory://",
-                "RATELIMIT_STORAGE_URI": "memory://",
+                "SHARED_STATE_URL": "memory://",
                 "HOUR_LIMIT": "0",
                 "MINUTE_LIMIT": "0",
                 "SECOND_LIMIT": "0",

@@ -34,7 +34,7 @@ from flask import Blueprint, current_app, request
 from chatservice.errors import ServiceError
 from chatservice.service import current_service
 from chatservice.settings import Settings
-from chatservice.state import SharedState
+from chatservice.state import KeyValueStore
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,9 @@ def protect(blueprint: Blueprint, *, bearer: bool = False) -> None:
             return
         service = current_service()
         try:
-            authenticate(service.settings, service.store, request.headers, bearer=bearer)
+            authenticate(
+                service.settings, service.conversation_store, request.headers, bearer=bearer
+            )
         except ServiceError as err:
             # The key says why; the credentials themselves are never logged.
             if err.status == 401:
@@ -107,7 +109,7 @@ def _is_exempt() -> bool:
 
 def authenticate(
     settings: Settings,
-    store: SharedState,
+    store: KeyValueStore,
     headers: Mapping[str, str],
     *,
     bearer: bool = False,
@@ -157,7 +159,7 @@ def _check_simple(secret: str, headers: Mapping[str, str], *, bearer: bool) -> N
 
 
 def _check_normal(
-    secret: str, window: float, store: SharedState, headers: Mapping[str, str]
+    secret: str, window: float, store: KeyValueStore, headers: Mapping[str, str]
 ) -> None:
     token = headers.get(TOKEN_HEADER)
     uuid = headers.get(UUID_HEADER)

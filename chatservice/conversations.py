@@ -47,7 +47,7 @@ from typing import Any
 from chatservice.errors import BadRequest, NotFound, ServiceError
 from chatservice.models import ChatRequest, is_completion_model
 from chatservice.settings import Settings
-from chatservice.state import SharedState
+from chatservice.state import KeyValueStore
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +371,7 @@ def lock_ttl(settings: Settings) -> float:
 
 
 class ConversationStore:
-    """Conversations, shared conversations and turn locks in a :class:`SharedState`.
+    """Conversations, shared conversations and turn locks in a :class:`KeyValueStore`.
 
     :param store: the app's store (STORE_URL).
     :param ttl: idle seconds before a conversation expires (CONVERSATION_TTL).
@@ -380,7 +380,7 @@ class ConversationStore:
     Store failures raise ``ServiceError`` ``store_unavailable`` (503).
     """
 
-    def __init__(self, store: SharedState, ttl: float, lock_ttl: float) -> None:
+    def __init__(self, store: KeyValueStore, ttl: float, lock_ttl: float) -> None:
         self.store = store
         self.ttl = ttl
         self.lock_ttl = lock_ttl

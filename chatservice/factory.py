@@ -32,7 +32,7 @@ from chatservice.routes import (
 )
 from chatservice.service import Service
 from chatservice.settings import Settings
-from chatservice.state import create_state
+from chatservice.state import open_store
 from chatservice.web import request_language
 
 #: The chat faces, each a module with ``prefix``, ``create_blueprint`` and ``render_error``.
@@ -56,16 +56,16 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     catalogs = Catalogs.load()
     faces = FaceRegistry(default=api.render_error)
-    state = create_state(settings.ratelimit_storage_uri)
-    backends = Backends(settings, state)
+    shared_state = open_store(settings.shared_state_url)
+    backends = Backends(settings, shared_state)
     service = Service(
         settings=settings,
         catalogs=catalogs,
         backends=backends,
         pipeline=Pipeline(settings, backends, catalogs, observers=[AccessRecord()]),
         faces=faces,
-        state=state,
-        store=create_state(settings.store_url),
+        shared_state=shared_state,
+        conversation_store=open_store(settings.store_url),
     )
     app.extensions["chatservice"] = service
     app.extensions["chatservice.catalogs"] = catalogs

@@ -36,7 +36,7 @@ Exported, every name prefixed ``chatservice_``:
   summed over live workers).
 - ``upstream_keys{state}``: configured upstream keys by state (``usable``, ``cooling``,
   ``disabled``), computed at scrape time from the key pool's snapshot; never a key or its id.
-  The marks live in RATELIMIT_STORAGE_URI's store, so with ``memory://`` and several workers
+  The marks live in SHARED_STATE_URL's store, so with ``memory://`` and several workers
   this is the scraping worker's view; with Redis it is everyone's.
 - ``rate_limited_total{face}``: requests refused by the per-client limits (HOUR/MINUTE/
   SECOND_LIMIT), told apart from the upstream's own 429s.

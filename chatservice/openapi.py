@@ -1293,7 +1293,7 @@ def _other_operations(settings: Settings) -> dict[str, dict[str, Any]]:
                 {
                     "200": {
                         "description": "Every check is `ok`: the store (STORE_URL) and the shared "
-                        "state (RATELIMIT_STORAGE_URI) answer, and the default backend can answer "
+                        "state (SHARED_STATE_URL) answer, and the default backend can answer "
                         "(a usable upstream key, or the embedded model's file and llama.cpp).",
                         "content": _content(JSON, _ref("Readiness")),
                     },

@@ -1,8 +1,9 @@
 """Small shared key-value state with expiry, in memory, SQLite or Redis.
 
-Two instances exist per app. The *state* lives where the rate limits live
-(RATELIMIT_STORAGE_URI): key-pool marks and chat-room histories. The *store* lives at
-STORE_URL: conversations, shared conversations, turn locks and the auth replay cache.
+Two instances exist per app (:class:`chatservice.service.Service`). The *shared state* lives
+where the rate limits live (SHARED_STATE_URL): key-pool marks and chat-room histories. The
+*conversation store* lives at STORE_URL: conversations, shared conversations, turn locks and
+the auth replay cache.
 
 - ``memory://`` keeps values in the worker process (lost on restart, not shared);
 - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` keeps them in one file in
@@ -35,7 +36,7 @@ PREFIX = "chatservice:"
 STORAGE_TIMEOUT = 2.0
 
 
-class SharedState(Protocol):
+class KeyValueStore(Protocol):
     """String values by key, each with an optional TTL in seconds."""
 
     clock: Callable[[], float]
@@ -74,22 +75,22 @@ class MemoryState:
         self._lock = threading.Lock()
 
     def get(self, key: str) -> str | None:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with self._lock:
             return self._live(key)
 
     def get_many(self, keys: list[str]) -> list[str | None]:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with self._lock:
             return [self._live(key) for key in keys]
 
     def set(self, key: str, value: str, ttl: float | None = None) -> None:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with self._lock:
             self._data[key] = (value, _expiry(self.clock(), ttl))
 
     def add(self, key: str, value: str, ttl: float | None = None) -> bool:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with self._lock:
             if self._live(key) is not None:
                 return False
@@ -97,12 +98,12 @@ class MemoryState:
             return True
 
     def delete(self, key: str) -> None:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with self._lock:
             self._data.pop(key, None)
 
     def delete_if(self, key: str, value: str) -> bool:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with self._lock:
             if self._live(key) != value:
                 return False
@@ -110,7 +111,7 @@ class MemoryState:
             return True
 
     def incr(self, key: str) -> int:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with self._lock:
             value = int(self._live(key) or 0) + 1
             expires = self._data[key][1] if key in self._data else None
@@ -155,7 +156,7 @@ class SqliteState:
             )
 
     def get(self, key: str) -> str | None:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with self._connect() as db:
             row = db.execute(
                 "SELECT value FROM state WHERE key = ? AND (expires IS NULL OR expires > ?)",
@@ -164,7 +165,7 @@ class SqliteState:
         return None if row is None else row[0]
 
     def get_many(self, keys: list[str]) -> list[str | None]:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         if not keys:
             return []
         marks = ",".join("?" * len(keys))
@@ -179,7 +180,7 @@ class SqliteState:
         return [rows.get(key) for key in keys]
 
     def set(self, key: str, value: str, ttl: float | None = None) -> None:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         now = self.clock()
         with self._connect() as db:
             db.execute(
@@ -190,7 +191,7 @@ class SqliteState:
             self._sweep(db, now)
 
     def add(self, key: str, value: str, ttl: float | None = None) -> bool:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         now = self.clock()
         with self._connect() as db:
             cursor = db.execute(
@@ -202,12 +203,12 @@ class SqliteState:
             return cursor.rowcount == 1
 
     def delete(self, key: str) -> None:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with self._connect() as db:
             db.execute("DELETE FROM state WHERE key = ?", (key,))
 
     def delete_if(self, key: str, value: str) -> bool:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with self._connect() as db:
             cursor = db.execute(
                 "DELETE FROM state WHERE key = ? AND value = ? AND (expires IS NULL OR"
@@ -217,7 +218,7 @@ class SqliteState:
             return cursor.rowcount == 1
 
     def incr(self, key: str) -> int:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         now = self.clock()
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
@@ -235,7 +236,7 @@ class SqliteState:
             return value
 
     def ping(self) -> None:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with self._connect() as db:
             db.execute("SELECT 1").fetchone()
 
@@ -277,44 +278,44 @@ class RedisState:
         self._delete_if = self._redis.register_script(self._DELETE_IF)
 
     def get(self, key: str) -> str | None:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with _redis_errors():
             return self._redis.get(PREFIX + key)
 
     def get_many(self, keys: list[str]) -> list[str | None]:
-        """See :class:`SharedState` (one MGET)."""
+        """See :class:`KeyValueStore` (one MGET)."""
         if not keys:
             return []
         with _redis_errors():
             return self._redis.mget([PREFIX + key for key in keys])
 
     def set(self, key: str, value: str, ttl: float | None = None) -> None:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with _redis_errors():
             self._redis.set(PREFIX + key, value, px=_milliseconds(ttl))
 
     def add(self, key: str, value: str, ttl: float | None = None) -> bool:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with _redis_errors():
             return bool(self._redis.set(PREFIX + key, value, px=_milliseconds(ttl), nx=True))
 
     def delete(self, key: str) -> None:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with _redis_errors():
             self._redis.delete(PREFIX + key)
 
     def delete_if(self, key: str, value: str) -> bool:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with _redis_errors():
             return bool(self._delete_if(keys=[PREFIX + key], args=[value]))
 
     def incr(self, key: str) -> int:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with _redis_errors():
             return int(self._redis.incr(PREFIX + key))
 
     def ping(self) -> None:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with _redis_errors():
             self._redis.ping()
 
@@ -343,7 +344,7 @@ def sqlite_path(url: str) -> str:
     return os.path.expanduser(path[1:])
 
 
-def create_state(url: str) -> SharedState:
+def open_store(url: str) -> KeyValueStore:
     """The state for a storage URL: ``memory://``, ``sqlite:///...`` or ``redis://...``."""
     if url.startswith("memory://"):
         return MemoryState()

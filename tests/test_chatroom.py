@@ -290,7 +290,8 @@ def test_routing_errors_use_the_room_envelope(room):
 
 
 def test_history_continues_across_servers_sharing_redis(live_server, upstream, redis_url):
-    first = live_server(API_KEY="sk-x", RATELIMIT_STORAGE_URI=redis_url)
+    # The second server names the setting by its old name: both reach the same shared state.
+    first = live_server(API_KEY="sk-x", SHARED_STATE_URL=redis_url)
     second = live_server(API_KEY="sk-x", RATELIMIT_STORAGE_URI=redis_url)
     headers = {"X-Room-Id": f"shared-{uuid.uuid4().hex}"}
     r = requests.post(

@@ -98,7 +98,7 @@ def test_readyz_is_not_ready_once_the_only_key_is_disabled(make_app, fake, tmp_p
 
 @pytest.mark.parametrize(
     ("env_name", "check"),
-    [("STORE_URL", "store"), ("RATELIMIT_STORAGE_URI", "shared_state")],
+    [("STORE_URL", "store"), ("SHARED_STATE_URL", "shared_state")],
 )
 def test_readyz_names_an_unreachable_redis(make_app, env_name, check):
     closed = free_port()  # nothing listens there

@@ -11,7 +11,7 @@ from chatservice.backends.modelpolicy import ModelPolicy
 from chatservice.backends.upstream import UpstreamBackend
 from chatservice.models import ChatChunk, ChatRequest, ChatResult
 from chatservice.settings import Settings
-from chatservice.state import SharedState
+from chatservice.state import KeyValueStore
 
 
 class Backend(Protocol):
@@ -54,7 +54,7 @@ class Backends:
     ``local``: always the embedded model, request keys ignored.
     """
 
-    def __init__(self, settings: Settings, state: SharedState) -> None:
+    def __init__(self, settings: Settings, state: KeyValueStore) -> None:
         self.mode = settings.backend
         self.policy = ModelPolicy(settings.allowed_models, settings.model_aliases)
         self.upstream = UpstreamBackend(settings, state)

@@ -26,7 +26,7 @@ from typing import Any
 
 from chatservice.errors import ServiceError
 from chatservice.settings import ConfigError, Secret, Settings
-from chatservice.state import SharedState
+from chatservice.state import KeyValueStore
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class KeyPool:
     :param auto_remove: disable keys the upstream rejects (AUTO_REMOVE_KEYS).
     """
 
-    def __init__(self, keys: list[Secret], state: SharedState, auto_remove: bool) -> None:
+    def __init__(self, keys: list[Secret], state: KeyValueStore, auto_remove: bool) -> None:
         unique = {key_id(key): key for key in keys}
         self._keys = list(unique.values())
         # Hashed once here: calls look keys up by id on every request.
@@ -82,7 +82,7 @@ class KeyPool:
         return self._state.clock()
 
     @classmethod
-    def from_settings(cls, settings: Settings, state: SharedState) -> KeyPool:
+    def from_settings(cls, settings: Settings, state: KeyValueStore) -> KeyPool:
         """The pool for API_KEY plus KEY_FILE."""
         keys = list(settings.api_keys)
         if settings.key_file:

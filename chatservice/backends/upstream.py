@@ -50,7 +50,7 @@ from chatservice.errors import BadRequest, ServiceError, UpstreamError, Upstream
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, choice_text
 from chatservice.settings import Secret, Settings
 from chatservice.sse import EventTooLarge, SSEDecoder
-from chatservice.state import SharedState
+from chatservice.state import KeyValueStore
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class UpstreamBackend:
     failover), else the next usable key of the pool, else none (Ollama and vLLM need none).
     """
 
-    def __init__(self, settings: Settings, state: SharedState) -> None:
+    def __init__(self, settings: Settings, state: KeyValueStore) -> None:
         self._base_url = settings.upstream_base_url
         self._timeout = urllib3.Timeout(
             connect=settings.upstream_connect_timeout, read=settings.upstream_read_timeout
@@ -329,7 +329,7 @@ def _upstream_rpm(
 ) -> tuple[MovingWindowRateLimiter, RateLimitItemPerMinute] | None:
     if not settings.upstream_rpm:
         return None
-    storage = storage_from_string(settings.ratelimit_storage_uri)
+    storage = storage_from_string(settings.shared_state_url)
     return MovingWindowRateLimiter(storage), RateLimitItemPerMinute(settings.upstream_rpm)
 
 

@@ -11,7 +11,7 @@ answers ``{"code":200,"msg":"success","data":""}``.
 
 A room is named by the ``X-Room-Id`` header (1..128 of ``[A-Za-z0-9_.:-]``), else by the
 client IP (after TRUSTED_PROXIES). Its history lives in the shared state (memory or Redis, as
-RATELIMIT_STORAGE_URI says) as a JSON list of messages, expiring CONVERSATION_TTL seconds
+SHARED_STATE_URL says) as a JSON list of messages, expiring CONVERSATION_TTL seconds
 after the last successful turn. The model is sent BOT_DESC as the system message, then the
 history, then the new turn; a successful turn appends the turn and the answer and keeps the
 newest HISTORY_MAX_MESSAGES messages. A failed turn leaves the history as it was.
@@ -41,7 +41,7 @@ from chatservice.pipeline import answer, respond
 from chatservice.routes import add_post_rule
 from chatservice.service import current_service
 from chatservice.settings import Settings
-from chatservice.state import SharedState
+from chatservice.state import KeyValueStore
 from chatservice.web import read_json_object
 
 log = logging.getLogger(__name__)
@@ -81,13 +81,13 @@ def render_error(err: ServiceError, message: str) -> dict[str, Any]:
 class Room:
     """One room's history in the shared state.
 
-    :param state: where histories live (:class:`~chatservice.state.SharedState`).
+    :param state: where histories live (:class:`~chatservice.state.KeyValueStore`).
     :param key: the state key, ``room:id:<X-Room-Id>`` or ``room:ip:<client IP>``.
     :param ttl: seconds of idleness after which the history is forgotten (CONVERSATION_TTL).
     :param max_messages: how many messages are kept, newest first (HISTORY_MAX_MESSAGES).
     """
 
-    def __init__(self, state: SharedState, key: str, ttl: float, max_messages: int) -> None:
+    def __init__(self, state: KeyValueStore, key: str, ttl: float, max_messages: int) -> None:
         self.state = state
         self.key = key
         self.ttl = ttl
@@ -134,7 +134,7 @@ def current_room() -> Room:
     else:
         key = f"room:ip:{request.remote_addr or 'unknown'}"
     settings = service.settings
-    return Room(service.state, key, settings.conversation_ttl, settings.history_max_messages)
+    return Room(service.shared_state, key, settings.conversation_ttl, settings.history_max_messages)
 
 
 def read_turn(body: dict[str, Any]) -> dict[str, str]:

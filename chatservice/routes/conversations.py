@@ -141,7 +141,9 @@ def conversation_store() -> ConversationStore:
     """The app's conversations, in its store (STORE_URL)."""
     service = current_service()
     settings = service.settings
-    return ConversationStore(service.store, settings.conversation_ttl, lock_ttl(settings))
+    return ConversationStore(
+        service.conversation_store, settings.conversation_ttl, lock_ttl(settings)
+    )
 
 
 def conversation_id() -> str:
