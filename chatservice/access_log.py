@@ -51,6 +51,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 #: Characters of a model name kept in an access line (the name comes from the client).
 MAX_MODEL_CHARS = 128
 
+
 def init_access_log(app: Flask) -> None:
     """Write one access record per request of ``app`` (see the module docstring)."""
     from flask import request

@@ -131,7 +131,7 @@ def authenticate(
         return
     secret = settings.auth_token
     if secret is None:  # Settings refuses this at startup; fail closed all the same.
-        raise ServiceError("auth_failed", status=401, headers=_challenge(bearer, failed=True))
+        raise ServiceError("auth_failed", headers=_challenge(bearer, failed=True))
     if mode == "simple":
         _check_simple(secret.get_secret_value(), headers, bearer=bearer)
     else:
@@ -151,11 +151,11 @@ def _check_simple(secret: str, headers: Mapping[str, str], *, bearer: bool) -> N
         given.append(bearer_token(headers) or "")
     given = [value for value in given if value]
     if not given:
-        raise ServiceError("auth_required", status=401, headers=_challenge(bearer))
+        raise ServiceError("auth_required", headers=_challenge(bearer))
     # Check every candidate, so the time taken does not tell which header matched.
     matches = [_same_secret(value, secret) for value in given]
     if not any(matches):
-        raise ServiceError("auth_failed", status=401, headers=_challenge(bearer, failed=True))
+        raise ServiceError("auth_failed", headers=_challenge(bearer, failed=True))
 
 
 def _check_normal(
@@ -164,16 +164,16 @@ def _check_normal(
     token = headers.get(TOKEN_HEADER)
     uuid = headers.get(UUID_HEADER)
     if not token or uuid is None:
-        raise ServiceError("auth_required", status=401)
+        raise ServiceError("auth_required")
     if not _UUID.fullmatch(uuid):
-        raise ServiceError("auth_invalid_uuid", status=401, max=MAX_UUID_LENGTH)
+        raise ServiceError("auth_invalid_uuid", max=MAX_UUID_LENGTH)
     expected = hashlib.sha256((secret + uuid).encode("utf-8")).hexdigest()
     if not hmac.compare_digest(_wire(token.lower()), expected.encode("ascii")):
-        raise ServiceError("auth_failed", status=401)
+        raise ServiceError("auth_failed")
     # Recorded only now: a uuid seen with a wrong hash stays usable, and junk cannot evict
     # or crowd out the real entries.
     if not store.add(REPLAY_KEY.format(uuid=uuid), "1", ttl=window):
-        raise ServiceError("auth_replayed", status=401)
+        raise ServiceError("auth_replayed")
 
 
 def _same_secret(given: str, secret: str) -> bool:

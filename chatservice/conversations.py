@@ -446,7 +446,7 @@ class ConversationStore:
         """
         token = self._try_lock(conv_id)
         if token is None:
-            raise ServiceError("conversation_busy", status=409)
+            raise ServiceError("conversation_busy")
         return token
 
     def release(self, conv_id: str, token: str) -> None:

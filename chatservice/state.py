@@ -245,11 +245,11 @@ class SqliteState:
         try:
             db = sqlite3.connect(self._path, timeout=STORAGE_TIMEOUT, isolation_level=None)
         except sqlite3.Error:
-            raise ServiceError("store_unavailable", status=503) from None
+            raise ServiceError("store_unavailable") from None
         try:
             yield db
         except sqlite3.Error:
-            raise ServiceError("store_unavailable", status=503) from None
+            raise ServiceError("store_unavailable") from None
         finally:
             db.close()
 
@@ -333,7 +333,7 @@ def _redis_errors() -> Iterator[None]:
     try:
         yield
     except redis.RedisError:
-        raise ServiceError("store_unavailable", status=503) from None
+        raise ServiceError("store_unavailable") from None
 
 
 def sqlite_path(url: str) -> str:

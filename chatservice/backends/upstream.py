@@ -239,7 +239,7 @@ class UpstreamBackend:
             self.pool.failed(key, reason, retry_after)
         retry = self.pool.retry_after()
         raise ServiceError(
-            "no_upstream_key", status=503, headers={"Retry-After": str(retry)} if retry else None
+            "no_upstream_key", headers={"Retry-After": str(retry)} if retry else None
         )
 
     def _send(
@@ -302,7 +302,7 @@ class UpstreamBackend:
             log.warning("UPSTREAM_RPM storage unreachable; call not counted")
             return
         if not allowed:
-            raise ServiceError("server_busy", status=429, headers={"Retry-After": "60"})
+            raise ServiceError("server_busy", headers={"Retry-After": "60"})
 
 
 def outbound_proxy(settings: Settings) -> str | None:
@@ -507,13 +507,13 @@ def _error_for(response: urllib3.BaseHTTPResponse) -> UpstreamError | BadRequest
     code = _error_code(_error_body(response))
     log.warning("upstream answered HTTP %s (%s)", status, code or "no code")
     if status in (401, 403):
-        return UpstreamError("upstream_unauthorized", status=401)
+        return UpstreamError("upstream_unauthorized")
     if status == 429:
         if code == "insufficient_quota":
-            return UpstreamError("upstream_quota", status=429)
+            return UpstreamError("upstream_quota")
         retry = response.headers.get("Retry-After", "")
         headers = {"Retry-After": retry} if retry.isdigit() else None
-        return UpstreamError("upstream_rate_limited", status=429, headers=headers)
+        return UpstreamError("upstream_rate_limited", headers=headers)
     if code == "context_length_exceeded":
         return BadRequest("context_length_exceeded")
     if status in (400, 404, 413, 422):
@@ -521,5 +521,5 @@ def _error_for(response: urllib3.BaseHTTPResponse) -> UpstreamError | BadRequest
     if status in (408, 504):
         return UpstreamTimeout()
     if status == 503:
-        return UpstreamError("upstream_overloaded", status=503)
+        return UpstreamError("upstream_overloaded")
     return UpstreamError("upstream_error", status_code=status)

@@ -35,5 +35,5 @@ def keys() -> ResponseReturnValue:
     given = auth.bearer_token(request.headers)
     expected = token.get_secret_value().encode()
     if given is None or not hmac.compare_digest(given.encode(), expected):
-        raise ServiceError("admin_unauthorized", status=401, headers={"WWW-Authenticate": "Bearer"})
+        raise ServiceError("admin_unauthorized", headers={"WWW-Authenticate": "Bearer"})
     return jsonify(keys=service.backends.upstream.pool.snapshot())

@@ -284,7 +284,7 @@ def _turn(conv_id: str, question: str | None) -> Response:
         kept: list[Turn] = list(conv.turns)
         if question is None:
             if not kept:
-                raise ServiceError("conversation_empty", status=409)
+                raise ServiceError("conversation_empty")
             question = kept.pop()[0]
         settings = current_service().settings
         exchange = conv.exchange(question, kept, settings.max_context_messages)
@@ -384,7 +384,7 @@ def rollback() -> Response:
     with convs.locked(conv_id):
         conv = convs.load(conv_id)
         if not conv.turns:
-            raise ServiceError("conversation_empty", status=409)
+            raise ServiceError("conversation_empty")
         conv.turns.pop()
         convs.save(conv)
     return plain(ROLLED_BACK)

@@ -108,11 +108,7 @@ def client_key() -> Secret | None:
     """
     token = auth.bearer_token(request.headers)
     settings = current_service().settings
-    if (
-        token is not None
-        and token.startswith("sk-")
-        and not auth.is_service_token(settings, token)
-    ):
+    if token is not None and token.startswith("sk-") and not auth.is_service_token(settings, token):
         return Secret(token)
     return None
 

@@ -88,7 +88,7 @@ def render_error(err: ServiceError, message: str) -> dict[str, Any]:
 
 def upgrade_required() -> NoReturn:
     """GET ``{ROUTE}/ws`` without a WebSocket upgrade: 426 ``ws_upgrade_required``."""
-    raise ServiceError("ws_upgrade_required", status=426, headers={"Upgrade": "websocket"})
+    raise ServiceError("ws_upgrade_required", headers={"Upgrade": "websocket"})
 
 
 def serve(ws: Server) -> None:
