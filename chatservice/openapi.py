@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from chatservice import specs
 from chatservice.settings import Settings
 
 OPENAPI_VERSION = "3.1.0"
@@ -84,11 +85,8 @@ STREAM_TEXT = (
     "response; after it, one event in the face's error envelope ends the stream (no `[DONE]`)."
 )
 
-#: The characters ``str.strip()`` removes (``str.isspace``), spelled out: ``\s`` means another
-#: set in ECMA-262 regexes (JSON Schema's), in Python's ``re`` and in generators of test data.
-_SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-#: Strings that ``.strip()`` leaves non-empty (``validation.string(non_empty=True)``).
-_NON_BLANK = f"[^{_SPACE}]"
+_SPACE = specs.SPACE
+_NON_BLANK = specs.NON_BLANK
 
 
 def _seed_chunk(description: str, code: int, msg: str, finish_reason: Schema) -> Schema:
@@ -192,12 +190,7 @@ def _lang_parameter() -> dict[str, Any]:
 
 def _schemas() -> dict[str, Schema]:
     """``components.schemas``: request bodies, envelopes and stream events of every face."""
-    lang = {
-        "description": "Language of error messages: `en`, `zh_CN`, `zh_TW` or `ru` (also "
-        "`zh-CN`, `zh-Hans`...). Takes precedence over `Accept-Language`; values that name no "
-        "known language, and non-strings, are ignored.",
-        "examples": ["zh_CN"],
-    }
+    lang = specs.LANG.schema()
     usage = {
         "type": ["object", "null"],
         "description": "Token counts as the backend reported them.",
@@ -207,15 +200,7 @@ def _schemas() -> dict[str, Schema]:
             "total_tokens": {"type": "integer"},
         },
     }
-    model = {
-        "type": ["string", "null"],
-        "pattern": _NON_BLANK,
-        "description": "The model; default DEFAULT_MODEL. Completion models (`text-davinci-003`, "
-        "`*instruct*`, `davinci*`...) are asked through `/completions` with a transcript prompt. "
-        "MODEL_ALIASES renames it; a model ALLOWED_MODELS excludes is a 400 "
-        "`model_not_allowed`. LOCAL_MODEL_ID names the embedded model.",
-        "examples": ["gpt-3.5-turbo"],
-    }
+    model = specs.MODEL.schema()
     message = {
         "type": "object",
         "description": "One turn of a conversation; other fields are ignored.",
@@ -225,11 +210,6 @@ def _schemas() -> dict[str, Schema]:
             "content": {"type": "string"},
         },
     }
-    max_tokens = {
-        "type": ["integer", "null"],
-        "minimum": 1,
-        "maximum": 4096,
-    }
     finish_reason = {
         "type": ["string", "null"],
         "description": "Why the answer ended (`stop`, `length`...); null until the last chunk.",
@@ -238,55 +218,7 @@ def _schemas() -> dict[str, Schema]:
         "Message": message,
         "Usage": usage,
         # --- POST /{ROUTE} (the Docker ChatGPT API platform)
-        "ApiRequest": {
-            "type": "object",
-            "required": ["user_content"],
-            # Each second spelling is read only when the first is absent or null.
-            "allOf": [
-                _alias("system_content", "sys_content", {"type": ["string", "null"]}),
-                _alias(
-                    "continuous_dialogue",
-                    "continuous",
-                    {"type": ["array", "null"], "items": _ref("Message")},
-                ),
-            ],
-            "properties": {
-                "user_content": {
-                    "type": "string",
-                    "pattern": _NON_BLANK,
-                    "description": "The question; not blank.",
-                },
-                "system_content": {
-                    "type": ["string", "null"],
-                    "description": "System prompt; replaces a leading system turn of the history.",
-                },
-                "sys_content": {
-                    "description": "Same as `system_content` (the platform's README's spelling): a "
-                    "string or null, used (and checked) only when `system_content` is absent "
-                    "or null.",
-                },
-                "continuous_dialogue": {
-                    "type": ["array", "null"],
-                    "items": _ref("Message"),
-                    "description": "Earlier turns (the `result` of the previous answer).",
-                },
-                "continuous": {
-                    "description": "Same as `continuous_dialogue`: a list of `Message` or null, "
-                    "used (and checked) only when `continuous_dialogue` is absent or null.",
-                },
-                "model": model,
-                "api_key": {
-                    "type": ["string", "null"],
-                    "pattern": "^[ -~]*$",
-                    "description": "An upstream API key for this request only (printable ASCII: "
-                    "it travels in a header); never stored or logged.",
-                    "writeOnly": True,
-                },
-                "max_tokens": {**max_tokens, "default": 100},
-                "stream": {"type": ["boolean", "null"], "default": False},
-                "lang": lang,
-            },
-        },
+        "ApiRequest": specs.API.schema(),
         "ApiSuccess": {
             "type": "object",
             "required": ["code", "msg", "data", "result", "current_response"],
@@ -337,52 +269,7 @@ def _schemas() -> dict[str, Schema]:
             },
         },
         # --- POST /{ROUTE}/v1/chat (chatgpt-service)
-        "ChatRequest": {
-            "type": "object",
-            "description": "`query` and/or a non-empty `messages`: at least one.",
-            "anyOf": [
-                {"required": ["query"], "properties": {"query": {"type": "string"}}},
-                {
-                    "required": ["messages"],
-                    "properties": {"messages": {"type": "array", "minItems": 1}},
-                },
-            ],
-            "properties": {
-                "query": {
-                    "type": ["string", "null"],
-                    "description": "The question (appended after `messages`).",
-                },
-                "messages": {"type": ["array", "null"], "items": _ref("Message")},
-                "model": model,
-                "openai_parameter": {
-                    "type": ["boolean", "null"],
-                    "default": True,
-                    "description": "true: only the model, the input and `max_tokens` are sent, "
-                    "so the upstream's own sampling defaults apply. false: every parameter is "
-                    "sent, with the original's defaults for the absent ones (temperature 0, top_p "
-                    '1, penalties 0, `stop: ["Human:"]` for completion models).',
-                },
-                "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
-                "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-                "max_tokens": {**max_tokens, "default": 500},
-                "frequency_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
-                "presence_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
-                "best_of": {
-                    "type": ["integer", "null"],
-                    "minimum": 1,
-                    "maximum": 20,
-                    "description": "Sent to completion models only.",
-                },
-                "stop": {
-                    "type": ["string", "array", "null"],
-                    "items": {"type": "string"},
-                    "maxItems": 4,
-                    "description": "A stop sequence or up to 4.",
-                },
-                "stream": {"type": ["boolean", "null"], "default": False},
-                "lang": lang,
-            },
-        },
+        "ChatRequest": specs.CHAT.schema(),
         "ChatSuccess": {
             "type": "object",
             "required": ["code", "msg", "data"],

@@ -315,7 +315,7 @@ def test_a_uuid_is_usable_again_after_the_replay_window(app_for, tmp_path, store
     url = f"sqlite:///{tmp_path}/s.db" if store == "sqlite" else store
     app = app_for("normal", AUTH_REPLAY_WINDOW="60", STORE_URL=url)
     now = [1_700_000_000.0]
-    app.extensions["chatservice"].store.clock = lambda: now[0]
+    app.extensions["chatservice"].conversation_store.clock = lambda: now[0]
     client, face, headers = app.test_client(), FACES[0], signed()
 
     assert_answered(face, face.call(client, headers))
@@ -330,7 +330,7 @@ def test_the_default_replay_window_is_a_day(app_for):
     app = app_for("normal")
     assert app.extensions["chatservice"].settings.auth_replay_window == 86400
     now = [1_700_000_000.0]
-    app.extensions["chatservice"].store.clock = lambda: now[0]
+    app.extensions["chatservice"].conversation_store.clock = lambda: now[0]
     client, face, headers = app.test_client(), FACES[0], signed()
     assert_answered(face, face.call(client, headers))
     now[0] += 86399

@@ -117,7 +117,7 @@ def test_history_keeps_the_newest_messages_and_always_the_system_prompt(make_app
 def test_an_idle_room_expires_after_conversation_ttl(make_app, fake):
     app = make_app(API_KEY="sk-x", CONVERSATION_TTL="60")
     now = [1000.0]
-    app.extensions["chatservice"].state.clock = lambda: now[0]
+    app.extensions["chatservice"].shared_state.clock = lambda: now[0]
     client = app.test_client()
     client.post("/api/chat-room", json={"content": "t1"})
     now[0] += 59

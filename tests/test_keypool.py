@@ -32,7 +32,7 @@ class Clock:
 def pool_app(make_app, **env):
     app = make_app(**env)
     clock = Clock()
-    app.extensions["chatservice"].state.clock = clock
+    app.extensions["chatservice"].shared_state.clock = clock
     return app, app.test_client(), clock
 
 

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.datastructures import Headers
 
-from chatservice import auth, create_app, validation
+from chatservice import auth, create_app, specs, validation
 from chatservice.conversations import NAME_MAX, check_name, iter_examples
 from chatservice.errors import BadRequest, ServiceError
 from chatservice.models import ChatRequest, is_completion_model
@@ -140,7 +140,7 @@ def test_api_face_body(body: dict[str, Any]) -> None:
     if isinstance(req, BadRequest):
         return
     assert isinstance(req, ChatRequest)
-    assert 1 <= req.max_tokens <= 4096
+    assert specs.CHAT["max_tokens"].minimum <= req.max_tokens <= specs.CHAT["max_tokens"].maximum
     assert all(
         m["role"] in validation.ROLES and isinstance(m["content"], str) for m in req.messages
     )
@@ -174,16 +174,9 @@ def test_chat_face_body(body: dict[str, Any]) -> None:
     assert req.messages  # the query, the turns or both: never an empty conversation
     if req.kind == "completion":
         assert isinstance(req.prompt, str)
-    ranges = {
-        "temperature": (0, 2),
-        "top_p": (0, 1),
-        "frequency_penalty": (-2, 2),
-        "presence_penalty": (-2, 2),
-        "best_of": (1, 20),
-    }
-    for name, (low, high) in ranges.items():
-        if name in req.params:
-            assert low <= req.params[name] <= high
+    for field in specs.CHAT.fields:
+        if field.name in req.params and field.minimum is not None:
+            assert field.minimum <= req.params[field.name] <= field.maximum
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from chatservice import validation
+from chatservice import specs
 from chatservice.errors import BadRequest, ServiceError
 from chatservice.models import (
     TRANSCRIPT_STOP,
@@ -62,22 +62,18 @@ def render_error(err: ServiceError, message: str) -> dict[str, Any]:
 
 def build_request(body: dict[str, Any], settings: Settings) -> ChatRequest:
     """Validate the body and build the model request (raises ``BadRequest``)."""
-    query = validation.string(body, "query")
-    turns = validation.messages(body, "messages") or []
+    spec = specs.CHAT
+    query = spec["query"].value(body)
+    turns = spec["messages"].value(body) or []
     if query is None and not turns:
         raise BadRequest("query_or_messages")
-    model = validation.string(body, "model", non_empty=True) or settings.default_model
-    openai_parameter = validation.boolean(body, "openai_parameter", True)
-    max_tokens = validation.integer(body, "max_tokens", 1, 4096, default=500)
-    sampling = {
-        "temperature": validation.number(body, "temperature", 0, 2),
-        "top_p": validation.number(body, "top_p", 0, 1),
-        "frequency_penalty": validation.number(body, "frequency_penalty", -2, 2),
-        "presence_penalty": validation.number(body, "presence_penalty", -2, 2),
-    }
-    best_of = validation.integer(body, "best_of", 1, 20)
-    stop = validation.stop_sequences(body, "stop")
-    stream = validation.boolean(body, "stream", False)
+    model = spec["model"].value(body) or settings.default_model
+    openai_parameter = spec["openai_parameter"].value(body)
+    max_tokens = spec["max_tokens"].value(body)
+    sampling = {name: spec[name].value(body) for name in SEED_DEFAULTS}
+    best_of = spec["best_of"].value(body)
+    stop = spec["stop"].value(body)
+    stream = spec["stream"].value(body)
 
     messages = list(turns)
     if query is not None:
