@@ -1,8 +1,9 @@
 """Declarative request specs of the JSON faces: one field table per face drives both reading a
-body (:meth:`Spec.read`) and the body's JSON Schema in the OpenAPI document
+body (:meth:`BodyField.value`) and the body's JSON Schema in the OpenAPI document
 (:meth:`Spec.schema`).
 
-A :class:`BodyField` names a field, its kind (``string``, ``boolean``, ``integer``,
+A face reads each field with ``spec[name].value(body)``, in the order its checks need. A
+:class:`BodyField` names a field, its kind (``string``, ``boolean``, ``integer``,
 ``number``, ``messages``, ``stop``), its other spellings, whether it is required, its range
 and default, and its description. The rules are :mod:`chatservice.validation`'s, which does
 the reading: the first present, non-null spelling wins; null means absent; an error is a
@@ -128,13 +129,6 @@ class Spec:
             if field.name == name:
                 return field
         raise KeyError(name)
-
-    def read(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Every read field's value by its name, checked in table order.
-
-        Raises :class:`~chatservice.errors.BadRequest` for the first bad field.
-        """
-        return {field.name: field.value(body) for field in self.fields if field.read}
 
     def schema(self) -> Schema:
         """The body's JSON Schema: ``required``, each spelling's property, and an ``if/else``
