@@ -154,7 +154,8 @@ def test_sighup_applies_new_key_and_limit_while_a_stream_finishes(env_file_serve
     # would be its child by now.
     server.hang_up()
     server.wait_for_log_count("reload refused", 2)
-    assert set(children(server.proc.pid)) == workers  # the running workers were kept
+    # No new worker (the old one that finished its stream may have exited meanwhile).
+    assert set(children(server.proc.pid)) <= workers
     log = server.log_text()
     naming = [line for line in log.splitlines() if "MINUTE_LIMIT" in line]
     assert len(naming) == 2 and all("abc" in line for line in naming), naming
