@@ -643,7 +643,7 @@ def test_upstream_model_list_failures(make_app, extras, status, body, our_status
         (ServiceError("not_found", status=404), "invalid_request_error"),
         (ServiceError("payload_too_large", status=413), "invalid_request_error"),
         (ServiceError("upstream_unauthorized", status=401), "authentication_error"),
-        (ServiceError("forbidden", status=403), "permission_error"),
+        (ServiceError("http_error", status=403), "permission_error"),
         (ServiceError("rate_limited", status=429), "rate_limit_error"),
         (ServiceError("upstream_quota", status=429), "insufficient_quota"),
         (ServiceError("internal_error", status=500), "server_error"),
