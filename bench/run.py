@@ -21,6 +21,10 @@ Scenarios (``--only NAME``, repeatable; targets are for ONE worker on a 2-core m
     rounds on ``/v1/chat/completions``. The upstream is nginx
     (``return 200 '<json>'``, private prefix and config in a temporary directory) when
     installed, else ``bench/upstream.py``.
+``upstreams``
+    The same throughput (OpenAI face, 64 connections) with three ``[[upstreams]]`` of equal
+    priority and weight, naming the same upstream, against the one-upstream service, in
+    alternating rounds (medians): >= 95 % of the one-upstream figure.
 ``streaming``
     2,000 concurrent streams of 10 s, one chunk every 200 ms (10,000 chunks/s), from two
     gevent client processes (``bench/streamclient.py``) through the service to the gevent
@@ -78,13 +82,14 @@ from scenarios import (
     scenario_model,
     scenario_nonstream,
     scenario_streaming,
+    scenario_upstreams,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 VENV = ROOT / ".venv"
 DEFAULT_OUT = BENCH / "results"
-SCENARIOS = ("idle_memory", "nonstream", "streaming", "model")
+SCENARIOS = ("idle_memory", "nonstream", "upstreams", "streaming", "model")
 
 log = logging.getLogger("bench")
 
@@ -238,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     functions = {
         "idle_memory": scenario_idle_memory,
         "nonstream": scenario_nonstream,
+        "upstreams": scenario_upstreams,
         "streaming": scenario_streaming,
         "model": scenario_model,
     }

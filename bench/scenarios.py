@@ -529,6 +529,55 @@ def scenario_nonstream(run: Run, result: Scenario) -> None:
     upstream.stop()
 
 
+def scenario_upstreams(run: Run, result: Scenario) -> None:
+    """Non-streaming throughput (OpenAI face, 64 connections) with three ``[[upstreams]]``
+    (equal priority and weight, so every call goes through the weighted choice and the
+    breakers) against one upstream (no list), in alternating rounds: medians of the rounds.
+    The three entries name the same upstream process, so the upstream's own speed is the
+    same in both and only the service's routing differs.
+    """
+    if shutil.which("nginx") and run.args.upstream != "gevent":
+        upstream: NginxUpstream | GeventUpstream = NginxUpstream(run)
+    else:
+        upstream = GeventUpstream(run)
+    result.details["upstream"] = upstream.kind
+    entries = [
+        {"name": name, "base_url": upstream.url, "api_key": "sk-bench-" + name * 8, "models": ["*"]}
+        for name in ("one", "two", "three")
+    ]
+    services = {
+        "one upstream": Service(run, upstream.url),
+        "three upstreams": Service(run, upstream.url, extra={"UPSTREAMS": json.dumps(entries)}),
+    }
+    _name, path, body, check = ENDPOINTS[0]
+    rounds = run.args.latency_rounds
+    seconds = run.args.wrk_seconds
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in services}
+    for service in services.values():
+        status, answer = http_json(service.port, "POST", path, body)
+        if status != 200 or not check(answer):
+            raise BenchError(f"{path} answered {status}: {answer!r:.300}")
+        wrk(run, service.url + path, body, 64, max(1.0, seconds / 5))
+    for index in range(rounds):
+        # Alternate which goes first, so a trend in the machine's other load favours neither.
+        order = list(services.items())
+        for label, service in order if index % 2 == 0 else order[::-1]:
+            pids = {"worker": service.worker, "upstream": upstream.proc.pid}
+            runs[label].append(wrk(run, service.url + path, body, 64, seconds, pids))
+    rps = {}
+    for label, measured in runs.items():
+        rps[label] = sorted(r["rps"] for r in measured)[len(measured) // 2]
+        errors = sum(r["error_count"] for r in measured)
+        result.metric(f"{path}: throughput, {label}, 64 connections", None, rps[label], "req/s")
+        result.metric(f"{path}: wrk errors, {label}", "errors", errors, "")
+    ratio = 100.0 * rps["three upstreams"] / max(1.0, rps["one upstream"])
+    result.metric("three upstreams vs one: throughput", "upstreams_ratio_pct", ratio, "%")
+    result.details["rounds"] = runs
+    for service in services.values():
+        service.stop()
+    upstream.stop()
+
+
 def scenario_streaming(run: Run, result: Scenario, profile: bool = False) -> None:
     """2,000 concurrent 10 s streams: errors, forwarding delay, memory per open stream."""
     args = run.args
@@ -809,6 +858,11 @@ def scenario_model(run: Run, result: Scenario) -> None:
         "LOCAL_THREADS": str(threads),
         "LOCAL_PRELOAD": "1",
         "LOCAL_CONTEXT_TOKENS": str(MODEL_CONTEXT),
+        # The same generation as llama_direct.py (no system prompt, greedy, no repeat penalty);
+        # the loop guard stays on, so its per-token cost is in the figure.
+        "LOCAL_SYSTEM_PROMPT": "",
+        "LOCAL_TEMPERATURE": "0",
+        "LOCAL_REPEAT_PENALTY": "1",
     }
     service = Service(run, upstream.url, extra, ready_timeout=180)
     command = [run.python, str(BENCH / "llama_direct.py"), "--model", path]

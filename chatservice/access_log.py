@@ -10,7 +10,8 @@ token, at most 128 of ``[A-Za-z0-9._-]``, else a fresh uuid4 hex; returned in th
 (the URL rule, such as ``/api/chatgpt/share/<share_id>``, never the raw path with its ids),
 ``method``, ``status``, ``duration_ms``, ``ip`` (the client after TRUSTED_PROXIES, from
 werkzeug's ProxyFix), ``model``, ``prompt_tokens``, ``completion_tokens``, ``backend``
-(``upstream`` or ``local``), then ``error`` (the stable key of an error that ended a started
+(``upstream`` or ``local``), then ``upstream`` (with ``[[upstreams]]``: the name of the one that
+answered, after fallbacks), ``error`` (the stable key of an error that ended a started
 stream) and ``aborted`` (the client left before the end) when they apply. The answer pipeline
 (:mod:`chatservice.pipeline`) fills model, backend, tokens and error through one observer,
 :class:`AccessRecord`. A key, a token or a prompt is never a field.
@@ -93,6 +94,8 @@ class AccessRecord:
 
         fields = _fields() if has_request_context() else {}
         fields.update(model=call.request.model, backend=call.route.name)
+        if call.route.upstream is not None:
+            fields["upstream"] = call.route.upstream
         return _AccessWatch(fields, call.streamed)
 
 
@@ -111,6 +114,12 @@ class _AccessWatch:
             self.fields["model"] = chunk.model
         if chunk.usage:
             self.fields.update(usage_fields(chunk.usage))
+
+    def moved(self, call: Call, err: Exception) -> None:
+        # A fallback: the line names the upstream that answered (or failed last).
+        self.fields["backend"] = call.route.name
+        if call.route.upstream is not None:
+            self.fields["upstream"] = call.route.upstream
 
     def error(self, err: Exception) -> None:
         from chatservice.errors import ServiceError
@@ -247,6 +256,8 @@ def _log_access(
     line = {name: fields.get(name) for name in FIELDS}
     if isinstance(line["model"], str) and len(line["model"]) > MAX_MODEL_CHARS:
         line["model"] = line["model"][:MAX_MODEL_CHARS] + "..."  # a client's string
+    if fields.get("upstream"):  # with [[upstreams]] only: which one answered
+        line["upstream"] = fields["upstream"]
     if fields.get("error"):
         line["error"] = fields["error"]
     if not finished:
@@ -265,6 +276,8 @@ def _text_line(line: dict[str, Any]) -> str:
         f" tokens={show('prompt_tokens')}/{show('completion_tokens')}"
         f" backend={show('backend')}"
     )
+    if "upstream" in line:
+        text += f" upstream={line['upstream']}"
     if "error" in line:
         text += f" error={line['error']}"
     if line.get("aborted"):

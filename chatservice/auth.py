@@ -17,7 +17,8 @@ and not ``/healthz`` or the admin view. Views marked ``auth_exempt = True`` (:fu
 the shared-conversation view) stay open. A refusal raises :class:`ServiceError` with status 401
 and one of the keys ``auth_required``, ``auth_failed``, ``auth_replayed``,
 ``auth_invalid_uuid``, which the app's error handler renders in the face's own envelope and
-the request's language. Comparisons are constant-time; no token, hash or uuid is logged.
+the request's language (the ``lang`` query parameter, the ``lang`` field of a JSON body of at
+most 64 KiB, then Accept-Language). Comparisons are constant-time; no token, hash or uuid is logged.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from chatservice.errors import ServiceError
 from chatservice.service import current_service
 from chatservice.settings import Settings
 from chatservice.state import KeyValueStore
+from chatservice.web import peek_json_body
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,8 @@ def protect(blueprint: Blueprint, *, bearer: bool = False) -> None:
             # The key says why; the credentials themselves are never logged.
             if err.status == 401:
                 log.info("auth refused (%s): %s %s", err.key, request.method, request.path)
+                # So the refusal can follow the body's ``lang`` field, like other errors.
+                peek_json_body()
             raise
 
     blueprint.before_request(check)

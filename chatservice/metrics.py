@@ -32,6 +32,10 @@ Exported, every name prefixed ``chatservice_``:
 - ``tokens_total{backend, direction}``: ``in`` = prompt tokens, ``out`` = completion tokens,
   from the ``usage`` the backend reported (a stream reports it only when asked, with
   ``stream_options.include_usage``).
+- ``upstream_attempts_total{upstream, result}`` and ``upstream_duration_seconds{upstream}``:
+  every attempt on each upstream (``default`` and ``local`` without ``[[upstreams]]``, else
+  the entries' names), ``result`` ``ok`` or the error key, so a fallback shows as a failed
+  attempt on one upstream and an ``ok`` on the next.
 - ``streams_in_flight``: ``text/event-stream`` responses started and not yet closed (gauge,
   summed over live workers).
 - ``upstream_keys{state}``: configured upstream keys by state (``usable``, ``cooling``,
@@ -39,7 +43,8 @@ Exported, every name prefixed ``chatservice_``:
   The marks live in SHARED_STATE_URL's store, so with ``memory://`` and several workers
   this is the scraping worker's view; with Redis it is everyone's.
 - ``rate_limited_total{face}``: requests refused by the per-client limits (HOUR/MINUTE/
-  SECOND_LIMIT), told apart from the upstream's own 429s.
+  SECOND_LIMIT), told apart from the upstream's own 429s; ``face="ws"`` counts WebSocket
+  frames refused (each frame is one request there).
 
 Upstream latency, errors and tokens are recorded by an observer of the answer pipeline
 (:class:`BackendMetrics`, see :mod:`chatservice.pipeline`), which every face goes through:
@@ -114,6 +119,20 @@ class Metrics:
             "chatservice_backend_errors",
             "Failed backend calls by backend and error key.",
             ["backend", "type"],
+            registry=registry,
+        )
+        self.upstream_attempts = Counter(
+            "chatservice_upstream_attempts",
+            "Calls to each upstream by result (ok, or the error key), fallbacks included.",
+            ["upstream", "result"],
+            registry=registry,
+        )
+        self.upstream_seconds = Histogram(
+            "chatservice_upstream_duration_seconds",
+            "Seconds per upstream attempt: the whole answer, a stream's first chunk, or the"
+            " failure.",
+            ["upstream"],
+            buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.tokens = Counter(
@@ -220,30 +239,58 @@ class BackendMetrics:
 
     def begin(self, call: Call) -> _BackendWatch:
         """Start the clock for ``call``."""
-        return _BackendWatch(self._metrics, call.route.name)
+        return _BackendWatch(self._metrics, call.route.name, upstream_label(call))
+
+
+def upstream_label(call: Call) -> str:
+    """The ``upstream`` label of ``call``'s route: its ``[[upstreams]]`` name, or
+    ``default``/``local`` without a list."""
+    route = call.route
+    if route.upstream is not None:
+        return route.upstream
+    return "default" if route.name == "upstream" else "local"
 
 
 class _BackendWatch:
     """One call: latency until the whole answer or the first chunk (or the failure)."""
 
-    def __init__(self, metrics: Metrics, name: str) -> None:
+    def __init__(self, metrics: Metrics, name: str, upstream: str) -> None:
         self._metrics = metrics
         self._name = name
+        self._upstream = upstream
         self._started: float | None = time.perf_counter()
+        self._attempt: float | None = self._started
+
+    def moved(self, call: Call, err: Exception) -> None:
+        self._attempted(_error_key(err))
+        self._name, self._upstream = call.route.name, upstream_label(call)
+        self._attempt = time.perf_counter()
 
     def result(self, result: ChatResult) -> None:
         self._observe()
+        self._attempted("ok")
         self._metrics.count_tokens(self._name, result.usage)
 
     def chunk(self, chunk: ChatChunk) -> None:
         self._observe()
+        if self._attempt is not None:
+            self._attempted("ok")
         if chunk.usage:
             self._metrics.count_tokens(self._name, chunk.usage)
 
     def error(self, err: Exception) -> None:
         self._observe()
-        key = err.key if isinstance(err, ServiceError) else "internal_error"
+        key = _error_key(err)
+        if self._attempt is not None:  # not after a stream's first chunk: that was "ok"
+            self._attempted(key)
         self._metrics.backend_errors.labels(self._name, key).inc()
+
+    def _attempted(self, result: str) -> None:
+        started, self._attempt = self._attempt, None
+        self._metrics.upstream_attempts.labels(self._upstream, result).inc()
+        if started is not None:
+            seconds = time.perf_counter() - started
+            self._metrics.upstream_seconds.labels(self._upstream).observe(seconds)
 
     def end(self, outcome: str) -> None:
         pass
@@ -253,6 +300,10 @@ class _BackendWatch:
         if started is not None:  # once per call
             seconds = time.perf_counter() - started
             self._metrics.backend_seconds.labels(self._name).observe(seconds)
+
+
+def _error_key(err: Exception) -> str:
+    return err.key if isinstance(err, ServiceError) else "internal_error"
 
 
 def _refused_by_limiter() -> bool:

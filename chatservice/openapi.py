@@ -66,7 +66,8 @@ ERROR_TEXT = {
     "ALLOWED_MODELS excludes, or the upstream refused the request.",
     401: "Authentication failed (AUTH_MODE), or the upstream refused the key.",
     404: "No such resource.",
-    409: "The conversation is busy with another turn, or has nothing to regenerate or roll back.",
+    409: "The conversation or chat room is busy with another turn, or the conversation has "
+    "nothing to regenerate or roll back.",
     413: "The body is larger than MAX_BODY_BYTES.",
     426: "A plain HTTP request to the WebSocket path.",
     429: "A rate limit was hit (HOUR_LIMIT, MINUTE_LIMIT, SECOND_LIMIT, UPSTREAM_RPM) or the "
@@ -588,6 +589,44 @@ def _schemas() -> dict[str, Schema]:
                 }
             },
         },
+        "UpstreamList": {
+            "type": "object",
+            "required": ["upstreams"],
+            "properties": {
+                "upstreams": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "type", "priority", "weight", "breaker", "keys"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "type": {"enum": ["openai", "local"]},
+                            "host": {"type": ["string", "null"], "description": "No path."},
+                            "models": {
+                                "type": ["array", "null"],
+                                "items": {"type": "string"},
+                                "description": "Patterns; null: what its /models lists.",
+                            },
+                            "model_map": {
+                                "type": "object",
+                                "additionalProperties": {"type": "string"},
+                            },
+                            "priority": {"type": "integer"},
+                            "weight": {"type": "number"},
+                            "breaker": {"enum": ["closed", "open", "half_open"]},
+                            "breaker_until": {
+                                "type": ["number", "null"],
+                                "description": "Epoch seconds.",
+                            },
+                            "keys": _ref("KeyList/properties/keys"),
+                            "requests": {"type": "integer"},
+                            "failures": {"type": "integer"},
+                            "latency_p50_ms": {"type": ["number", "null"]},
+                        },
+                    },
+                }
+            },
+        },
         "Readiness": {
             "type": "object",
             "required": ["status", "checks"],
@@ -817,7 +856,7 @@ def _room_operations(settings: Settings) -> dict[str, dict[str, Any]]:
         },
         _lang_parameter(),
     ]
-    errors = _error_responses(JSON, _ref("RoomError"), MODEL_ERRORS)
+    errors = _error_responses(JSON, _ref("RoomError"), tuple(sorted((*MODEL_ERRORS, 409))))
     success = _content(JSON, _ref("RoomSuccess"))
     security = _security(settings)
     turn = _json_body(_ref("RoomTurn"), {"role": "user", "content": "Hello"})
@@ -830,7 +869,8 @@ def _room_operations(settings: Settings) -> dict[str, dict[str, Any]]:
                 {"200": {"description": "The answer in `data`.", "content": success}, **errors},
                 description="The model gets BOT_DESC, the room's history "
                 "(HISTORY_MAX_MESSAGES, forgotten after CONVERSATION_TTL idle seconds) and this "
-                "turn; a failed turn leaves the history unchanged.",
+                "turn; a failed turn leaves the history unchanged. One turn at a time per room: "
+                "another one meanwhile gets 409 `chat_room_busy`.",
                 body=turn,
                 parameters=parameters,
                 security=security,
@@ -872,7 +912,7 @@ def _room_operations(settings: Settings) -> dict[str, dict[str, Any]]:
                 "Forget the room's history",
                 {
                     "200": {"description": "Done; `data` is empty.", "content": success},
-                    **_error_responses(JSON, _ref("RoomError"), (400, 401, 413, 429, 503)),
+                    **_error_responses(JSON, _ref("RoomError"), (400, 401, 409, 413, 429, 503)),
                 },
                 parameters=parameters,
                 security=security,
@@ -1146,6 +1186,28 @@ def _other_operations(settings: Settings) -> dict[str, dict[str, Any]]:
                     "200": {
                         "description": "Every key, masked, with its state.",
                         "content": _content(JSON, _ref("KeyList")),
+                    },
+                    "401": {
+                        "description": "No or a wrong ADMIN_TOKEN bearer.",
+                        "content": _content(JSON, _ref("ApiError")),
+                    },
+                    "404": {
+                        "description": "ADMIN_TOKEN is not set.",
+                        "content": _content(JSON, _ref("ApiError")),
+                    },
+                },
+                security=[{"adminToken": []}],
+            )
+        },
+        f"{route}/admin/upstreams": {
+            "get": _op(
+                TAG_ADMIN,
+                "admin_upstreams",
+                "The upstreams: breakers, keys (masked), counts",
+                {
+                    "200": {
+                        "description": "Every upstream; counts are the answering worker's.",
+                        "content": _content(JSON, _ref("UpstreamList")),
                     },
                     "401": {
                         "description": "No or a wrong ADMIN_TOKEN bearer.",

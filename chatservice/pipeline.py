@@ -7,15 +7,21 @@ its own envelope. Everything else happens here, once, in this order:
 
 1. **model policy**: MODEL_ALIASES replaces the model, ALLOWED_MODELS may refuse it
    (``BadRequest`` ``model_not_allowed``);
-2. **route**: :meth:`~chatservice.backends.Backends.select` picks the upstream or the
-   embedded model (a pure function of the resolved model, the client's key and BACKEND);
+2. **route**: the router (:mod:`chatservice.backends.router`) orders the upstreams serving
+   the model (priority, weight, breakers; ``NotFound`` ``model_not_found`` when none does,
+   503 ``upstreams_unavailable`` when every breaker is open); without ``[[upstreams]]``,
+   :meth:`~chatservice.backends.Backends.select` picks the one upstream or the embedded
+   model (BACKEND), as a pure function of the model, the client's key and the settings;
 3. **the resolved request**: a new :class:`ChatRequest` (``dataclasses.replace``; the face's
    object is never changed), built for the route when the face gave a :class:`Draft`;
 4. **prompt log** (LOG_PROMPTS);
 5. **observers begin**: every :class:`Observer` sees the :class:`Call` before the backend is
    called; one may refuse it by raising a :class:`~chatservice.errors.ServiceError`;
 6. **the call**: the backend's ``complete`` or ``stream`` (its own retries, before the first
-   byte reached the client);
+   byte reached the client); when it fails before its first chunk with the upstream's fault,
+   the call moves to the router's next candidate (the request rebuilt for it when the face
+   gave a :class:`Draft`), at most UPSTREAM_FALLBACKS times, and each watch hears of it
+   (:meth:`Watch.moved`);
 7. **observers watch**: each one's :class:`Watch` sees the result, or every chunk as it goes
    by, an error, and how the call ended (``done``, ``failed``, ``disconnected`` when the
    client went away and the stream was closed).
@@ -26,9 +32,6 @@ tokens and error fields (:class:`chatservice.access_log.AccessRecord`) and the b
 
 Seams for later work (none is built here):
 
-- **several upstreams** (priority, weight, fallback, breakers): a router replacing step 2
-  returns one :class:`~chatservice.backends.Route` per upstream; a fallback loop around step
-  6 may try the next route as long as no chunk has been yielded.
 - **client API keys with budgets**: an observer whose :meth:`Observer.begin` admits the call
   or raises (429/402-like ``ServiceError``) and whose :meth:`Watch.end` settles the usage it
   saw, on ``disconnected`` too.
@@ -43,7 +46,9 @@ Seams for later work (none is built here):
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -57,6 +62,7 @@ from chatservice.web import request_language
 
 if TYPE_CHECKING:
     from chatservice.backends import Backends, Route
+    from chatservice.backends.router import Attempts
     from chatservice.i18n import Catalogs
     from chatservice.settings import Settings
 
@@ -90,12 +96,25 @@ class Call:
     :ivar route: who answers it.
     :ivar asked_model: the model the client named, before MODEL_ALIASES.
     :ivar streamed: the answer comes as chunks (:meth:`Pipeline.stream`).
+    :ivar attempts: the router's other candidates for a fallback (not for observers).
+    :ivar draft: what the request was built from, rebuilt for a fallback's route.
     """
 
     request: ChatRequest
     route: Route
     asked_model: str
     streamed: bool
+    attempts: Attempts | None = dataclasses.field(default=None, compare=False, repr=False)
+    draft: ChatRequest | Draft | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def moved(self, route: Route) -> Call:
+        """This call going to ``route`` instead (its request rebuilt for it)."""
+        req = self.draft
+        if req is None or isinstance(req, ChatRequest):
+            req = self.request
+        else:
+            req = dataclasses.replace(req.build(route.embedded), model=self.request.model)
+        return dataclasses.replace(self, request=req, route=route)
 
 
 class Watch:
@@ -113,6 +132,11 @@ class Watch:
 
     def error(self, err: Exception) -> None:
         """The error that ended the call (a :class:`ServiceError` or any other)."""
+
+    def moved(self, call: Call, err: Exception) -> None:
+        """The attempt before failed with ``err`` before any chunk; ``call`` (same model,
+        another route) is tried instead. Watches without this method are not told.
+        """
 
     def end(self, outcome: Outcome) -> None:
         """The call is over; called exactly once, last."""
@@ -158,9 +182,12 @@ class Pipeline:
         Raises ``BadRequest`` (``model_not_allowed``).
         """
         model = self.backends.policy.resolve(draft.model)
-        route = self.backends.select(model, draft.api_key)
+        attempts = self.backends.router.attempts(model, draft.api_key)
+        route = attempts.first()
         req = draft if isinstance(draft, ChatRequest) else draft.build(route.embedded)
-        call = Call(dataclasses.replace(req, model=model), route, draft.model, streamed)
+        call = Call(
+            dataclasses.replace(req, model=model), route, draft.model, streamed, attempts, draft
+        )
         if self.settings.log_prompts:
             log.info("prompt model=%s messages=%r prompt=%r", draft.model, req.messages, req.prompt)
         return call
@@ -172,12 +199,19 @@ class Pipeline:
         """
         call = self.plan(draft, streamed=False)
         watches = self._begin(call)
-        try:
-            result = call.route.backend.complete(call.request)
-        except Exception as exc:
-            _tell(watches, "error", exc)
-            _tell(watches, "end", "failed")
-            raise
+        while True:
+            started = time.perf_counter()
+            try:
+                result = call.route.backend.complete(call.request)
+                break
+            except Exception as exc:
+                following = _failed(call, exc, started)
+                if following is None:
+                    _tell(watches, "error", exc)
+                    _tell(watches, "end", "failed")
+                    raise
+                call = _move(watches, call, following, exc)
+        _succeeded(call, started)
         _tell(watches, "result", result)
         _tell(watches, "end", "done")
         return result
@@ -217,9 +251,9 @@ class Pipeline:
             # Primed by stream(): from here on even a close before the first chunk runs the
             # finally, so every watch gets its end (a budget is settled however it ends).
             yield None
-            chunks = call.route.backend.stream(call.request)
+            chunks, first, call = self._first_chunk(call, watches)
             seen = [watch.chunk for watch in watches]  # the per-chunk path: bound once
-            for chunk in chunks:
+            for chunk in itertools.chain(first, chunks):
                 for see in seen:
                     try:
                         see(chunk)
@@ -229,6 +263,8 @@ class Pipeline:
             outcome = "done"
         except Exception as exc:
             outcome = "failed"
+            if chunks is not None and call.attempts is not None:
+                call.attempts.broke(call.route, exc)  # after the first chunk: no fallback
             _tell(watches, "error", exc)
             raise
         finally:
@@ -237,6 +273,58 @@ class Pipeline:
                     chunks.close()  # type: ignore[attr-defined]
             finally:
                 _tell(watches, "end", outcome)
+
+    def _first_chunk(
+        self, call: Call, watches: list[Watch]
+    ) -> tuple[Iterator[ChatChunk], list[ChatChunk], Call]:
+        """The stream of the first route that yields a chunk (or ends), its first chunk
+        (none if it ended at once) and the call as it went; a failure before the first
+        chunk moves to the router's next candidate.
+        """
+        while True:
+            started = time.perf_counter()
+            chunks: Iterator[ChatChunk] | None = None
+            try:
+                # Inside the try: a backend may refuse at once (a full local queue).
+                chunks = call.route.backend.stream(call.request)
+                first = [next(chunks)]
+            except StopIteration:
+                first = []
+            except Exception as exc:
+                if chunks is not None:
+                    chunks.close()  # type: ignore[attr-defined]
+                following = _failed(call, exc, started)
+                if following is None:
+                    raise
+                call = _move(watches, call, following, exc)
+                continue
+            _succeeded(call, started)
+            assert chunks is not None  # noqa: S101 - for the type checker: next() ran
+            return chunks, first, call
+
+
+def _failed(call: Call, exc: Exception, started: float) -> Route | None:
+    if call.attempts is None:
+        return None
+    return call.attempts.failed(call.route, exc, time.perf_counter() - started)
+
+
+def _succeeded(call: Call, started: float) -> None:
+    if call.attempts is not None:
+        call.attempts.succeeded(call.route, time.perf_counter() - started)
+
+
+def _move(watches: list[Watch], call: Call, route: Route, err: Exception) -> Call:
+    moved = call.moved(route)
+    for watch in watches:
+        tell = getattr(watch, "moved", None)
+        if tell is None:
+            continue
+        try:
+            tell(moved, err)
+        except Exception:  # noqa: BLE001 - as in _tell
+            log.exception("pipeline observer %s failed", type(watch).__name__)
+    return moved
 
 
 def _tell(watches: list[Watch], method: str, value: Any) -> None:

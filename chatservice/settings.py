@@ -27,6 +27,7 @@ and ``API_KEY`` from the Docker ChatGPT API platform) and from the project's own
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
@@ -194,6 +195,14 @@ def _aliases(raw: str) -> dict[str, str]:
     return aliases
 
 
+def _upstreams(raw: str) -> tuple[Any, ...]:
+    """UPSTREAMS: a JSON list of upstream objects (``[[upstreams]]`` in the TOML file)."""
+    # Imported here: the spec module builds on this one (Secret and the URL parsers).
+    from chatservice.upstream_specs import parse_upstreams
+
+    return parse_upstreams(raw)
+
+
 def _raw_text(raw: str) -> str:
     return raw
 
@@ -227,6 +236,22 @@ def _optional_number(minimum: float, maximum: float) -> Callable[[str], float | 
         return value
 
     return parse
+
+
+def _number(minimum: float, maximum: float) -> Callable[[str], float]:
+    optional = _optional_number(minimum, maximum)
+
+    def parse(raw: str) -> float:
+        value = optional(raw)
+        if value is None:
+            raise ValueError(f"expected a number from {minimum:g} to {maximum:g}, got {raw!r}")
+        return value
+
+    return parse
+
+
+#: The embedded model's default system message (chosen with bench/quality.py).
+LOCAL_SYSTEM_PROMPT = "Answer the question directly and briefly, in the language of the question."
 
 
 def _proxy(raw: str) -> str:
@@ -314,6 +339,11 @@ class Settings:
     upstream_retries: int = _setting("UPSTREAM_RETRIES", _int(0), "2")
     upstream_rpm: int = _setting("UPSTREAM_RPM", _limit, "0")
     upstream_pool_size: int = _setting("UPSTREAM_POOL_SIZE", _int(1), "100")
+    upstreams: tuple[Any, ...] = _setting("UPSTREAMS", _upstreams, "")
+    upstream_fallbacks: int = _setting("UPSTREAM_FALLBACKS", _int(0), "2")
+    upstream_breaker_failures: int = _setting("UPSTREAM_BREAKER_FAILURES", _int(1), "5")
+    upstream_breaker_cooldown: float = _setting("UPSTREAM_BREAKER_COOLDOWN", _seconds, "10")
+    upstream_models_ttl: float = _setting("UPSTREAM_MODELS_TTL", _seconds, "600")
     proxy: str = _setting("CHAT_PROXY", _proxy, "")
     https_proxy: str = _setting("HTTPS_PROXY", _proxy, "")
     http_proxy: str = _setting("HTTP_PROXY", _proxy, "")
@@ -325,6 +355,11 @@ class Settings:
     local_preload: bool = _setting("LOCAL_PRELOAD", _bool, "0")
     local_context_tokens: int = _setting("LOCAL_CONTEXT_TOKENS", _int(128), "2048")
     local_threads: int = _setting("LOCAL_THREADS", _int(0), "0")
+    local_system_prompt: str = _setting("LOCAL_SYSTEM_PROMPT", _raw_text, LOCAL_SYSTEM_PROMPT)
+    local_temperature: float = _setting("LOCAL_TEMPERATURE", _number(0.0, 2.0), "0.2")
+    local_top_p: float = _setting("LOCAL_TOP_P", _number(0.0, 1.0), "0.9")
+    local_repeat_penalty: float = _setting("LOCAL_REPEAT_PENALTY", _number(1.0, 2.0), "1.1")
+    local_loop_guard: bool = _setting("LOCAL_LOOP_GUARD", _bool, "1")
     default_model: str = _setting("DEFAULT_MODEL", _text, "gpt-3.5-turbo")
     max_body_bytes: int = _setting("MAX_BODY_BYTES", _int(1), "1048576")
     bot_desc: str = _setting("BOT_DESC", _raw_text, "You are a helpful assistant.")
@@ -451,7 +486,8 @@ def _read_config_file(source: Mapping[str, str]) -> dict[str, str]:
     """The settings of the TOML file named by CONFIG_FILE (a missing default file is fine).
 
     Keys are the variable names in any case (``port``, ``API_KEY``), ChatGPT-API on gin's short
-    names (``apikey`` for ``CHAT_APIKEY``), inside any table. Lists are joined with commas.
+    names (``apikey`` for ``CHAT_APIKEY``), inside any table. Lists are joined with commas;
+    a list of tables (``[[upstreams]]``) becomes JSON.
     """
     explicit = bool(source.get("CONFIG_FILE", "").strip())
     path = Path(os.path.expanduser(source.get("CONFIG_FILE", "").strip() or "config.toml"))
@@ -495,6 +531,8 @@ def _config_name(key: str) -> str | None:
 def _config_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list) and any(isinstance(item, dict) for item in value):
+        return json.dumps(value, default=str)  # [[upstreams]]: a list of tables
     if isinstance(value, list):
         return ",".join(str(item) for item in value)
     return str(value)

@@ -30,6 +30,29 @@ def read_json_object() -> dict[str, Any]:
     return body
 
 
+#: Largest body an unauthenticated request gets parsed for its ``lang`` field: enough for
+#: any ordinary chat request, small enough that refusing junk stays cheap.
+PEEK_BODY_BYTES = 64 * 1024
+
+
+def peek_json_body() -> None:
+    """Parse a small JSON object body for :func:`request_language`, if not done yet.
+
+    For errors raised before a face reads the body (authentication): a body that is absent,
+    over :data:`PEEK_BODY_BYTES` (by Content-Length), not JSON or not an object is ignored,
+    never an error.
+    """
+    length = request.content_length
+    if "json_body" in g or not length or length > PEEK_BODY_BYTES:
+        return
+    try:
+        body = json.loads(request.get_data(cache=True))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return
+    if isinstance(body, dict):
+        g.json_body = body
+
+
 def request_language() -> str:
     """The language of this request's messages (the order of the settings' documentation).
 

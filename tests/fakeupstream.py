@@ -83,6 +83,8 @@ class FakeUpstream:
         self.default = Reply()
         #: Keys this upstream refuses with 401 invalid_api_key, like a revoked OpenAI key.
         self.revoked: set[str] = set()
+        #: The ids its ``GET /models`` lists.
+        self.models: list[str] = []
         self._queue: deque[Reply] = deque()
         self._lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"fake": self})
@@ -99,6 +101,7 @@ class FakeUpstream:
             self._queue.clear()
             self.default = Reply()
             self.revoked = set()
+            self.models = []
 
     def push(self, *replies: Reply) -> None:
         """Answer the next requests with these replies, in order, then the default."""
@@ -151,7 +154,8 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def do_GET(self) -> None:
-        self._send_json(200, {"object": "list", "data": []})
+        data = [{"id": model, "object": "model", "owned_by": "fake"} for model in self.fake.models]
+        self._send_json(200, {"object": "list", "data": data})
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)

@@ -186,6 +186,20 @@ def test_simple_mode_language_from_accept_language(app_for):
     assert_refused(face, response, "auth_required", "zh_CN")
 
 
+@pytest.mark.parametrize("face", FACES[:4], ids=FACE_IDS[:4])
+def test_refusal_language_from_the_body_lang_field(app_for, face):
+    client = app_for("simple").test_client()
+    body = {**face.body, "lang": "ru"}
+    response = client.post(face.path, json=body, headers={"Accept-Language": "zh-CN"})
+    assert_refused(face, response, "auth_required", "ru")
+    # The query parameter still comes first; junk bodies fall back to Accept-Language.
+    response = client.post(face.path + "?lang=zh_TW", json=body)
+    assert_refused(face, response, "auth_required", "zh_TW")
+    for junk in (b'{"lang": ', b'["ru"]', b'{"lang": "ru", "pad": "' + b"x" * 70000 + b'"}'):
+        response = client.post(face.path, data=junk, headers={"Accept-Language": "zh-CN"})
+        assert_refused(face, response, "auth_required", "zh_CN")
+
+
 def test_openai_face_accepts_the_token_as_a_bearer_in_simple_mode(app_for, fake):
     face = FACES[2]
     client = app_for("simple").test_client()

@@ -292,7 +292,7 @@ def test_routing_errors_use_the_room_envelope(room):
 def test_history_continues_across_servers_sharing_redis(live_server, upstream, redis_url):
     # The second server names the setting by its old name: both reach the same shared state.
     first = live_server(API_KEY="sk-x", SHARED_STATE_URL=redis_url)
-    second = live_server(API_KEY="sk-x", RATELIMIT_STORAGE_URI=redis_url)
+    second = live_server(API_KEY="sk-x", SHARED_STATE_URL=redis_url)
     headers = {"X-Room-Id": f"shared-{uuid.uuid4().hex}"}
     r = requests.post(
         first.url + "/api/chat-room", json={"content": "one"}, headers=headers, timeout=10
@@ -356,3 +356,37 @@ def test_completion_model_gets_a_transcript_prompt(make_app, fake):
     assert sent.path == "/v1/completions"
     assert sent.json["prompt"] == "Be kind.\nHuman: hi\nAI:"
     assert sent.json["stop"] == ["Human:"]
+
+
+def test_two_simultaneous_turns_in_one_room_one_gets_409(live_server, upstream, redis_url):
+    # Two workers sharing Redis: the lock holds whichever worker takes the second turn.
+    server = live_server(API_KEY="sk-x", WORKERS="2", SHARED_STATE_URL=redis_url)
+    upstream.default = Reply(text=" ".join(f"w{i}" for i in range(20)), chunk_delay=0.05)
+    headers = {"X-Room-Id": f"busy-{uuid.uuid4().hex}", "Accept-Language": "ru"}
+    url = server.url + "/api/chat-room"
+    with requests.post(
+        url + "/stream", json={"content": "first"}, headers=headers, stream=True, timeout=10
+    ) as first:
+        lines = first.iter_lines(chunk_size=1)
+        next(line for line in lines if line.startswith(b"data: "))  # the turn is running
+        for path in ("", "/stream", "/reset"):
+            busy = requests.post(
+                url + path, json={"content": "second"}, headers=headers, timeout=10
+            )
+            assert busy.status_code == 409
+            assert busy.json() == {
+                "code": 409,
+                "msg": CATALOGS["ru"]["chat_room_busy"],
+                "data": None,
+                "error": "chat_room_busy",
+            }
+        assert b"data: [DONE]" in list(lines)
+    # The finished turn freed the room and kept its answer; the refused ones left no trace.
+    upstream.default = Reply()
+    r = requests.post(url, json={"content": "third"}, headers=headers, timeout=10)
+    assert r.json()["data"] == "echo: third"
+    assert [m["content"] for m in sent_messages(upstream, 1)[1:3]] == [
+        "first",
+        " ".join(f"w{i}" for i in range(20)),
+    ]
+    assert len(upstream.received) == 2

@@ -21,6 +21,7 @@ import requests
 import simple_websocket
 
 from tests.fakeupstream import Reply
+from tests.test_ops import parse
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOGS = {
@@ -261,6 +262,8 @@ def test_each_frame_counts_against_the_rate_limit(live_server, upstream, connect
     assert frame["msg"] == CATALOGS["en"]["rate_limited"].format(seconds=seconds)
     assert 1 <= seconds <= 2
     assert len(upstream.received) == 2  # the limited frame was not answered
+    metrics = requests.get(server.url + "/metrics", timeout=5).text
+    assert parse(metrics)[("chatservice_rate_limited_total", frozenset({("face", "ws")}))] == 1
 
     time.sleep(1.1)  # the window moves on
     ask(ws, "r4", query="later")

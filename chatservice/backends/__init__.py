@@ -1,17 +1,21 @@
-"""Where answers come from: the upstream API or the embedded model, chosen per request."""
+"""Where answers come from: the upstreams or the embedded model, chosen per request
+(:mod:`chatservice.backends.router`)."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal, Protocol
 
+from chatservice.backends.breaker import Breaker
 from chatservice.backends.local import LocalBackend
 from chatservice.backends.modelpolicy import ModelPolicy
-from chatservice.backends.upstream import UpstreamBackend
+from chatservice.backends.router import Router, Upstream
+from chatservice.backends.upstream import UpstreamBackend, default_spec
 from chatservice.models import ChatChunk, ChatRequest, ChatResult
-from chatservice.settings import Settings
+from chatservice.settings import ConfigError, Settings
 from chatservice.state import KeyValueStore
+from chatservice.upstream_specs import UpstreamSpec
 
 
 class Backend(Protocol):
@@ -30,14 +34,13 @@ BackendName = Literal["upstream", "local"]
 @dataclasses.dataclass(frozen=True)
 class Route:
     """Which backend answers a request: its ``name`` (the ``backend`` of the access log and
-    the metrics' label) and the ``backend`` itself.
-
-    A router choosing among several upstreams would return one per upstream (same names,
-    more routes); nothing tells backends apart by identity.
+    the metrics' label), the ``backend`` itself and the name of the ``[[upstreams]]`` entry
+    it belongs to (the access log's ``upstream``; ``None`` without a list).
     """
 
     name: BackendName
     backend: Backend
+    upstream: str | None = None
 
     @property
     def embedded(self) -> bool:
@@ -57,8 +60,29 @@ class Backends:
     def __init__(self, settings: Settings, state: KeyValueStore) -> None:
         self.mode = settings.backend
         self.policy = ModelPolicy(settings.allowed_models, settings.model_aliases)
-        self.upstream = UpstreamBackend(settings, state)
         self.local = LocalBackend(settings)
+        self.configured = bool(settings.upstreams)
+        if self.configured:
+            upstreams = _configured(settings, state, self.local)
+            self.router = Router(upstreams, settings.upstream_fallbacks)
+            remote = [u.route.backend for u in upstreams if not u.spec.local]
+            #: The first remote upstream (the admin key view, /readyz, the key metrics).
+            self.upstream = remote[0] if remote else UpstreamBackend(settings, state)
+            self._local_route = Route("local", self.local, "local")
+            self._upstream_route = Route("upstream", self.upstream)
+        else:
+            self.upstream = UpstreamBackend(settings, state)
+            self._local_route = Route("local", self.local)
+            self._upstream_route = Route("upstream", self.upstream)
+            spec = default_spec(settings)
+            self.router = Router(
+                [
+                    Upstream(spec, self._upstream_route, None, settings.upstream_models_ttl),
+                    Upstream(_LOCAL_SPEC, self._local_route, None, settings.upstream_models_ttl),
+                ],
+                0,
+                select=self.select,
+            )
 
     def select(self, model: str, api_key: object | None) -> Route:
         """The route for a request naming ``model`` (already resolved by the model policy)
@@ -67,10 +91,10 @@ class Backends:
         Pure: reads nothing but its arguments and the settings, changes nothing.
         """
         if self.mode == "auto" and model == self.local.model_id:
-            return Route("local", self.local)
+            return self._local_route
         if self.upstream_answers(api_key):
-            return Route("upstream", self.upstream)
-        return Route("local", self.local)
+            return self._upstream_route
+        return self._local_route
 
     def upstream_answers(self, api_key: object | None) -> bool:
         """True when, by the BACKEND rule above, the upstream answers a request with the
@@ -78,3 +102,66 @@ class Backends:
         if self.mode == "auto":
             return bool(api_key) or self.upstream.has_default_key
         return self.mode == "openai"
+
+
+_LOCAL_SPEC = UpstreamSpec(name="local", type="local", models=("*",))
+
+
+def _configured(settings: Settings, state: KeyValueStore, local: LocalBackend) -> list[Upstream]:
+    """The ``[[upstreams]]`` list at run time. BACKEND=openai leaves the embedded model out,
+    BACKEND=local keeps only it; without a ``type = "local"`` entry the embedded model still
+    answers its own id (LOCAL_MODEL_ID), after every other upstream.
+    """
+    specs = list(settings.upstreams)
+    if settings.backend == "openai":
+        specs = [spec for spec in specs if not spec.local]
+    elif settings.backend == "local":
+        specs = [spec for spec in specs if spec.local] or [_LOCAL_SPEC]
+        specs = [dataclasses.replace(spec, models=("*",)) for spec in specs]
+    if settings.backend != "openai" and not any(spec.local for spec in specs):
+        lowest = min((spec.priority for spec in specs), default=0) - 1
+        specs.append(
+            UpstreamSpec(name="local", type="local", models=(local.model_id,), priority=lowest)
+        )
+    upstreams = []
+    for spec in specs:
+        probe_ttl = (spec.connect_timeout or settings.upstream_connect_timeout) + (
+            spec.read_timeout or settings.upstream_read_timeout
+        )
+        breaker = Breaker(
+            spec.name,
+            state,
+            settings.upstream_breaker_failures,
+            settings.upstream_breaker_cooldown,
+            probe_ttl,
+        )
+        if spec.local:
+            route = Route("local", local, spec.name)
+            upstreams.append(Upstream(spec, route, breaker, settings.upstream_models_ttl))
+            continue
+        try:
+            backend = UpstreamBackend(settings, state, spec)
+        except ConfigError as exc:  # an unreadable key_file
+            raise ConfigError(f"UPSTREAMS: {spec.name}: key_file: {exc}") from None
+        upstreams.append(
+            Upstream(
+                spec,
+                Route("upstream", backend, spec.name),
+                breaker,
+                settings.upstream_models_ttl,
+                _model_lister(backend),
+            )
+        )
+    return upstreams
+
+
+def _model_lister(backend: UpstreamBackend) -> Callable[[], list[str]]:
+    def ids() -> list[str]:
+        data = backend.list_models().get("data") or []
+        return [
+            entry["id"]
+            for entry in data
+            if isinstance(entry, dict) and isinstance(entry.get("id"), str)
+        ]
+
+    return ids

@@ -22,6 +22,7 @@ from typing import Any
 import gevent.lock
 import gevent.threadpool
 
+from chatservice.backends.localtuning import Defaults, LoopGuard
 from chatservice.errors import BadRequest, LocalModelError
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, choice_text
 from chatservice.settings import Settings
@@ -57,6 +58,7 @@ class LocalBackend:
     Chat requests use the GGUF's own chat template; completion requests send the prompt as is.
     ``max_tokens`` and the sampling parameters in ``req.params`` (temperature, top_p, stop,
     frequency/presence penalties) reach llama.cpp; ``best_of`` has no equivalent and is dropped.
+    Defaults (system prompt, sampling) and the loop guard: :mod:`.localtuning`.
     Raises ``LocalModelError`` (busy: 503, unavailable: 503) and ``BadRequest``
     (``context_length_exceeded``).
     """
@@ -69,6 +71,7 @@ class LocalBackend:
         # when other workers or processes want the CPU too. Half the cores by default.
         self._threads = settings.local_threads or max(1, (os.cpu_count() or 1) // 2)
         self._max_queue = settings.local_max_queue
+        self._defaults = Defaults.from_settings(settings)
         self._llama: Any = None
         self._pool: gevent.threadpool.ThreadPool | None = None
         self._lock = gevent.lock.BoundedSemaphore(1)
@@ -90,7 +93,9 @@ class LocalBackend:
     def complete(self, req: ChatRequest) -> ChatResult:
         """One whole answer from the model."""
         with self._slot():
-            body = self._run(self._start, req, False)
+            body, guard = self._run(self._start, req, False)
+            if guard is not None and guard.fired:
+                _cut_loop(body["choices"][0], self._run(_detokenize, self._llama, guard.kept))
         body["model"] = self.model_id  # llama-cpp-python names the file path here
         choice = body["choices"][0]
         return ChatResult(
@@ -104,7 +109,7 @@ class LocalBackend:
     def stream(self, req: ChatRequest) -> Iterator[ChatChunk]:
         """Chunks as the model writes them; closing the iterator stops the generation."""
         with self._slot():
-            parts = self._run(self._start, req, True)
+            parts, guard = self._run(self._start, req, True)
             try:
                 done = False
                 while not done:
@@ -112,6 +117,8 @@ class LocalBackend:
                     for part in batch:
                         part["model"] = self.model_id
                         choice = part["choices"][0]
+                        if choice.get("finish_reason") and guard is not None and guard.fired:
+                            choice["finish_reason"] = "length"
                         yield ChatChunk(
                             text=choice_text(choice, delta=True),
                             model=self.model_id,
@@ -159,17 +166,27 @@ class LocalBackend:
             log.info("embedded model loaded from %s", path)
         return self._llama
 
-    def _start(self, req: ChatRequest, stream: bool) -> Any:
+    def _start(self, req: ChatRequest, stream: bool) -> tuple[Any, LoopGuard | None]:
+        """The generation (a body, or an iterator of parts) and its loop guard, if on."""
+        from llama_cpp import LogitsProcessorList
+
         llama = self._load()
         options = {name: req.params[name] for name in _SAMPLING if name in req.params}
+        options = self._defaults.sampling(options, req.params)
         # OpenAI's newer name for the same bound, used when max_tokens is absent.
         max_tokens = req.max_tokens or req.params.get("max_completion_tokens")
         if max_tokens is not None:
             options["max_tokens"] = max_tokens
+        guard = LoopGuard(llama.token_eos()) if self._defaults.loop_guard else None
+        if guard is not None:
+            options["logits_processor"] = LogitsProcessorList([guard])
         with _context_errors():
             if req.kind == "chat":
-                return llama.create_chat_completion(messages=req.messages, stream=stream, **options)
-            return llama.create_completion(prompt=req.prompt, stream=stream, **options)
+                messages = self._defaults.messages(req)
+                return llama.create_chat_completion(
+                    messages=messages, stream=stream, **options
+                ), guard
+            return llama.create_completion(prompt=req.prompt, stream=stream, **options), guard
 
 
 def _next_parts(
@@ -189,6 +206,19 @@ def _next_parts(
             batch.append(part)
             if time.monotonic() >= deadline:
                 return batch, False
+
+
+def _detokenize(llama: Any, tokens: list[int]) -> str:
+    return llama.detokenize(tokens).decode("utf-8", errors="ignore")
+
+
+def _cut_loop(choice: dict[str, Any], kept: str) -> None:
+    """End a whole answer the loop guard stopped before its first repetition."""
+    choice["finish_reason"] = "length"
+    if isinstance(choice.get("message"), dict):
+        choice["message"]["content"] = kept
+    else:
+        choice["text"] = kept
 
 
 @contextlib.contextmanager

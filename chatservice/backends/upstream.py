@@ -25,6 +25,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import redis
 import urllib3
@@ -44,13 +45,21 @@ from urllib3.exceptions import (
 from urllib3.util.retry import Retry
 
 from chatservice.backends.hangup import abort_on_hang_up
-from chatservice.backends.keypool import FORBIDDEN, INVALID, QUOTA, RATE_LIMITED, KeyPool
+from chatservice.backends.keypool import (
+    FORBIDDEN,
+    INVALID,
+    QUOTA,
+    RATE_LIMITED,
+    KeyPool,
+    read_key_file,
+)
 from chatservice.backends.pool import opener, pool_manager
 from chatservice.errors import BadRequest, ServiceError, UpstreamError, UpstreamTimeout
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, choice_text
 from chatservice.settings import Secret, Settings
 from chatservice.sse import EventTooLarge, SSEDecoder
 from chatservice.state import KeyValueStore
+from chatservice.upstream_specs import UpstreamSpec
 
 log = logging.getLogger(__name__)
 
@@ -88,21 +97,35 @@ class UpstreamBackend:
     failover), else the next usable key of the pool, else none (Ollama and vLLM need none).
     """
 
-    def __init__(self, settings: Settings, state: KeyValueStore) -> None:
-        self._base_url = settings.upstream_base_url
+    def __init__(
+        self, settings: Settings, state: KeyValueStore, spec: UpstreamSpec | None = None
+    ) -> None:
+        spec = spec or default_spec(settings)
+        self.name = spec.name
+        self._base_url = spec.base_url
         self._timeout = urllib3.Timeout(
-            connect=settings.upstream_connect_timeout, read=settings.upstream_read_timeout
+            connect=spec.connect_timeout or settings.upstream_connect_timeout,
+            read=spec.read_timeout or settings.upstream_read_timeout,
         )
-        self._idle_timeout = settings.upstream_stream_idle_timeout
-        self.pool = KeyPool.from_settings(settings, state)
-        self._rpm = _upstream_rpm(settings)
+        self._idle_timeout = spec.stream_idle_timeout or settings.upstream_stream_idle_timeout
+        retries = settings.upstream_retries if spec.retries is None else spec.retries
+        keys = list(spec.api_keys)
+        if spec.key_file:
+            keys.extend(read_key_file(spec.key_file))
+        self.pool = KeyPool(keys, state, settings.auto_remove_keys)
+        self._model_map = dict(spec.model_map)
+        self._client_keys = spec.client_keys
+        self._headers = dict(spec.headers)
+        self._query = "?" + urlencode(spec.query) if spec.query else ""
+        # The default upstream keeps its old counter name; the others count on their own.
+        self._rpm = _upstream_rpm(settings, "upstream" if spec.name == "default" else spec.name)
         self._retry = _Retry(
-            total=settings.upstream_retries,
-            connect=settings.upstream_retries,
+            total=retries,
+            connect=retries,
             # A read timeout or a dropped answer may mean the upstream is still working on it:
             # not retried, and False keeps the original error (a timeout stays a timeout).
             read=False,
-            status=settings.upstream_retries,
+            status=retries,
             other=0,
             redirect=False,
             allowed_methods=None,  # POSTs too: a refused connection or a 503 ran nothing
@@ -115,7 +138,8 @@ class UpstreamBackend:
         )
         # Proxies come from the settings (which read the standard variables too); urllib3
         # reads nothing else from the environment.
-        self._http = pool_manager(outbound_proxy(settings), settings.upstream_pool_size)
+        proxy = spec.proxy or outbound_proxy(settings, spec.base_url)
+        self._http = pool_manager(proxy, settings.upstream_pool_size)
         self._open = opener(self._http, self._base_url)
 
     @property
@@ -197,7 +221,9 @@ class UpstreamBackend:
 
     def _post(self, req: ChatRequest, stream: bool) -> urllib3.BaseHTTPResponse:
         path = "/chat/completions" if req.kind == "chat" else "/completions"
-        payload: dict[str, Any] = {**req.params, "model": req.model}
+        # The provider's own name for the public model (model_map), e.g. deepseek-chat.
+        model = self._model_map.get(req.model, req.model)
+        payload: dict[str, Any] = {**req.params, "model": model}
         if req.max_tokens is not None:
             payload["max_tokens"] = req.max_tokens
         if req.kind == "chat":
@@ -221,6 +247,8 @@ class UpstreamBackend:
     ) -> urllib3.BaseHTTPResponse:
         """One upstream call answered 200, moving over the pool's keys as they are refused."""
         self._count_call()
+        if not self._client_keys:
+            api_key = None  # a client's key only goes where the operator allowed it
         body = None if payload is None else _encode(payload)
         if api_key is not None or not len(self.pool):
             response = self._send(method, path, body, stream, api_key)
@@ -251,6 +279,7 @@ class UpstreamBackend:
         key: Secret | None,
     ) -> urllib3.BaseHTTPResponse:
         headers = {
+            **self._headers,
             "Accept": "text/event-stream" if stream else "application/json",
             "Accept-Encoding": "gzip, deflate",
             "User-Agent": "chatservice",
@@ -264,7 +293,7 @@ class UpstreamBackend:
             with abort_on_hang_up():
                 return self._open(
                     method,
-                    path,
+                    path + self._query,
                     body=body,
                     headers=headers,
                     retries=self._retry,
@@ -294,9 +323,9 @@ class UpstreamBackend:
     def _count_call(self) -> None:
         if self._rpm is None:
             return
-        limiter, item = self._rpm
+        limiter, item, name = self._rpm
         try:
-            allowed = limiter.hit(item, "chatservice", "upstream")
+            allowed = limiter.hit(item, "chatservice", name)
         except (redis.RedisError, OSError):
             # Like the per-client limits: a storage outage lets calls through (logged).
             log.warning("UPSTREAM_RPM storage unreachable; call not counted")
@@ -305,13 +334,29 @@ class UpstreamBackend:
             raise ServiceError("server_busy", headers={"Retry-After": "60"})
 
 
-def outbound_proxy(settings: Settings) -> str | None:
-    """The proxy URL for upstream calls: CHAT_PROXY (or PROXY) for everything, else
-    HTTPS_PROXY/HTTP_PROXY by the upstream URL's scheme unless NO_PROXY covers its host.
+def default_spec(settings: Settings) -> UpstreamSpec:
+    """The one upstream today's variables describe (UPSTREAM_BASE_URL, API_KEY, KEY_FILE):
+    named ``default``, serving every model, taking the keys clients bring.
+    """
+    return UpstreamSpec(
+        name="default",
+        base_url=settings.upstream_base_url,
+        api_keys=settings.api_keys,
+        key_file=settings.key_file,
+        models=("*",),
+        client_keys=True,
+    )
+
+
+def outbound_proxy(settings: Settings, base_url: str | None = None) -> str | None:
+    """The proxy URL for calls to ``base_url`` (default UPSTREAM_BASE_URL): CHAT_PROXY (or
+    PROXY) for everything, else HTTPS_PROXY/HTTP_PROXY by the URL's scheme unless NO_PROXY
+    covers its host.
     """
     if settings.proxy:
         return settings.proxy
-    scheme = settings.upstream_base_url.split("://", 1)[0]
+    url = base_url or settings.upstream_base_url
+    scheme = url.split("://", 1)[0]
     proxy = settings.https_proxy if scheme == "https" else settings.http_proxy
     if not proxy:
         return None
@@ -319,18 +364,18 @@ def outbound_proxy(settings: Settings) -> str | None:
     # curl users expect; it is imported only when a proxy is configured.
     from requests.utils import should_bypass_proxies
 
-    if should_bypass_proxies(settings.upstream_base_url, settings.no_proxy):
+    if should_bypass_proxies(url, settings.no_proxy):
         return None
     return proxy
 
 
 def _upstream_rpm(
-    settings: Settings,
-) -> tuple[MovingWindowRateLimiter, RateLimitItemPerMinute] | None:
+    settings: Settings, name: str
+) -> tuple[MovingWindowRateLimiter, RateLimitItemPerMinute, str] | None:
     if not settings.upstream_rpm:
         return None
     storage = storage_from_string(settings.shared_state_url)
-    return MovingWindowRateLimiter(storage), RateLimitItemPerMinute(settings.upstream_rpm)
+    return MovingWindowRateLimiter(storage), RateLimitItemPerMinute(settings.upstream_rpm), name
 
 
 def _encode(payload: dict[str, Any]) -> bytes:

@@ -16,25 +16,34 @@ after the last successful turn. The model is sent BOT_DESC as the system message
 history, then the new turn; a successful turn appends the turn and the answer and keeps the
 newest HISTORY_MAX_MESSAGES messages. A failed turn leaves the history as it was.
 
+One turn at a time per room, across workers (a lock beside the history, taken with the
+state's atomic add): a turn or reset meanwhile answers 409 ``chat_room_busy``. A stream holds
+the lock until it ends or the client goes away; a dead worker's lock expires after the
+longest a turn can take.
+
 Sampling comes from the original's settings: model CHAT_MODEL (else DEFAULT_MODEL), CHAT_MAXTOKENS,
 CHAT_TEMPERATURE, CHAT_TOPP, CHAT_PRESENCEPENALTY, CHAT_FREQUENCYPENALTY; unset ones are not
 sent, so the upstream's own defaults apply.
 
-Failure: HTTP status equal to ``code``,
+Failure (400 bad body or room id, 409 busy room, 429, 502/503/504 upstream): HTTP status
+equal to ``code``,
 ``{"code":<status>,"msg":<localized reason>,"data":null,"error":<stable key>}``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
-from collections.abc import Iterator
+import secrets
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
 from chatservice import validation
+from chatservice.conversations import lock_ttl
 from chatservice.errors import BadRequest, ServiceError, UpstreamError
 from chatservice.models import ChatChunk, ChatRequest, for_model
 from chatservice.pipeline import answer, respond
@@ -85,13 +94,40 @@ class Room:
     :param key: the state key, ``room:id:<X-Room-Id>`` or ``room:ip:<client IP>``.
     :param ttl: seconds of idleness after which the history is forgotten (CONVERSATION_TTL).
     :param max_messages: how many messages are kept, newest first (HISTORY_MAX_MESSAGES).
+    :param lock_ttl: seconds a turn lock lives at most (a dead worker's lock frees itself).
     """
 
-    def __init__(self, state: KeyValueStore, key: str, ttl: float, max_messages: int) -> None:
+    def __init__(
+        self, state: KeyValueStore, key: str, ttl: float, max_messages: int, lock_ttl: float
+    ) -> None:
         self.state = state
         self.key = key
         self.ttl = ttl
         self.max_messages = max_messages
+        self.lock_ttl = lock_ttl
+
+    def acquire(self) -> str:
+        """Take the room's turn lock; the token to :meth:`release` it with.
+
+        Raises ``ServiceError`` ``chat_room_busy`` (409) while another turn holds it.
+        """
+        token = secrets.token_hex(8)
+        if not self.state.add(f"lock:{self.key}", token, ttl=self.lock_ttl):
+            raise ServiceError("chat_room_busy")
+        return token
+
+    def release(self, token: str) -> None:
+        """Release the lock if ``token`` still holds it (never someone else's); idempotent."""
+        self.state.delete_if(f"lock:{self.key}", token)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """``with room.locked():`` holds the turn lock for the block (409 when busy)."""
+        token = self.acquire()
+        try:
+            yield
+        finally:
+            self.release(token)
 
     def history(self) -> list[dict[str, str]]:
         """The stored messages, oldest first, without the system prompt; ``[]`` when none."""
@@ -134,7 +170,13 @@ def current_room() -> Room:
     else:
         key = f"room:ip:{request.remote_addr or 'unknown'}"
     settings = service.settings
-    return Room(service.shared_state, key, settings.conversation_ttl, settings.history_max_messages)
+    return Room(
+        service.shared_state,
+        key,
+        settings.conversation_ttl,
+        settings.history_max_messages,
+        lock_ttl(settings),
+    )
 
 
 def read_turn(body: dict[str, Any]) -> dict[str, str]:
@@ -180,10 +222,11 @@ def chat_room() -> Response:
     """POST /{ROUTE}/chat-room: one turn, answered as a whole."""
     room = current_room()
     turn = read_turn(read_json_object())
-    history = room.history()
-    req = build_request(history, turn, current_service().settings, stream=False)
-    result = answer(req)
-    room.save([*history, turn, {"role": "assistant", "content": result.text}])
+    with room.locked():
+        history = room.history()
+        req = build_request(history, turn, current_service().settings, stream=False)
+        result = answer(req)
+        room.save([*history, turn, {"role": "assistant", "content": result.text}])
     return jsonify({"code": 200, "msg": "success", "data": result.text})
 
 
@@ -196,33 +239,51 @@ def chat_room_stream() -> Response:
     """
     room = current_room()
     turn = read_turn(read_json_object())
-    history = room.history()
-    req = build_request(history, turn, current_service().settings, stream=True)
-    return respond(
-        req,
-        render_result=lambda result: result.raw,
-        render_chunk=lambda chunk: chunk.raw,
-        render_error=render_error,
-        every_chunk=True,
-        wrap=lambda chunks: _recorded(chunks, room, [*history, turn]),
-        final_event=SUCCESS_DONE,
-    )
+    token = room.acquire()
+
+    def release() -> None:
+        room.release(token)
+
+    try:
+        history = room.history()
+        req = build_request(history, turn, current_service().settings, stream=True)
+        response = respond(
+            req,
+            render_result=lambda result: result.raw,
+            render_chunk=lambda chunk: chunk.raw,
+            render_error=render_error,
+            every_chunk=True,
+            wrap=lambda chunks: _recorded(chunks, room, [*history, turn], release),
+            final_event=SUCCESS_DONE,
+        )
+    except BaseException:
+        release()
+        raise
+    # _recorded releases the lock; this covers a response closed before its first event.
+    response.call_on_close(release)
+    return response
 
 
 def chat_room_reset() -> Response:
     """POST /{ROUTE}/chat-room/reset: forget the room's history."""
-    current_room().reset()
+    room = current_room()
+    with room.locked():
+        room.reset()
     return jsonify(SUCCESS_DONE)
 
 
 def _recorded(
-    chunks: Iterator[ChatChunk], room: Room, messages: list[dict[str, str]]
+    chunks: Iterator[ChatChunk],
+    room: Room,
+    messages: list[dict[str, str]],
+    release: Callable[[], None],
 ) -> Iterator[ChatChunk]:
     """Relay ``chunks``; once the answer finished, store it after ``messages`` in ``room``.
 
     A stream that ends without a finish reason is an interrupted answer: it raises
-    ``upstream_interrupted`` and stores nothing. Closing this generator (client gone)
-    closes ``chunks``, which stops the upstream request or the local generation.
+    ``upstream_interrupted`` and stores nothing. However it ends, ``release`` (the room's
+    turn lock) is called first, then ``chunks`` closed: closing this generator (client gone)
+    thus frees the room before the upstream request or the local generation is stopped.
     """
     parts: list[str] = []
     finished = False
@@ -231,8 +292,9 @@ def _recorded(
             parts.append(chunk.text)
             finished = finished or chunk.finish_reason is not None
             yield chunk
+        if not finished:
+            raise UpstreamError("upstream_interrupted")
+        room.save([*messages, {"role": "assistant", "content": "".join(parts)}])
     finally:
+        release()
         chunks.close()  # type: ignore[attr-defined]
-    if not finished:
-        raise UpstreamError("upstream_interrupted")
-    room.save([*messages, {"role": "assistant", "content": "".join(parts)}])

@@ -231,8 +231,12 @@ def available_models(service: Service) -> list[dict[str, Any]]:
     The embedded model (unless BACKEND=openai) first, then the upstream's own list when the
     upstream would answer (BACKEND=openai, or BACKEND=auto with API_KEY or a client key).
     An upstream entry with the embedded model's id is left out: requests naming it go to the
-    embedded model. Only models ALLOWED_MODELS allows are listed.
+    embedded model. Only models ALLOWED_MODELS allows are listed. With ``[[upstreams]]``: the
+    union of what they serve (:func:`_configured_models`).
     """
+    if service.backends.configured:
+        models = _configured_models(service)
+        return [entry for entry in models if service.backends.policy.allows(entry["id"])]
     models = []
     local_id = None
     if service.backends.mode != "openai":
@@ -258,6 +262,25 @@ def local_model_entry(service: Service) -> dict[str, Any]:
         "created": created,
         "owned_by": LOCAL_OWNER,
     }
+
+
+def _configured_models(service: Service) -> list[dict[str, Any]]:
+    """Each public name the ``[[upstreams]]`` serve, once (``owned_by`` the first upstream
+    serving it, in priority order), the embedded model's entry for a local upstream. An
+    upstream whose ``/models`` cannot be fetched lists only its explicit names.
+    """
+    seen: dict[str, dict[str, Any]] = {}
+    upstreams = sorted(service.backends.router.upstreams, key=lambda u: -u.spec.priority)
+    for upstream in upstreams:
+        if upstream.spec.local:
+            entry = local_model_entry(service)
+            seen.setdefault(entry["id"], entry)
+            continue
+        for name in upstream.public_models():
+            seen.setdefault(
+                name, {"id": name, "object": "model", "created": 0, "owned_by": upstream.name}
+            )
+    return list(seen.values())
 
 
 def _upstream_models(service: Service) -> list[dict[str, Any]]:

@@ -42,6 +42,7 @@ from simple_websocket import ConnectionClosed, Server
 from chatservice import validation
 from chatservice.errors import BadRequest, InternalError, RateLimited, ServiceError
 from chatservice.i18n import negotiate
+from chatservice.metrics import Metrics, current_metrics
 from chatservice.models import ChatRequest
 from chatservice.routes.chat import build_request
 from chatservice.service import Service, current_service
@@ -102,6 +103,7 @@ def serve(ws: Server) -> None:
         client_ip=request.remote_addr or "127.0.0.1",
         limiter=limiter if limiter is not None and limiter.enabled else None,
         limit_items=[limits.parse(value) for value in service.settings.rate_limits],
+        metrics=current_metrics(),
     )
     session.run()
 
@@ -139,6 +141,7 @@ class _Session:
     client_ip: str
     limiter: Limiter | None
     limit_items: list[limits.RateLimitItem]
+    metrics: Metrics
     closing: bool = False
 
     def run(self) -> None:
@@ -179,6 +182,8 @@ class _Session:
             for item in self.limit_items:
                 if not strategy.hit(item, *identifiers):
                     reset = strategy.get_window_stats(item, *identifiers).reset_time
+                    # The HTTP faces are counted by the after_request hook; a frame has none.
+                    self.metrics.rate_limited.labels("ws").inc()
                     return RateLimited(max(1, math.ceil(reset - time.time())))
         except Exception:
             # Same policy as the HTTP faces (swallow_errors): a counter-store outage must
