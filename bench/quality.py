@@ -29,7 +29,10 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from procs import free_port  # bench/procs.py, beside this script
+try:  # imported by the tests as bench.quality
+    from bench.procs import free_port
+except ImportError:  # run as python3 bench/quality.py: bench/ is on the path
+    from procs import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
