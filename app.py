@@ -183,7 +183,8 @@ def parse_args(argv: list[str] | None = None) -> dict[str, str]:
     parser = argparse.ArgumentParser(
         prog="app.py",
         description="chatservice: a self-hosted ChatGPT API (gunicorn with gevent workers).",
-        epilog="Every setting can also come from the environment, a .env file or the TOML "
+        epilog="'app.py keys --help' manages client API keys (AUTH_MODE=keys). "
+        "Every setting can also come from the environment, a .env file or the TOML "
         "file; flags win over all of them. .env.example lists every variable.",
     )
     for flag, (variable, text) in FLAGS.items():
@@ -193,7 +194,15 @@ def parse_args(argv: list[str] | None = None) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the server until it is stopped; exit status 2 on an invalid setting."""
+    """Run the server until it is stopped; exit status 2 on an invalid setting.
+
+    ``app.py keys ...`` manages client API keys instead (:mod:`chatservice.keycli`).
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keys"]:
+        from chatservice import keycli
+
+        return keycli.main(argv[1:])
     overrides = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=logs.TEXT_FORMAT)
     try:

@@ -1,4 +1,5 @@
-"""Client authentication of the chat faces: AUTH_MODE none, simple or normal (Alice ChatGPT).
+"""Client authentication of the chat faces: AUTH_MODE none, simple, normal (Alice
+ChatGPT's) or keys.
 
 Alice ChatGPT defines the three modes; the headers and the hash are the original's:
 
@@ -10,6 +11,12 @@ Alice ChatGPT defines the three modes; the headers and the hash are the original
   accepted once within AUTH_REPLAY_WINDOW seconds; it is recorded in the store (STORE_URL,
   shared by workers) only once its hash checks out, so requests with junk tokens cannot fill
   or flush the replay cache (in the original they could).
+- ``keys``: every client has its own key (:mod:`chatservice.clientkeys`), sent as
+  ``Authorization: Bearer <key>`` or in the ``token`` header, on every face. An unknown key is
+  ``auth_failed``, a disabled one ``client_key_disabled``, an expired one
+  ``client_key_expired`` (all 401); the key's record is then kept in ``flask.g`` for the
+  answer pipeline (:class:`chatservice.budgets.KeyBudgets`), which applies its models,
+  limits and budgets. Only the key's SHA-256 is looked up; no key is logged.
 
 :func:`protect` installs the check as a ``before_request`` hook of one face's blueprint, so it
 covers exactly that face's views, including the WebSocket handshake (a GET to the ws route)
@@ -30,8 +37,10 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app, g, request
 
+from chatservice.budgets import G_ATTRIBUTE, ClientKeys
+from chatservice.clientkeys import KeyRecord
 from chatservice.errors import ServiceError
 from chatservice.service import current_service
 from chatservice.settings import Settings
@@ -74,6 +83,9 @@ def protect(blueprint: Blueprint, *, bearer: bool = False) -> None:
             return
         service = current_service()
         try:
+            if service.settings.auth_mode == "keys":
+                setattr(g, G_ATTRIBUTE, authenticate_key(service.client_keys, request.headers))
+                return
             authenticate(
                 service.settings, service.conversation_store, request.headers, bearer=bearer
             )
@@ -147,6 +159,25 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
     around the token dropped), or ``None`` without one."""
     scheme, _, token = headers.get("Authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" else None
+
+
+def authenticate_key(keys: ClientKeys | None, headers: Mapping[str, str]) -> KeyRecord:
+    """AUTH_MODE=keys: the record of the client key in ``Authorization: Bearer`` or ``token``.
+
+    Raises 401 ``auth_required`` (no key sent), ``auth_failed``, ``client_key_disabled``,
+    ``client_key_expired``; 503 ``store_unavailable``.
+    """
+    key = bearer_token(headers) or headers.get(TOKEN_HEADER, "").strip()
+    if not key:
+        raise ServiceError("auth_required", headers=_challenge(True))
+    if keys is None:  # the factory always sets them; fail closed all the same
+        raise ServiceError("auth_failed", headers=_challenge(True, failed=True))
+    try:
+        return keys.authenticate(key)
+    except ServiceError as err:
+        if err.status == 401:
+            err.headers.update(_challenge(True, failed=True))
+        raise
 
 
 def _check_simple(secret: str, headers: Mapping[str, str], *, bearer: bool) -> None:

@@ -66,6 +66,20 @@ ERRORS: dict[str, int | None] = {
     "invalid_conv_type": 400,
     "invalid_examples": 400,
     "invalid_name": 400,
+    "invalid_chat_role": 400,
+    "invalid_content": 400,
+    "invalid_content_part": 400,
+    "invalid_tool_calls": 400,
+    "not_an_object": 400,
+    "invalid_choice": 400,
+    "invalid_tool": 400,
+    "invalid_tool_choice": 400,
+    "unknown_tool": 400,
+    "unsupported_parameter": 400,
+    "invalid_key_name": 400,
+    "invalid_model_patterns": 400,
+    "invalid_date": 400,
+    "invalid_time": 400,
     # Credentials.
     "upstream_unauthorized": 401,
     "auth_required": 401,
@@ -73,15 +87,20 @@ ERRORS: dict[str, int | None] = {
     "auth_replayed": 401,
     "auth_invalid_uuid": 401,
     "admin_unauthorized": 401,
+    "client_key_disabled": 401,
+    "client_key_expired": 401,
+    "model_not_allowed_for_key": 403,
     # Paths, methods, sizes, protocols.
     "not_found": 404,
     "model_not_found": 404,
     "conversation_not_found": 404,
     "shared_conversation_not_found": 404,
+    "client_key_not_found": 404,
     "method_not_allowed": 405,
     "conversation_busy": 409,
     "conversation_empty": 409,
     "chat_room_busy": 409,
+    "client_key_name_taken": 409,
     "payload_too_large": 413,
     "ws_upgrade_required": 426,
     "http_error": None,
@@ -90,6 +109,9 @@ ERRORS: dict[str, int | None] = {
     "upstream_rate_limited": 429,
     "upstream_quota": 429,
     "server_busy": 429,
+    "key_rate_limited": 429,
+    "key_tokens_limited": 429,
+    "budget_exhausted": 429,
     # nginx's code for a client that hung up; only the access log shows it.
     "client_gone": 499,
     # The service or what it depends on failed.
@@ -216,6 +238,18 @@ class InternalError(ServiceError):
     """A bug: answered as 500 with no detail; the traceback goes to the log."""
 
     key = "internal_error"
+
+
+def context_length_exceeded(limit: int | None, tokens: int | None) -> BadRequest:
+    """400 ``context_length_exceeded``: the model holds ``limit`` tokens, the request needed
+    ``tokens``. Its English message is OpenAI's own wording, which clients such as LiteLLM
+    match to fall back on a model with a larger context; an unknown count reads ``?``.
+    """
+    return BadRequest(
+        "context_length_exceeded",
+        limit="?" if limit is None else limit,
+        tokens="?" if tokens is None else tokens,
+    )
 
 
 #: Renders one face's error body: (error, localized message) -> a JSON-able dict, or a

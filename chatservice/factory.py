@@ -13,13 +13,16 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from chatservice import auth, http_headers, metrics
 from chatservice.access_log import AccessRecord, init_access_log
 from chatservice.backends import Backends
+from chatservice.budgets import ClientKeys, KeyBudgets
 from chatservice.errors import FaceRegistry, register_error_handlers
 from chatservice.i18n import Catalogs
+from chatservice.keystore import create_key_store
 from chatservice.limits import create_limiter, limit_face
 from chatservice.logs import configure_logging
 from chatservice.pipeline import Pipeline
 from chatservice.routes import (
     admin,
+    admin_page,
     api,
     chat,
     chatroom,
@@ -71,6 +74,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["chatservice.catalogs"] = catalogs
     # Before the limiter: its timer then starts before a request can be refused with 429.
     metrics.init_app(app, service)
+    # The client keys live in STORE_URL too (tables or keys of their own).
+    service.client_keys = ClientKeys(create_key_store(settings.store_url), settings)
+    if settings.auth_mode == "keys":
+        service.pipeline.observe(KeyBudgets(service.client_keys, metrics.current_metrics_of(app)))
 
     limiter = create_limiter(app, settings)
     blueprints = [(face, face.create_blueprint(settings.route)) for face in FACES]
@@ -84,6 +91,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             face.prefix(settings.route), face.render_error, exact=getattr(face, "EXACT", False)
         )
     app.register_blueprint(admin.create_blueprint(settings.route))
+    app.register_blueprint(admin_page.create_blueprint(settings.route))
     app.register_blueprint(ops.create_blueprint())
     app.register_blueprint(docs.create_blueprint())  # /openapi.json, /docs: no limit, no auth
     # The page is not a chat face: no rate limit and no AUTH_MODE check on loading it.

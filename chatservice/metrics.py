@@ -42,6 +42,9 @@ Exported, every name prefixed ``chatservice_``:
   ``disabled``), computed at scrape time from the key pool's snapshot; never a key or its id.
   The marks live in SHARED_STATE_URL's store, so with ``memory://`` and several workers
   this is the scraping worker's view; with Redis it is everyone's.
+- ``client_key_requests_total{key, outcome}`` and ``client_key_tokens_total{key,
+  direction}`` (AUTH_MODE=keys): calls and tokens per client key, labelled with the key's
+  ``name`` (never the key); ``outcome`` is ``done``, ``failed`` or ``disconnected``.
 - ``rate_limited_total{face}``: requests refused by the per-client limits (HOUR/MINUTE/
   SECOND_LIMIT), told apart from the upstream's own 429s; ``face="ws"`` counts WebSocket
   frames refused (each frame is one request there).
@@ -152,6 +155,18 @@ class Metrics:
             "chatservice_rate_limited",
             "Requests refused by the per-client rate limits.",
             ["face"],
+            registry=registry,
+        )
+        self.client_requests = Counter(
+            "chatservice_client_key_requests",
+            "Answered calls per client key name (AUTH_MODE=keys) and outcome.",
+            ["key", "outcome"],
+            registry=registry,
+        )
+        self.client_tokens = Counter(
+            "chatservice_client_key_tokens",
+            "Tokens per client key name: in = prompt, out = completion.",
+            ["key", "direction"],
             registry=registry,
         )
         self._key_states: KeyStates | None = None
@@ -316,6 +331,11 @@ def _refused_by_limiter() -> bool:
 def multiprocess_enabled() -> bool:
     """True when this process writes its metrics to ``PROMETHEUS_MULTIPROC_DIR``."""
     return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def current_metrics_of(app: Flask) -> Metrics:
+    """The :class:`Metrics` of ``app`` (after :func:`init_app`)."""
+    return app.extensions[EXTENSION]
 
 
 def current_metrics() -> Metrics:

@@ -63,7 +63,9 @@ class ChatRequest:
 
     :ivar kind: ``chat`` (``messages``) or ``completion`` (``prompt``).
     :ivar model: the model the client asked for.
-    :ivar messages: ``[{"role": "system"|"user"|"assistant", "content": str}]`` for chat.
+    :ivar messages: ``[{"role": "system"|"user"|"assistant", "content": str}]`` for chat; on
+        the OpenAI-compatible face any message OpenAI accepts (content parts, ``tool_calls``,
+        ``tool`` and ``developer`` turns; see :mod:`chatservice.openai_fields`).
     :ivar prompt: the prompt text for completion.
     :ivar max_tokens: upper bound of generated tokens; ``None`` leaves it to the model.
     :ivar params: other request fields actually sent, under OpenAI's names (``temperature``,

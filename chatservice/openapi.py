@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from chatservice import specs
+from chatservice import openapi_keys, specs
 from chatservice.settings import Settings
 
 OPENAPI_VERSION = "3.1.0"
@@ -64,21 +64,24 @@ TAGS = [
 ERROR_TEXT = {
     400: "The request is invalid: bad JSON, a wrong type or range, a missing field, a model "
     "ALLOWED_MODELS excludes, or the upstream refused the request.",
-    401: "Authentication failed (AUTH_MODE), or the upstream refused the key.",
+    401: "Authentication failed (AUTH_MODE; with AUTH_MODE=keys also a disabled or expired "
+    "client key), or the upstream refused the key.",
+    403: "AUTH_MODE=keys: the client key may not use this model.",
     404: "No such resource.",
     409: "The conversation or chat room is busy with another turn, or the conversation has "
     "nothing to regenerate or roll back.",
     413: "The body is larger than MAX_BODY_BYTES.",
     426: "A plain HTTP request to the WebSocket path.",
-    429: "A rate limit was hit (HOUR_LIMIT, MINUTE_LIMIT, SECOND_LIMIT, UPSTREAM_RPM) or the "
-    "upstream key is limited; see `Retry-After`.",
+    429: "A rate limit was hit (HOUR_LIMIT, MINUTE_LIMIT, SECOND_LIMIT, UPSTREAM_RPM, a client "
+    "key's RPM or TPM), a client key's budget is spent, or the upstream key is limited; see "
+    "`Retry-After`.",
     502: "The upstream API failed, broke off, or answered something unreadable.",
     503: "No usable upstream key, the upstream is overloaded, the store is unavailable, or the "
     "embedded model is busy or cannot be loaded.",
     504: "The upstream API did not answer in time.",
 }
 #: Error statuses every model-answering operation can give.
-MODEL_ERRORS = (400, 401, 413, 429, 502, 503, 504)
+MODEL_ERRORS = (400, 401, 403, 413, 429, 502, 503, 504)
 
 STREAM_TEXT = (
     'With `"stream": true`: Server-Sent Events, one `data: <JSON>` event per chunk as it is '
@@ -310,28 +313,126 @@ def _schemas() -> dict[str, Schema]:
         # --- OpenAI-compatible
         "ChatCompletionRequest": {
             "type": "object",
-            "description": "OpenAI's chat completion request. Only `messages`, `model`, "
-            "`stream`, `max_tokens` and `max_completion_tokens` are checked here; every other "
-            "field (`temperature`, `tools`, `stream_options`, ...) is forwarded unchanged and "
-            "judged by the upstream.",
+            "description": "OpenAI's chat completion request, checked as OpenAI checks it "
+            "whatever the backend (message shapes, the ranges below). An upstream gets every "
+            "field as sent; the embedded model implements `response_format` (`json_object`, "
+            "`json_schema`), `n`, `seed`, `stream_options.include_usage` and `tools` / "
+            "`tool_choice` (a named function, `required` with one tool, `auto` unstreamed) and "
+            "refuses the rest (`logprobs`, images, unknown fields) with 400 "
+            "`unsupported_parameter` naming the field.",
             "required": ["messages"],
             "properties": {
                 "messages": {
                     "type": "array",
                     "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["role"],
-                        "properties": {"role": {"type": "string"}},
-                        "description": "Content is not checked: OpenAI allows content parts "
-                        "and null.",
-                    },
+                    "items": _ref("ChatMessage"),
                 },
                 "model": model,
                 "stream": {"type": ["boolean", "null"], "default": False},
                 "max_tokens": {"type": ["integer", "null"], "minimum": 1},
                 "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
+                "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+                "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+                "frequency_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
+                "presence_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
+                "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 128},
+                "stop": {
+                    "oneOf": [
+                        {"type": "string"},
+                        {"type": "array", "maxItems": 4, "items": {"type": "string"}},
+                        {"type": "null"},
+                    ]
+                },
+                "seed": {
+                    "type": ["integer", "null"],
+                    "minimum": -(2**63),
+                    "maximum": 2**63 - 1,
+                },
+                "user": {"type": ["string", "null"]},
+                "stream_options": {
+                    "type": ["object", "null"],
+                    "properties": {"include_usage": {"type": ["boolean", "null"]}},
+                },
+                "response_format": {
+                    "oneOf": [
+                        {"type": "null"},
+                        {
+                            "type": "object",
+                            "required": ["type"],
+                            "properties": {"type": {"enum": ["text", "json_object"]}},
+                        },
+                        {
+                            "type": "object",
+                            "required": ["type", "json_schema"],
+                            "properties": {
+                                "type": {"const": "json_schema"},
+                                "json_schema": {
+                                    "type": "object",
+                                    "required": ["name"],
+                                    "properties": {
+                                        "name": {"type": "string"},
+                                        "schema": {"type": ["object", "null"]},
+                                        "strict": {"type": ["boolean", "null"]},
+                                    },
+                                },
+                            },
+                        },
+                    ]
+                },
+                "tools": {
+                    "type": ["array", "null"],
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "function"],
+                        "properties": {
+                            "type": {"const": "function"},
+                            "function": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "description": {"type": "string"},
+                                    "parameters": {"type": "object"},
+                                },
+                            },
+                        },
+                    },
+                },
+                "tool_choice": {
+                    "description": '`none`, `auto`, `required`, or `{"type": "function", '
+                    '"function": {"name": ...}}` naming one of `tools`.',
+                    "enum": ["none", "auto", "required", None],
+                },
                 "lang": lang,
+            },
+        },
+        "ChatMessage": {
+            "type": "object",
+            "description": "An OpenAI message: `content` a string or a list of parts (`text`; "
+            "on user messages also `image_url`, `input_audio`, `file`), `developer` read as "
+            "`system`, `null` content on an assistant message with `tool_calls`, and `tool` "
+            "messages with `tool_call_id`. Anything else is a 400 naming the field "
+            "(`messages[2].content`).",
+            "required": ["role", "content"],
+            "properties": {
+                "role": {"enum": ["system", "developer", "user", "assistant"]},
+                "content": {
+                    "oneOf": [
+                        {"type": "string"},
+                        {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["type", "text"],
+                                "properties": {
+                                    "type": {"const": "text"},
+                                    "text": {"type": "string"},
+                                },
+                            },
+                        },
+                    ]
+                },
+                "name": {"type": ["string", "null"]},
             },
         },
         "CompletionRequest": {
@@ -660,6 +761,8 @@ def _security(settings: Settings, *, bearer: bool = False) -> list[dict[str, lis
         return [{"token": []}, {"bearer": []}] if bearer else [{"token": []}]
     if mode == "normal":
         return [{"token": [], "uuid": []}]
+    if mode == "keys":
+        return [{"bearer": []}, {"token": []}]
     # No client authentication: the OpenAI face still reads a bearer sk-... as upstream key.
     return [{}, {"bearer": []}] if bearer else None
 
@@ -1327,7 +1430,7 @@ def _playground_operations(route: str) -> dict[str, dict[str, Any]]:
                                 "required": ["route", "auth_mode", "default_model"],
                                 "properties": {
                                     "route": {"type": "string"},
-                                    "auth_mode": {"enum": ["none", "simple", "normal"]},
+                                    "auth_mode": {"enum": ["none", "simple", "normal", "keys"]},
                                     "default_model": {"type": "string"},
                                     "default_lang": {"type": "string"},
                                 },
@@ -1370,6 +1473,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
         _room_operations(settings),
         _conversation_operations(settings),
         _other_operations(settings),
+        openapi_keys.operations(settings),
     ):
         paths.update(group)
     return {
@@ -1385,7 +1489,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
         "tags": TAGS,
         "paths": paths,
         "components": {
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **openapi_keys.schemas()},
             "parameters": {
                 "lang": {
                     "name": "lang",
@@ -1408,7 +1512,8 @@ def build_document(settings: Settings) -> dict[str, Any]:
                     "type": "apiKey",
                     "in": "header",
                     "name": "token",
-                    "description": "AUTH_MODE=simple: AUTH_TOKEN itself. AUTH_MODE=normal: the "
+                    "description": "AUTH_MODE=keys: a client key. "
+                    "AUTH_MODE=simple: AUTH_TOKEN itself. AUTH_MODE=normal: the "
                     "lowercase hex SHA-256 of AUTH_TOKEN followed by the `uuid` header.",
                 },
                 "uuid": {
@@ -1421,7 +1526,8 @@ def build_document(settings: Settings) -> dict[str, Any]:
                 "bearer": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "OpenAI-compatible face only. AUTH_MODE=simple: AUTH_TOKEN "
+                    "description": "AUTH_MODE=keys: a client key (`csk-...`), on every face. "
+                    "Otherwise the OpenAI-compatible face only. AUTH_MODE=simple: AUTH_TOKEN "
                     "authenticates. Any `sk-...` value that is not AUTH_TOKEN is used as the "
                     "upstream API key for this request (like the `api_key` body field of "
                     "`POST /{ROUTE}`).",

@@ -182,12 +182,13 @@ class Pipeline:
         Raises ``BadRequest`` (``model_not_allowed``).
         """
         model = self.backends.policy.resolve(draft.model)
-        attempts = self.backends.router.attempts(model, draft.api_key)
+        # CLIENT_KEYS: on a keyless install a placeholder key must not reach OpenAI's API.
+        api_key = draft.api_key if self.settings.accepts_client_keys else None
+        attempts = self.backends.router.attempts(model, api_key)
         route = attempts.first()
         req = draft if isinstance(draft, ChatRequest) else draft.build(route.embedded)
-        call = Call(
-            dataclasses.replace(req, model=model), route, draft.model, streamed, attempts, draft
-        )
+        req = dataclasses.replace(req, model=model, api_key=api_key)
+        call = Call(req, route, draft.model, streamed, attempts, draft)
         if self.settings.log_prompts:
             log.info("prompt model=%s messages=%r prompt=%r", draft.model, req.messages, req.prompt)
         return call

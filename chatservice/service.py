@@ -10,6 +10,7 @@ import dataclasses
 from flask import current_app
 
 from chatservice.backends import Backends
+from chatservice.budgets import ClientKeys
 from chatservice.errors import FaceRegistry
 from chatservice.i18n import Catalogs
 from chatservice.pipeline import Pipeline
@@ -25,7 +26,8 @@ class Service:
     ``shared_state`` (SHARED_STATE_URL, where flask-limiter keeps its counters): short-lived
     state every worker must see: the key pool's marks and the chat rooms' histories;
     ``conversation_store`` (STORE_URL, durable by default): Alice ChatGPT's conversations,
-    their shared copies and turn locks, and the auth replay cache.
+    their shared copies and turn locks, and the auth replay cache; and
+    ``client_keys`` (AUTH_MODE=keys, the admin API), kept at STORE_URL in a store of their own.
     """
 
     settings: Settings
@@ -35,6 +37,7 @@ class Service:
     faces: FaceRegistry
     shared_state: KeyValueStore
     conversation_store: KeyValueStore
+    client_keys: ClientKeys | None = None
 
 
 def current_service() -> Service:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
@@ -238,6 +239,23 @@ def _optional_number(minimum: float, maximum: float) -> Callable[[str], float | 
     return parse
 
 
+def _prices(raw: str) -> dict[str, tuple[float, float]]:
+    """``model=in/out,...`` (per million tokens; TOML ``[prices]``) -> ``{model: (in, out)}``."""
+    prices = {}
+    for item in _list(raw):
+        model, sep, pair = item.partition("=")
+        given, slash, taken = pair.partition("/")
+        try:
+            price = (float(given), float(taken))
+        except ValueError:
+            price = (-1.0, -1.0)
+        finite = all(map(math.isfinite, price))
+        if not sep or not slash or not model.strip() or min(price) < 0 or not finite:
+            raise ValueError(f"expected model=input/output prices per million tokens, got {item!r}")
+        prices[model.strip()] = price
+    return prices
+
+
 def _number(minimum: float, maximum: float) -> Callable[[str], float]:
     optional = _optional_number(minimum, maximum)
 
@@ -302,6 +320,10 @@ class Field:
     default: str
 
 
+#: OpenAI's API, the upstream when UPSTREAM_BASE_URL is not set.
+DEFAULT_UPSTREAM = "https://api.openai.com/v1"
+
+
 def _setting(env: str, parse: Callable[[str], Any], default: str) -> Any:
     """A :class:`Settings` attribute read from the variable ``env`` with ``parse`` (which
     raises ``ValueError`` for a bad value); ``default`` is the raw text used when no source
@@ -332,7 +354,8 @@ class Settings:
     key_file: str = _setting("KEY_FILE", _path, "")
     auto_remove_keys: bool = _setting("AUTO_REMOVE_KEYS", _bool, "true")
     admin_token: Secret | None = _setting("ADMIN_TOKEN", _secret, "")
-    upstream_base_url: str = _setting("UPSTREAM_BASE_URL", _url, "https://api.openai.com/v1")
+    upstream_base_url: str = _setting("UPSTREAM_BASE_URL", _url, DEFAULT_UPSTREAM)
+    client_keys: str = _setting("CLIENT_KEYS", _choice("auto", "on", "off"), "auto")
     upstream_connect_timeout: float = _setting("UPSTREAM_CONNECT_TIMEOUT", _seconds, "10")
     upstream_read_timeout: float = _setting("UPSTREAM_READ_TIMEOUT", _seconds, "120")
     upstream_stream_idle_timeout: float = _setting("UPSTREAM_STREAM_IDLE_TIMEOUT", _seconds, "60")
@@ -380,9 +403,11 @@ class Settings:
     completion_model: str = _setting("COMPLETION_MODEL", _text, "gpt-3.5-turbo-instruct")
     turbo_model: str = _setting("TURBO_MODEL", _text, "gpt-3.5-turbo")
     gpt4_model: str = _setting("GPT4_MODEL", _text, "gpt-4")
-    auth_mode: str = _setting("AUTH_MODE", _choice("none", "simple", "normal"), "none")
+    auth_mode: str = _setting("AUTH_MODE", _choice("none", "simple", "normal", "keys"), "none")
     auth_token: Secret | None = _setting("AUTH_TOKEN", _secret, "")
     auth_replay_window: float = _setting("AUTH_REPLAY_WINDOW", _seconds, "86400")
+    client_key_reserve_tokens: int = _setting("CLIENT_KEY_RESERVE_TOKENS", _int(1), "4096")
+    prices: dict[str, tuple[float, float]] = _setting("PRICES", _prices, "")
     config_file: str = _setting("CONFIG_FILE", _path, "")
     log_level: str = _setting("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info")
     log_prompts: bool = _setting("LOG_PROMPTS", _bool, "0")
@@ -432,9 +457,21 @@ class Settings:
             except ValueError as exc:
                 raise ConfigError(f"{field.env}: {exc}") from None
         values.update(overrides)
-        if values["auth_mode"] != "none" and values["auth_token"] is None:
+        if values["auth_mode"] in ("simple", "normal") and values["auth_token"] is None:
             raise ConfigError(f"AUTH_TOKEN: required when AUTH_MODE is {values['auth_mode']}")
         return cls(**values)
+
+    @property
+    def accepts_client_keys(self) -> bool:
+        """Whether a key a client brings (``Authorization: Bearer sk-...``, a seed face's
+        ``api_key``) is used for the upstream: CLIENT_KEYS on/off, or with ``auto`` only when
+        an upstream other than OpenAI's API or a key (API_KEY, KEY_FILE) is configured.
+        Otherwise the placeholder ``sk-xxx`` that tools insist on would reach OpenAI's API on a
+        keyless install.
+        """
+        if self.client_keys != "auto":
+            return self.client_keys == "on"
+        return bool(self.upstream_base_url != DEFAULT_UPSTREAM or self.api_keys or self.key_file)
 
     @property
     def rate_limits(self) -> list[str]:
@@ -501,12 +538,27 @@ def _read_config_file(source: Mapping[str, str]) -> dict[str, str]:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"CONFIG_FILE: {path}: {exc}") from None
     values: dict[str, str] = {}
+    prices = document.pop("prices", None)
+    if prices is not None:
+        values["PRICES"] = _prices_table(prices, path)
     for key, value in _flatten(document):
         name = _config_name(key)
         if name is None:
             raise ConfigError(f"CONFIG_FILE: {path}: unknown setting {key!r}")
         values[name] = _config_value(value)
     return _resolve_aliases(values)
+
+
+def _prices_table(table: Any, path: Path) -> str:
+    """TOML ``[prices]`` (``"gpt-4o" = { input = 2.5, output = 10 }``) as PRICES' text."""
+    items = []
+    for model, price in table.items() if isinstance(table, dict) else [(None, None)]:
+        if not isinstance(price, dict) or set(price) != {"input", "output"}:
+            raise ConfigError(
+                f"CONFIG_FILE: {path}: [prices] entries are model = {{ input = ..., output = ... }}"
+            )
+        items.append(f"{model}={price['input']}/{price['output']}")
+    return ",".join(items)
 
 
 def _flatten(table: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:

@@ -212,7 +212,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
             return
         if body.get("stream"):
-            self._stream(reply, text, chat, model)
+            usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            self._stream(reply, text, chat, model, usage)
         else:
             choice = (
                 {"index": 0, "message": {"role": "assistant", "content": text}}
@@ -249,7 +250,7 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(left)  # more bytes from the client: not gone, just wait
         return False
 
-    def _stream(self, reply: Reply, text: str, chat: bool, model: str) -> None:
+    def _stream(self, reply: Reply, text: str, chat: bool, model: str, usage: bool) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
@@ -272,6 +273,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk(self._event({"content": piece}, None, chat, model))
         if reply.finish:
             self._chunk(self._event({}, "stop", chat, model))
+            if usage:  # stream_options.include_usage: a last chunk with no choices
+                counts = {"prompt_tokens": 5, "completion_tokens": len(pieces)}
+                counts["total_tokens"] = 5 + len(pieces)
+                last = {"id": "fake-1", "object": "chat.completion.chunk", "model": model}
+                last.update(choices=[], usage=counts)
+                self._chunk(b"data: " + json.dumps(last).encode() + b"\n\n")
             self._chunk(b"data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()

@@ -169,8 +169,10 @@ def test_sdk_streamed_chat_forwards_stream_options(sdk, live_server, fake):
     )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "echo: Hello there"
-    assert chunks[-1].choices[0].finish_reason == "stop"
+    # The last chunk is the usage the client asked for: no choices.
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "echo: Hello there" and chunks[-1].usage is not None
+    assert chunks[-2].choices[0].finish_reason == "stop"
     sent = fake.received[-1].json
     assert sent["stream"] is True
     assert sent["stream_options"] == {"include_usage": True}
@@ -251,6 +253,8 @@ def test_sdk_upstream_errors_raise_the_matching_exceptions(sdk, live_server, fak
          "upstream_error", "api_error"),
         (400, {"code": "context_length_exceeded"}, openai.BadRequestError, 400,
          "context_length_exceeded", "invalid_request_error"),
+        (404, {"code": "model_not_found"}, openai.NotFoundError, 404,
+         "model_not_found", "invalid_request_error"),
     ]  # fmt: skip
     for status, error, exception, our_status, code, kind in cases:
         fake.push(Reply(status=status, body={"error": {"message": leaked, **error}}))
@@ -258,8 +262,12 @@ def test_sdk_upstream_errors_raise_the_matching_exceptions(sdk, live_server, fak
             client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
         err = caught.value
         assert isinstance(err, openai.APIStatusError)
-        assert (err.status_code, err.code, err.type, err.param) == (our_status, code, kind, None)
-        assert err.body["message"] == CATALOGS["en"][code].format(status_code=status)
+        param = "model" if code == "model_not_found" else None
+        assert (err.status_code, err.code, err.type, err.param) == (our_status, code, kind, param)
+        # The leaked text has no token counts to read: they show as "?".
+        assert err.body["message"] == CATALOGS["en"][code].format(
+            status_code=status, limit="?", tokens="?", model="gpt-4o-mini"
+        )
         assert leaked not in err.response.text
         fake.reset()
 

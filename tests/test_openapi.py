@@ -33,6 +33,7 @@ ROUTE_SETTINGS = [
     pytest.param({"ROUTE": ""}, id="empty-route"),
     pytest.param({"ROUTE": "chat", "PLAYGROUND": "1"}, id="other-route"),
     pytest.param({"AUTH_MODE": "normal", "AUTH_TOKEN": "t0ken-0001"}, id="normal-auth"),
+    pytest.param({"AUTH_MODE": "keys", "ADMIN_TOKEN": "admin-secret-0002"}, id="keys-auth"),
 ]
 
 

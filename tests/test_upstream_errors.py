@@ -28,7 +28,9 @@ CASES = [
         400,
         "context_length_exceeded",
     ),
-    (Reply(status=404, body={"error": {"code": "model_not_found"}}), 400, "upstream_bad_request"),
+    # A 404 stays a 404: the SDKs raise NotFoundError, which clients read as "no such model".
+    (Reply(status=404, body={"error": {"code": "model_not_found"}}), 404, "model_not_found"),
+    (Reply(status=422, body={"error": {"code": "invalid_value"}}), 400, "upstream_bad_request"),
     (Reply(status=500, body={"error": {"message": "boom"}}), 502, "upstream_error"),
     (Reply(status=502, body="<html>bad gateway</html>"), 502, "upstream_error"),
     (Reply(status=503, body={"error": {"message": "overloaded"}}), 503, "upstream_overloaded"),

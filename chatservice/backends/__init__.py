@@ -52,8 +52,9 @@ class Backends:
     """The app's backends and the BACKEND rule that picks one for each request.
 
     ``auto``: the embedded model when the request names its id (LOCAL_MODEL_ID), else the
-    upstream when API_KEY is set or the request brings its own ``api_key``, else the embedded
-    model. ``openai``: always the upstream (keyless upstreams such as Ollama work too).
+    upstream when API_KEY is set or the request brings its own ``api_key`` (and CLIENT_KEYS
+    accepts client keys), else the embedded model. ``openai``: always the upstream (keyless
+    upstreams such as Ollama work too).
     ``local``: always the embedded model, request keys ignored.
     """
 

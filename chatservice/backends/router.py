@@ -56,7 +56,8 @@ def is_upstream_fault(err: BaseException) -> bool:
         return False
     if err.status >= 500 or err.status == 429 or err.key == "upstream_unauthorized":
         return True
-    return err.key == "upstream_bad_request" and err.params.get("status_code") == 404
+    # Raised by a backend (the router's own "no upstream serves it" is raised before any).
+    return err.key == "model_not_found"
 
 
 @dataclasses.dataclass
@@ -314,7 +315,7 @@ class Attempts:
             upstream.stats.requests += 1
         upstream.stats.failures += 1
         # A 404 for the model says nothing about the upstream's health.
-        health = is_upstream_fault(err) and getattr(err, "status", 0) != 400
+        health = is_upstream_fault(err) and getattr(err, "key", "") != "model_not_found"
         if upstream.breaker is not None and health:
             upstream.breaker.failed()
 

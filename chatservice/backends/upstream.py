@@ -23,6 +23,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlencode
@@ -54,7 +55,14 @@ from chatservice.backends.keypool import (
     read_key_file,
 )
 from chatservice.backends.pool import opener, pool_manager
-from chatservice.errors import BadRequest, ServiceError, UpstreamError, UpstreamTimeout
+from chatservice.errors import (
+    BadRequest,
+    NotFound,
+    ServiceError,
+    UpstreamError,
+    UpstreamTimeout,
+    context_length_exceeded,
+)
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, choice_text
 from chatservice.settings import Secret, Settings
 from chatservice.sse import EventTooLarge, SSEDecoder
@@ -253,7 +261,7 @@ class UpstreamBackend:
         if api_key is not None or not len(self.pool):
             response = self._send(method, path, body, stream, api_key)
             if response.status != 200:
-                raise _error_for(response)
+                raise _error_for(response, payload)
             return response
         for key in self.pool.usable():
             response = self._send(method, path, body, stream, key)
@@ -262,7 +270,7 @@ class UpstreamBackend:
                 return response
             reason, retry_after = _key_failure(response)
             if reason is None:
-                raise _error_for(response)
+                raise _error_for(response, payload)
             _discard(response)
             self.pool.failed(key, reason, retry_after)
         retry = self.pool.retry_after()
@@ -457,6 +465,23 @@ def _error_code(body: bytes) -> str:
         return ""
 
 
+#: OpenAI's (and vLLM's, LiteLLM's) wording of a context overflow: the two token counts.
+_CONTEXT_SIZES = re.compile(r"maximum context length is (\d+) tokens.*?(\d+) tokens", re.S)
+
+
+def _context_sizes(body: bytes) -> tuple[int | None, int | None]:
+    """The model's context size and the request's token count from an overflow message.
+
+    Only the two numbers are read; the rest of the upstream's text is never passed on.
+    """
+    try:
+        message = str((json.loads(body).get("error") or {}).get("message") or "")
+    except (ValueError, AttributeError, RecursionError):
+        return None, None
+    match = _CONTEXT_SIZES.search(message[:2000])
+    return (int(match[1]), int(match[2])) if match else (None, None)
+
+
 def _error_body(response: urllib3.BaseHTTPResponse) -> bytes:
     """An error answer's body (for its machine-readable code), b"" when it cannot be read."""
     try:
@@ -546,10 +571,16 @@ def _stream_failure(exc: BaseException) -> UpstreamError:
     return UpstreamError("upstream_interrupted")
 
 
-def _error_for(response: urllib3.BaseHTTPResponse) -> UpstreamError | BadRequest:
-    """Map an upstream HTTP error status to ours, reading only its machine-readable code."""
+def _error_for(
+    response: urllib3.BaseHTTPResponse, payload: dict[str, Any] | None = None
+) -> ServiceError:
+    """Map an upstream HTTP error status to ours, reading only its machine-readable code
+    (and the token counts of a context overflow). A 404 stays a 404 (``model_not_found``,
+    naming the payload's model): clients tell an unknown model by that status.
+    """
     status = response.status
-    code = _error_code(_error_body(response))
+    raw = _error_body(response)
+    code = _error_code(raw)
     log.warning("upstream answered HTTP %s (%s)", status, code or "no code")
     if status in (401, 403):
         return UpstreamError("upstream_unauthorized")
@@ -560,8 +591,11 @@ def _error_for(response: urllib3.BaseHTTPResponse) -> UpstreamError | BadRequest
         headers = {"Retry-After": retry} if retry.isdigit() else None
         return UpstreamError("upstream_rate_limited", headers=headers)
     if code == "context_length_exceeded":
-        return BadRequest("context_length_exceeded")
-    if status in (400, 404, 413, 422):
+        return context_length_exceeded(*_context_sizes(raw))
+    if status == 404:
+        model = str((payload or {}).get("model", ""))
+        return NotFound("model_not_found", field="model", model=model)
+    if status in (400, 413, 422):
         return BadRequest("upstream_bad_request", status_code=status)
     if status in (408, 504):
         return UpstreamTimeout()

@@ -3,18 +3,21 @@
 Requests and responses follow the OpenAI API reference (platform.openai.com/docs/api-reference)
 so the official SDKs and tools built on them work with ``base_url = <server>/{ROUTE}/v1``.
 
-- ``POST chat/completions``: ``messages`` (required, objects with a string ``role``; content is
-  not checked, since OpenAI allows content parts and null), ``model`` (default DEFAULT_MODEL),
-  ``stream``, ``max_tokens``/``max_completion_tokens`` (positive integers).
+- ``POST chat/completions``: ``messages`` (required; OpenAI's message shapes: content strings
+  or part lists, ``null`` content with ``tool_calls``, ``tool`` and ``developer`` messages),
+  ``model`` (default DEFAULT_MODEL), ``stream``, ``max_tokens``/``max_completion_tokens``
+  (positive integers), and OpenAI's ranges for ``temperature``, ``top_p``, ``n``, ``stop``...
 - ``POST completions``: ``prompt`` (required, a string or a list), same other fields.
-- Every other body field (``temperature``, ``stream_options``, ``tools``, unknown ones) is
-  forwarded as is: the upstream, not this face, decides what it accepts.
+- Every other body field (``tools``, ``response_format``, unknown ones) is forwarded as is to
+  an upstream; the embedded model implements what it can and refuses the rest with 400
+  ``unsupported_parameter``.
 - Answers are the backend's own OpenAI-shaped bodies, passed on unchanged; a stream relays
   every chunk (the role-only first one, the usage-only last one) then ``data: [DONE]``.
 - ``GET models`` and ``GET models/<id>``: the upstream's models (when the upstream is in use)
   and the embedded model (unless BACKEND=openai), as OpenAI ``model`` objects.
-- ``Authorization: Bearer sk-...`` is used as the upstream key for that request; other bearer
-  values are ignored, since the SDK insists on some ``api_key`` even for a keyless server.
+- ``Authorization: Bearer sk-...`` is used as the upstream key for that request when client
+  keys are on (CLIENT_KEYS); other bearer values are ignored, since the SDK insists on some
+  ``api_key`` even for a keyless server.
 - Errors: ``{"error": {"message", "type", "param", "code"}}`` with the HTTP status, ``code``
   being the stable key (``missing_field``, ``upstream_timeout``, ``model_not_found``...).
 """
@@ -26,7 +29,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from chatservice import auth, validation
+from chatservice import auth, openai_fields, validation
 from chatservice.errors import BadRequest, NotFound, ServiceError, UpstreamError
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, Kind
 from chatservice.pipeline import respond
@@ -105,10 +108,16 @@ def client_key() -> Secret | None:
 
     Other bearer values are not keys (the openai SDK insists on sending something, people
     pass "x"), and the service's own AUTH_TOKEN is a credential for us, never for upstream.
+    None at all unless client keys are on (CLIENT_KEYS, ``Settings.accepts_client_keys``).
     """
     token = auth.bearer_token(request.headers)
     settings = current_service().settings
-    if token is not None and token.startswith("sk-") and not auth.is_service_token(settings, token):
+    if (
+        settings.accepts_client_keys
+        and token is not None
+        and token.startswith("sk-")
+        and not auth.is_service_token(settings, token)
+    ):
         return Secret(token)
     return None
 
@@ -116,15 +125,17 @@ def client_key() -> Secret | None:
 def build_request(kind: Kind, body: dict[str, Any], settings: Settings) -> ChatRequest:
     """Validate an OpenAI request body and build the model request (raises ``BadRequest``).
 
-    Only what this service itself needs is checked (the input's shape, ``model``, ``stream``,
-    token limits); everything else is the upstream's to judge.
+    The messages and OpenAI's documented fields are checked as OpenAI checks them
+    (:mod:`chatservice.openai_fields`), whatever the backend; unknown fields are the
+    backend's to judge.
     """
     if kind == "chat":
-        messages = _chat_messages(body)
+        messages = openai_fields.check_messages(body.get("messages"))
         prompt: Any = ""
     else:
         messages = []
         prompt = _prompt(body)
+    openai_fields.check_fields(body)
     model = validation.string(body, "model", non_empty=True) or settings.default_model
     stream = validation.boolean(body, "stream", False)
     max_tokens = _positive_integer(body, "max_tokens")
@@ -145,20 +156,6 @@ def build_request(kind: Kind, body: dict[str, Any], settings: Settings) -> ChatR
         api_key=client_key(),
         relay=True,
     )
-
-
-def _chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
-    messages = body.get("messages")
-    if messages is None:
-        raise BadRequest("missing_field", field="messages")
-    if not isinstance(messages, list):
-        raise BadRequest("not_a_list", field="messages")
-    if not messages:
-        raise BadRequest("empty_field", field="messages")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise BadRequest("invalid_chat_message", field="messages", index=index)
-    return messages
 
 
 def _prompt(body: dict[str, Any]) -> str | list[Any]:

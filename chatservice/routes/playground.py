@@ -79,7 +79,7 @@ def to_page() -> Response:
 def config() -> Response:
     """``GET {ROUTE}/playground/config.json``: the settings the page needs, and no secret.
 
-    ``route`` prefixes the API paths; ``auth_mode`` (none, simple, normal) tells whether to
+    ``route`` prefixes the API paths; ``auth_mode`` (none, simple, normal, keys) tells whether to
     ask for the token and how to send it; ``default_model`` is preselected when the server
     lists it; ``default_lang`` (CHAT_LANG) labels the page when the browser asks for no
     language the page knows, as the service's messages do.

@@ -135,7 +135,10 @@
 
   async function authHeaders() {
     const token = sessionStorage.getItem(TOKEN_KEY) || "";
-    if (state.config.auth_mode === "simple") return { Authorization: `Bearer ${token}` };
+    // keys: the client key goes as a bearer too (AUTH_MODE=keys accepts it on every face).
+    if (state.config.auth_mode === "simple" || state.config.auth_mode === "keys") {
+      return { Authorization: `Bearer ${token}` };
+    }
     if (state.config.auth_mode === "normal") {
       if (!window.isSecureContext || !crypto.subtle) throw new ServiceError(t("insecure"), 0);
       const uuid = crypto.randomUUID(); // used once: the service refuses a replayed uuid
