@@ -10,8 +10,9 @@ RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 # llama-cpp-python compiles llama.cpp from source; its multimodal library (mtmd: about 50 of the
 # build's 370 source files, imported only by image chat handlers this service never uses) is
-# skipped.
-export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+# skipped, and so is llama.cpp's "common" library (53 of the remaining 127 objects, never
+# loaded by the Python package; scripts/llama-cpp-lean.cmake says why it takes a file).
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DCMAKE_PROJECT_llama.cpp_INCLUDE=$(CURDIR)/scripts/llama-cpp-lean.cmake
 
 .PHONY: install install-run system-deps-run system-deps-test run test lint format clean
 

@@ -45,7 +45,9 @@ class Server(BaseApplication):
         options = {
             "bind": f"{self.settings.host}:{self.settings.port}",
             "workers": self.settings.workers,
-            "worker_class": "gevent",
+            # gunicorn's gevent worker, with JSON instead of HTML for the requests gunicorn
+            # refuses itself (400, 414, 431).
+            "worker_class": "chatservice.worker.JsonErrorWorker",
             # gunicorn's default of 1,000 would queue the 1,001st open stream of a worker.
             "worker_connections": self.settings.worker_connections,
             # Streams and local generation can outlast gunicorn's 30 s default.
@@ -66,7 +68,11 @@ class Server(BaseApplication):
         """Build the app in the worker (called by gunicorn after the fork)."""
         from chatservice import create_app
 
-        return create_app(self.settings)
+        try:
+            return create_app(self.settings)
+        except ConfigError as exc:  # e.g. a STORE_URL that became unwritable since start-up
+            log.error("invalid configuration: %s", exc)
+            raise SystemExit(3) from None  # gunicorn stops: "Worker failed to boot"
 
     def refresh_settings(self) -> bool:
         """Re-read the configuration (environment, ``.env``, TOML file, command-line flags)

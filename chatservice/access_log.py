@@ -11,8 +11,11 @@ token, at most 128 of ``[A-Za-z0-9._-]``, else a fresh uuid4 hex; returned in th
 ``method``, ``status``, ``duration_ms``, ``ip`` (the client after TRUSTED_PROXIES, from
 werkzeug's ProxyFix), ``model``, ``prompt_tokens``, ``completion_tokens``, ``backend``
 (``upstream`` or ``local``), then ``upstream`` (with ``[[upstreams]]``: the name of the one that
-answered, after fallbacks), ``error`` (the stable key of an error that ended a started
-stream) and ``aborted`` (the client left before the end) when they apply. The answer pipeline
+answered, after fallbacks), ``usage`` (``reported``: the backend's own numbers; the answer
+reported none, so :mod:`chatservice.tokens` made them: ``counted`` with the model's tokenizer,
+``estimated`` with its approximation), ``cache`` (``HIT`` or ``MISS`` for a cacheable request),
+``error`` (the stable key of an error that ended a started stream) and ``aborted`` (the
+client left before the end) when they apply. The answer pipeline
 (:mod:`chatservice.pipeline`) fills model, backend, tokens and error through one observer,
 :class:`AccessRecord`. A key, a token or a prompt is never a field.
 
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
 
     from chatservice.models import ChatChunk, ChatResult
     from chatservice.pipeline import Call
+    from chatservice.tokens import Method, TokenCounter
 
 # Flask is imported inside the functions: gunicorn's master imports this module (for
 # ACCESS_LOGGER) through the log set-up, and must not import Flask before its gevent workers
@@ -85,8 +89,12 @@ class AccessRecord:
     call starts, then the answering model and token counts of the result or of the chunks as
     they pass, and the stable key of a :class:`ServiceError` that ends a stream.
 
-    The one writer of these fields (a :class:`chatservice.pipeline.Observer`).
+    The one writer of these fields (a :class:`chatservice.pipeline.Observer`). With a
+    ``counter``, an answer that reported no usage (most streams) gets counted numbers.
     """
+
+    def __init__(self, counter: TokenCounter | None = None) -> None:
+        self.counter = counter
 
     def begin(self, call: Call) -> _AccessWatch:
         """Note the resolved model and the backend; watch the answer."""
@@ -96,27 +104,51 @@ class AccessRecord:
         fields.update(model=call.request.model, backend=call.route.name)
         if call.route.upstream is not None:
             fields["upstream"] = call.route.upstream
-        return _AccessWatch(fields, call.streamed)
+        if call.cache is not None:
+            fields["cache"] = call.cache.status
+        return _AccessWatch(fields, call, self.counter)
 
 
 class _AccessWatch:
-    def __init__(self, fields: dict[str, Any], streamed: bool) -> None:
+    def __init__(self, fields: dict[str, Any], call: Call, counter: TokenCounter | None) -> None:
         self.fields = fields
-        self.streamed = streamed
+        self.call = call
+        self.streamed = call.streamed
+        self.counter = counter
+        self.method: Method | None = None
+        if counter is not None:
+            # Decided once: a stream's tokens are counted chunk by chunk, holding no text
+            # (thousands of open streams), so the method must not change half-way.
+            self.method = counter.usage_method(call.request.model, call.route.embedded)
+        self.text = ""
+        self.completion = 0
+        self.seen = False
 
     def result(self, result: ChatResult) -> None:
         if result.model:
             self.fields["model"] = result.model
-        self.fields.update(usage_fields(result.usage))
+        self._reported(result.usage)
+        self.text, self.seen = result.text, True
 
     def chunk(self, chunk: ChatChunk) -> None:
         if chunk.model:
             self.fields["model"] = chunk.model
         if chunk.usage:
-            self.fields.update(usage_fields(chunk.usage))
+            self._reported(chunk.usage)
+        self.seen = True
+        if self.counter is not None and "usage" not in self.fields:
+            self.completion += self.counter.count(
+                self.call.request.model, chunk.text, self.call.route.embedded, self.method
+            )
+
+    def _reported(self, usage: Any) -> None:
+        counts = usage_fields(usage)
+        if counts:
+            self.fields.update(counts, usage="reported")
 
     def moved(self, call: Call, err: Exception) -> None:
         # A fallback: the line names the upstream that answered (or failed last).
+        self.call = call
         self.fields["backend"] = call.route.name
         if call.route.upstream is not None:
             self.fields["upstream"] = call.route.upstream
@@ -129,7 +161,21 @@ class _AccessWatch:
             self.fields["error"] = err.key
 
     def end(self, outcome: str) -> None:
-        pass
+        from chatservice.errors import ServiceError
+
+        if self.counter is None or outcome == "failed" or "usage" in self.fields:
+            return
+        if not self.seen:
+            return  # nothing was generated: no numbers to make
+        req, embedded = self.call.request, self.call.route.embedded
+        try:
+            prompt = self.counter.count_request(req, embedded, self.method)
+            if not self.streamed:
+                self.completion = self.counter.count(req.model, self.text, embedded, self.method)
+        except ServiceError:  # the embedded model's tokenizer could not be loaded
+            return
+        usage = "estimated" if self.method == "estimate" else "counted"
+        self.fields.update(prompt_tokens=prompt, completion_tokens=self.completion, usage=usage)
 
 
 def usage_fields(usage: Any) -> dict[str, int]:
@@ -256,10 +302,9 @@ def _log_access(
     line = {name: fields.get(name) for name in FIELDS}
     if isinstance(line["model"], str) and len(line["model"]) > MAX_MODEL_CHARS:
         line["model"] = line["model"][:MAX_MODEL_CHARS] + "..."  # a client's string
-    if fields.get("upstream"):  # with [[upstreams]] only: which one answered
-        line["upstream"] = fields["upstream"]
-    if fields.get("error"):
-        line["error"] = fields["error"]
+    for name in ("upstream", "usage", "cache", "error"):
+        if fields.get(name):
+            line[name] = fields[name]
     if not finished:
         line["aborted"] = True
     access_log.info(_text_line(line), extra={"access": line})
@@ -276,10 +321,9 @@ def _text_line(line: dict[str, Any]) -> str:
         f" tokens={show('prompt_tokens')}/{show('completion_tokens')}"
         f" backend={show('backend')}"
     )
-    if "upstream" in line:
-        text += f" upstream={line['upstream']}"
-    if "error" in line:
-        text += f" error={line['error']}"
+    for name in ("upstream", "usage", "cache", "error"):
+        if name in line:
+            text += f" {name}={line[name]}"
     if line.get("aborted"):
         text += " aborted"
     return text

@@ -38,7 +38,7 @@ from chatservice.errors import NotFound, ServiceError
 from chatservice.keystore import Counter, KeyStore, UsageRow
 from chatservice.models import ChatChunk, ChatResult
 from chatservice.pipeline import Call, Watch
-from chatservice.tokens import count_prompt_tokens, count_text_tokens
+from chatservice.tokens import TokenCounter, count_prompt_tokens, count_text_tokens, current_counter
 
 if TYPE_CHECKING:
     from chatservice.metrics import Metrics
@@ -221,7 +221,10 @@ class KeyBudgets:
             raise ServiceError("model_not_allowed_for_key", model=model)
         prompt, worst = self._keys.worst_case(call)
         names = self._keys.admit(record, worst)
-        return _KeyWatch(self._keys, self._metrics, record, model, names, prompt, worst)
+        watch = _KeyWatch(self._keys, self._metrics, record, model, names, prompt, worst)
+        # A stream is settled after its response ended, outside the app context.
+        watch.counter = current_counter()
+        return watch
 
 
 class _KeyWatch(Watch):
@@ -245,6 +248,7 @@ class _KeyWatch(Watch):
         self._usage: dict[str, Any] | None = None
         self._parts: list[str] = []
         self._output = False
+        self.counter: TokenCounter | None = None
 
     def result(self, result: ChatResult) -> None:
         self._usage = result.usage
@@ -272,7 +276,8 @@ class _KeyWatch(Watch):
             return prompt, completion  # type: ignore[return-value]
         if outcome == "failed" and not self._output:
             return 0, 0  # refused or unreachable: nothing was generated
-        return self._prompt, count_text_tokens("".join(self._parts))
+        answer = "".join(self._parts)
+        return self._prompt, count_text_tokens(answer, self._model, counter=self.counter)
 
     def _record_usage(self, outcome: str, prompt: int, completion: int) -> None:
         now = time.time()

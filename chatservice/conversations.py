@@ -2,10 +2,13 @@
 
 A conversation is a prompt, a preset and its finished turns (question, answer), kept in the
 store (STORE_URL) as JSON under ``conv:<id>`` and expiring CONVERSATION_TTL seconds after it
-was last touched. ``store`` copies it to ``share:<id>`` in the original's shape
-``{"Id", "Prompt", "SentenceList"}``, with no expiry. One turn at a time runs per
-conversation: a turn holds ``lock:<id>`` (atomic set-if-absent in the store, so across
-workers and machines) until it ends.
+was last touched. ``store`` copies it, with no expiry, in the original's shape
+``{"Id", "Prompt", "SentenceList"}`` to ``share:<share id>`` (a separate, read-only id whose
+``Id`` is the share id) and, in the original's form, to ``share:<conversation id>`` -- which
+reveals the conversation id to whoever has the link (SHARE_BY_CONVERSATION_ID turns it off).
+One turn at a time runs per conversation: a turn holds ``lock:<id>`` (atomic set-if-absent in
+the store, so across workers and machines) until it ends. The lock lives :data:`LOCK_TTL`
+seconds and is renewed while the turn runs, so a worker killed mid-turn frees it soon.
 
 Presets (the original's, mapped to today's models through the settings):
 
@@ -41,6 +44,7 @@ import logging
 import re
 import secrets
 import string
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -76,6 +80,7 @@ ID_ALPHABET = string.ascii_letters + string.digits
 ID_LENGTH = 22
 _ID = re.compile(r"[A-Za-z0-9]{1,64}")
 NAME_MAX = 64
+SHARE_PREFIX = "sh_"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +150,18 @@ Turn = tuple[str, str]
 def new_id() -> str:
     """A fresh conversation id: :data:`ID_LENGTH` characters of ``[A-Za-z0-9]`` from secrets."""
     return "".join(secrets.choice(ID_ALPHABET) for _ in range(ID_LENGTH))
+
+
+def new_share_id() -> str:
+    """A fresh share id: ``sh_`` and :data:`ID_LENGTH` random characters. The underscore
+    keeps it out of :func:`is_valid_id`: a share id is never taken for a conversation id.
+    """
+    return SHARE_PREFIX + new_id()
+
+
+def is_share_id(value: str) -> bool:
+    """True when ``value`` has the form of a share id (:func:`new_share_id`)."""
+    return value.startswith(SHARE_PREFIX) and is_valid_id(value.removeprefix(SHARE_PREFIX))
 
 
 def is_valid_id(value: str) -> bool:
@@ -360,14 +377,29 @@ class Conversation:
         )
 
 
-def lock_ttl(settings: Settings) -> float:
-    """Seconds a turn lock lives: longer than any turn can legitimately take (connect plus
-    every retry's read timeout), so it only frees a conversation whose worker died mid-turn.
+#: Seconds a turn lock lives unless renewed; a running turn renews it every third of that,
+#: so only a dead worker's lock lapses, within this time.
+LOCK_TTL = 15.0
+
+
+def renew_lock(store: KeyValueStore, key: str, token: str, ttl: float) -> threading.Event:
+    """Keep the lock ``key`` held by ``token`` alive (every ``ttl / 3`` seconds, for another
+    ``ttl``) until the returned event is set, the lock is released or it lapsed. Used by the
+    conversations' and the chat room's turn locks alike.
     """
-    turn = settings.upstream_connect_timeout + settings.upstream_read_timeout * (
-        settings.upstream_retries + 1
-    )
-    return max(300.0, turn + 60.0)
+    stop = threading.Event()
+    threading.Thread(target=_renew, args=(store, key, token, ttl, stop), daemon=True).start()
+    return stop
+
+
+def _renew(store: KeyValueStore, key: str, token: str, ttl: float, stop: threading.Event) -> None:
+    # A background thread (a greenlet under gevent) for as long as the turn runs.
+    while not stop.wait(ttl / 3):
+        try:
+            if not store.expire_if(key, token, ttl):
+                return  # released, or lapsed: nothing to keep
+        except ServiceError:
+            log.warning("turn lock not renewed: store unavailable")
 
 
 class ConversationStore:
@@ -375,15 +407,25 @@ class ConversationStore:
 
     :param store: the app's store (STORE_URL).
     :param ttl: idle seconds before a conversation expires (CONVERSATION_TTL).
-    :param lock_ttl: seconds a turn lock lives at most (:func:`lock_ttl`).
+    :param lock_ttl: seconds a turn lock lives unless renewed (:data:`LOCK_TTL`).
+    :param max_bytes: most bytes of a stored conversation (CONVERSATION_MAX_BYTES); the
+        oldest turns go first, the newest is always kept.
 
     Store failures raise ``ServiceError`` ``store_unavailable`` (503).
     """
 
-    def __init__(self, store: KeyValueStore, ttl: float, lock_ttl: float) -> None:
+    def __init__(
+        self,
+        store: KeyValueStore,
+        ttl: float,
+        lock_ttl: float = LOCK_TTL,
+        max_bytes: int | None = None,
+    ) -> None:
         self.store = store
         self.ttl = ttl
         self.lock_ttl = lock_ttl
+        self.max_bytes = max_bytes
+        self._renewers: dict[str, threading.Event] = {}
 
     def create(self, conv: Conversation) -> Conversation:
         """Store ``conv`` under a fresh id (set if absent: ids never collide) and return it."""
@@ -405,8 +447,21 @@ class ConversationStore:
             raise NotFound("conversation_not_found") from None
 
     def save(self, conv: Conversation) -> None:
-        """Store ``conv``, expiring CONVERSATION_TTL seconds from now."""
-        self.store.set(f"conv:{conv.id}", conv.to_json(), ttl=self.ttl)
+        """Store ``conv``, expiring CONVERSATION_TTL seconds from now, its oldest turns
+        dropped while it is over ``max_bytes`` (a conversation must not grow without bound:
+        60 turns of 1 MB made one 57 MB value that stalled the worker reading it).
+        """
+        raw = conv.to_json()
+        if self.max_bytes is not None and len(raw.encode()) > self.max_bytes:
+            sizes = [len(json.dumps(turn, ensure_ascii=False).encode()) + 2 for turn in conv.turns]
+            excess, dropped = len(raw.encode()) - self.max_bytes, 0
+            while excess > 0 and dropped < len(conv.turns) - 1:
+                excess -= sizes[dropped]
+                dropped += 1
+            conv.turns = conv.turns[dropped:]
+            raw = conv.to_json()
+            log.info("conversation over CONVERSATION_MAX_BYTES: %d oldest turns dropped", dropped)
+        self.store.set(f"conv:{conv.id}", raw, ttl=self.ttl)
 
     def delete(self, conv_id: str) -> None:
         """Forget the conversation (its shared copy stays)."""
@@ -428,13 +483,33 @@ class ConversationStore:
         finally:
             self.release(conv_id, token)
 
-    def share(self, conv: Conversation) -> None:
-        """Keep a copy of ``conv`` for ``share/<id>``, with no expiry; again overwrites it."""
-        self.store.set(f"share:{conv.id}", json.dumps(conv.shared(), ensure_ascii=False))
+    def share(self, conv: Conversation, by_conversation_id: bool = True) -> str:
+        """Keep a copy of ``conv`` for sharing, with no expiry (again: overwrite it), and
+        return its read-only share id (the same one each time for a conversation).
 
-    def shared(self, share_id: str) -> dict[str, Any]:
-        """The shared record ``{"Id", "Prompt", "SentenceList"}``; raises ``NotFound``."""
-        raw = self.store.get(f"share:{share_id}") if is_valid_id(share_id) else None
+        The copy is kept under the share id, its ``Id`` being the share id; with
+        ``by_conversation_id`` (SHARE_BY_CONVERSATION_ID) also under the conversation id, in
+        the Alice ChatGPT API's own form, whose ``Id`` is the conversation id.
+        """
+        share_id = self.store.get(f"shareid:{conv.id}")
+        if share_id is None:
+            share_id = new_share_id()
+            if not self.store.add(f"shareid:{conv.id}", share_id):
+                share_id = self.store.get(f"shareid:{conv.id}") or share_id  # a racing store
+        record = conv.shared()
+        self.store.set(
+            f"share:{share_id}", json.dumps({**record, "Id": share_id}, ensure_ascii=False)
+        )
+        if by_conversation_id:
+            self.store.set(f"share:{conv.id}", json.dumps(record, ensure_ascii=False))
+        return share_id
+
+    def shared(self, share_id: str, by_conversation_id: bool = True) -> dict[str, Any]:
+        """The shared record ``{"Id", "Prompt", "SentenceList"}`` of a share id, or (with
+        ``by_conversation_id``) of a conversation id; raises ``NotFound``.
+        """
+        valid = is_share_id(share_id) or (by_conversation_id and is_valid_id(share_id))
+        raw = self.store.get(f"share:{share_id}") if valid else None
         if raw is None:
             raise NotFound("shared_conversation_not_found")
         return json.loads(raw)
@@ -447,10 +522,14 @@ class ConversationStore:
         token = self._try_lock(conv_id)
         if token is None:
             raise ServiceError("conversation_busy")
+        self._renewers[token] = renew_lock(self.store, f"lock:{conv_id}", token, self.lock_ttl)
         return token
 
     def release(self, conv_id: str, token: str) -> None:
         """Release the lock if ``token`` still holds it (never someone else's)."""
+        stop = self._renewers.pop(token, None)
+        if stop is not None:
+            stop.set()
         self.store.delete_if(f"lock:{conv_id}", token)
 
     @contextlib.contextmanager

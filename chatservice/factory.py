@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from chatservice import auth, http_headers, metrics
+from chatservice import auth, body, cache, http_headers, metrics
 from chatservice.access_log import AccessRecord, init_access_log
 from chatservice.backends import Backends
 from chatservice.budgets import ClientKeys, KeyBudgets
@@ -34,12 +34,22 @@ from chatservice.routes import (
     ws,
 )
 from chatservice.service import Service
-from chatservice.settings import Settings
-from chatservice.state import open_store
+from chatservice.settings import ConfigError, Settings
+from chatservice.state import KeyValueStore, open_store
 from chatservice.web import request_language
 
 #: The chat faces, each a module with ``prefix``, ``create_blueprint`` and ``render_error``.
 FACES = (api, chat, openai_api, chatroom, ws, conversations)
+
+
+def open_conversation_store(settings: Settings) -> KeyValueStore:
+    """The store at STORE_URL; raises ``ConfigError`` (one line naming STORE_URL and the
+    file) when a SQLite store cannot be created or written.
+    """
+    try:
+        return open_store(settings.store_url, settings.memory_max_entries)
+    except OSError as exc:
+        raise ConfigError(f"STORE_URL: {exc}") from None
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -54,21 +64,24 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    body.init_app(app, settings.max_body_bytes, settings.body_read_timeout)
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
 
     catalogs = Catalogs.load()
     faces = FaceRegistry(default=api.render_error)
-    shared_state = open_store(settings.shared_state_url)
+    shared_state = open_store(settings.shared_state_url, settings.memory_max_entries)
     backends = Backends(settings, shared_state)
+    pipeline = Pipeline(settings, backends, catalogs)
+    pipeline.observe(AccessRecord(pipeline.tokens))
     service = Service(
         settings=settings,
         catalogs=catalogs,
         backends=backends,
-        pipeline=Pipeline(settings, backends, catalogs, observers=[AccessRecord()]),
+        pipeline=pipeline,
         faces=faces,
         shared_state=shared_state,
-        conversation_store=open_store(settings.store_url),
+        conversation_store=open_conversation_store(settings),
     )
     app.extensions["chatservice"] = service
     app.extensions["chatservice.catalogs"] = catalogs
@@ -97,6 +110,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # The page is not a chat face: no rate limit and no AUTH_MODE check on loading it.
     if settings.playground:
         app.register_blueprint(playground.create_blueprint(settings.route))
+    cache.init_app(app)
     register_error_handlers(app, faces, request_language)
     init_access_log(app)
 

@@ -58,6 +58,7 @@ EXPOSE_HEADERS = (
     "X-RateLimit-Limit",
     "X-RateLimit-Remaining",
     "X-RateLimit-Reset",
+    "X-Share-Id",
 )
 #: Seconds a browser may cache a preflight's answer.
 MAX_AGE = 600

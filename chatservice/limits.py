@@ -19,6 +19,15 @@ from flask_limiter.util import get_remote_address
 from chatservice.settings import Settings
 
 SCOPE = "chat"
+KEY_PREFIX = "chatservice"
+
+
+def shared_identifiers(client_ip: str) -> tuple[str, str, str]:
+    """The counter identifiers of ``client_ip``'s shared chat budget, exactly as flask-limiter
+    builds them for the HTTP faces (key prefix, client, shared scope), so that the WebSocket
+    face counts against the same budget.
+    """
+    return (KEY_PREFIX, client_ip, SCOPE)
 
 
 def create_limiter(app: Flask, settings: Settings) -> Limiter | None:
@@ -42,7 +51,7 @@ def create_limiter(app: Flask, settings: Settings) -> Limiter | None:
         strategy="moving-window",
         headers_enabled=True,
         swallow_errors=True,
-        key_prefix="chatservice",
+        key_prefix=KEY_PREFIX,
     )
     app.extensions["chatservice.limiter"] = limiter
     return limiter

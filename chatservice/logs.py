@@ -51,6 +51,7 @@ import json
 import logging
 import logging.handlers
 import os
+import re
 import selectors
 import shutil
 import socket
@@ -98,6 +99,14 @@ class LineFormatter(logging.Formatter):
         super().__init__(TEXT_FORMAT)
         self.json_lines = json_lines
 
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        """The text line, control characters of the message escaped (``\\n``, ``\\x1b``):
+        a client's value in it (a model name) must not start a forged line or drive a
+        terminal. JSON lines are escaped by JSON itself.
+        """
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
     def format(self, record: logging.LogRecord) -> str:
         """The record as one line (a text traceback continues on the following lines)."""
         if not self.json_lines:
@@ -122,6 +131,18 @@ class LineFormatter(logging.Formatter):
         if record.exc_text:
             payload["exc"] = record.exc_text
         return _dumps(payload)
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters (C0, DEL, C1, line and paragraph separators) written
+    as Python escapes: ``"a\\nb"`` for a newline, ``\\x1b``, ``\\u2028``.
+    """
+    if not _CONTROL.search(text):
+        return text
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def _dumps(payload: dict[str, Any]) -> str:

@@ -24,14 +24,14 @@ Exported, every name prefixed ``chatservice_``:
   (the whole answer for JSON; the first event for a stream, which is what a client waits for).
 - ``backend_duration_seconds{backend}``: the upstream's (``backend="upstream"``) or the
   embedded model's (``local``) latency per call: the whole answer, or the first chunk of a
-  stream; failures included.
+  stream; failures included. Answers from the response cache are ``backend="cache"``.
 - ``backend_errors_total{backend, type}``: calls that failed, ``type`` being the error's
   stable key (``upstream_timeout``, ``upstream_error``, ``upstream_unauthorized``,
   ``no_upstream_key``, ``upstream_interrupted``, ``local_model_busy``...), whether the
   failure came before the answer or in the middle of a stream.
 - ``tokens_total{backend, direction}``: ``in`` = prompt tokens, ``out`` = completion tokens,
   from the ``usage`` the backend reported (a stream reports it only when asked, with
-  ``stream_options.include_usage``).
+  ``stream_options.include_usage``); cached answers count under ``backend="cache"``.
 - ``upstream_attempts_total{upstream, result}`` and ``upstream_duration_seconds{upstream}``:
   every attempt on each upstream (``default`` and ``local`` without ``[[upstreams]]``, else
   the entries' names), ``result`` ``ok`` or the error key, so a fallback shows as a failed
@@ -253,8 +253,13 @@ class BackendMetrics:
         self._metrics = metrics
 
     def begin(self, call: Call) -> _BackendWatch:
-        """Start the clock for ``call``."""
-        return _BackendWatch(self._metrics, call.route.name, upstream_label(call))
+        """Start the clock for ``call``; a cache hit is counted under ``cache``, apart."""
+        hit = call.cache is not None and call.cache.status == "HIT"
+        name = "cache" if hit else call.route.name
+        watch = _BackendWatch(self._metrics, name, upstream_label(call))
+        if hit:
+            watch.cached = True  # no upstream attempt to count
+        return watch
 
 
 def upstream_label(call: Call) -> str:
@@ -275,6 +280,7 @@ class _BackendWatch:
         self._upstream = upstream
         self._started: float | None = time.perf_counter()
         self._attempt: float | None = self._started
+        self.cached = False
 
     def moved(self, call: Call, err: Exception) -> None:
         self._attempted(_error_key(err))
@@ -301,6 +307,8 @@ class _BackendWatch:
         self._metrics.backend_errors.labels(self._name, key).inc()
 
     def _attempted(self, result: str) -> None:
+        if self.cached:
+            return
         started, self._attempt = self._attempt, None
         self._metrics.upstream_attempts.labels(self._upstream, result).inc()
         if started is not None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+from chatservice.jsonsafe import scrub_text
 from chatservice.settings import Secret
 
-Kind = Literal["chat", "completion"]
+Kind = Literal["chat", "completion", "embedding"]
 
 _COMPLETION_PREFIXES = ("davinci", "babbage", "text-", "curie", "ada")
 
@@ -61,7 +62,8 @@ def choice_text(choice: dict[str, Any], delta: bool) -> str:
 class ChatRequest:
     """One request to a model.
 
-    :ivar kind: ``chat`` (``messages``) or ``completion`` (``prompt``).
+    :ivar kind: ``chat`` (``messages``), ``completion`` (``prompt``) or ``embedding``
+        (``prompt`` holds the ``input``: a string, a list of strings or of token ids).
     :ivar model: the model the client asked for.
     :ivar messages: ``[{"role": "system"|"user"|"assistant", "content": str}]`` for chat; on
         the OpenAI-compatible face any message OpenAI accepts (content parts, ``tool_calls``,
@@ -76,6 +78,8 @@ class ChatRequest:
     :ivar relay: the face relays a stream's chunks unchanged (OpenAI's API): the upstream
         backend then passes each event's bytes (:attr:`ChatChunk.event`) and parses at once
         only those that carry a finish reason, usage or an error.
+    :ivar trim: the messages are a history the pipeline may shorten, oldest turns first, to
+        fit the model's context window (:mod:`chatservice.context`).
     """
 
     kind: Kind
@@ -87,6 +91,7 @@ class ChatRequest:
     stream: bool = False
     api_key: Secret | None = None
     relay: bool = False
+    trim: bool = False
 
 
 @dataclasses.dataclass
@@ -102,6 +107,11 @@ class ChatResult:
     model: str
     usage: dict[str, int] | None = None
     raw: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # An upstream may send a lone surrogate in valid JSON; it would fail every encoder
+        # downstream, so it becomes U+FFFD here, once for every backend and face.
+        self.text, self.model, self.raw = scrub_text((self.text, self.model, self.raw))
 
 
 @dataclasses.dataclass
@@ -121,6 +131,11 @@ class ChatChunk:
     usage: dict[str, int] | None = None
     raw: dict[str, Any] = dataclasses.field(default_factory=dict)
     event: bytes | None = None
+
+    def __post_init__(self) -> None:
+        # An upstream may send a lone surrogate in valid JSON; it would fail every encoder
+        # downstream, so it becomes U+FFFD here, once for every backend and face.
+        self.text, self.model, self.raw = scrub_text((self.text, self.model, self.raw))
 
     def delta(self) -> dict[str, Any]:
         """The original faces' ``data`` of a stream event: ``{"response": text, "finish_reason",

@@ -204,6 +204,7 @@ def _schemas() -> dict[str, Schema]:
             "total_tokens": {"type": "integer"},
         },
     }
+    token_ids = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
     model = specs.MODEL.schema()
     message = {
         "type": "object",
@@ -450,6 +451,61 @@ def _schemas() -> dict[str, Schema]:
                 "max_tokens": {"type": ["integer", "null"], "minimum": 1},
                 "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
                 "lang": lang,
+            },
+        },
+        "EmbeddingRequest": {
+            "type": "object",
+            "description": "OpenAI's embeddings request; fields other than `input`, `model` "
+            "and `lang` (`encoding_format`, `dimensions`, `user`) are forwarded unchanged.",
+            "required": ["input", "model"],
+            "properties": {
+                "input": {
+                    "description": "A non-empty string, or a non-empty list of non-empty "
+                    "strings, of token ids, or of lists of token ids (token ids go to an "
+                    "upstream only: the embedded model takes text).",
+                    "anyOf": [
+                        {"type": "string", "minLength": 1},
+                        {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {"type": "string", "minLength": 1},
+                        },
+                        token_ids,
+                        {"type": "array", "minItems": 1, "items": token_ids},
+                    ],
+                },
+                "model": {"type": "string", "pattern": _NON_BLANK},
+                "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+                "lang": lang,
+            },
+        },
+        "EmbeddingList": {
+            "type": "object",
+            "description": "OpenAI's `list` of `embedding` objects: the upstream's answer as "
+            "it sent it, or the embedded model's (mean-pooled vectors of the GGUF model, not "
+            "OpenAI's); `embedding` is a list of floats, or with `encoding_format: base64` "
+            "little-endian float32 bytes in base64.",
+            "required": ["object", "data"],
+            "properties": {
+                "object": {"type": "string"},
+                "data": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "object": {"type": "string"},
+                            "index": {"type": "integer"},
+                            "embedding": {
+                                "anyOf": [
+                                    {"type": "array", "items": {"type": "number"}},
+                                    {"type": "string"},
+                                ]
+                            },
+                        },
+                    },
+                },
+                "model": {"type": "string"},
+                "usage": {"type": "object"},
             },
         },
         "Completion": {
@@ -868,7 +924,11 @@ def _model_operations(settings: Settings) -> dict[str, dict[str, Any]]:
                     **_error_responses(JSON, _ref("OpenAIError"), MODEL_ERRORS),
                 },
                 description="A bearer `sk-...` that is not AUTH_TOKEN is used as the upstream "
-                "key for this request.",
+                "key for this request. With CACHE_URL set, a request with `temperature` 0 or a "
+                "`seed` is answered from the cache when an identical one was answered before "
+                "(`X-Cache: HIT` or `MISS`; `Cache-Control: no-cache` skips the cache, "
+                "`no-store` keeps the answer out). With TRIM_OPENAI_FACE=1 the oldest turns are "
+                "dropped to fit the model's context window.",
                 body=_json_body(
                     _ref("ChatCompletionRequest"),
                     {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "Hi"}]},
@@ -898,6 +958,27 @@ def _model_operations(settings: Settings) -> dict[str, dict[str, Any]]:
                     **_error_responses(JSON, _ref("OpenAIError"), MODEL_ERRORS),
                 },
                 body=_json_body(_ref("CompletionRequest"), {"prompt": "Say hi"}),
+                parameters=lang,
+                security=openai_security,
+            )
+        },
+        f"{route}/v1/embeddings": {
+            "post": _op(
+                TAG_OPENAI,
+                "openai_embeddings",
+                "Create embeddings",
+                {
+                    "200": {
+                        "description": "The embeddings, one per input, in input order.",
+                        "content": _content(JSON, _ref("EmbeddingList")),
+                    },
+                    **_error_responses(JSON, _ref("OpenAIError"), MODEL_ERRORS),
+                },
+                description="Routed like a chat request (model policy, upstream keys, "
+                "retries, limits); the embedded model answers when the upstream would not.",
+                body=_json_body(
+                    _ref("EmbeddingRequest"), {"model": "text-embedding-3-small", "input": "Hi"}
+                ),
                 parameters=lang,
                 security=openai_security,
             )
@@ -1202,7 +1283,20 @@ def _conversation_operations(settings: Settings) -> dict[str, dict[str, Any]]:
         f"{base}/store": post(
             "conversation_store",
             "Keep a copy for sharing (again: overwrite it)",
-            {"200": text("Done (the original's answer).", "保存成功"), **read_errors},
+            {
+                "200": {
+                    **text("Done (the original's answer).", "保存成功"),
+                    "headers": {
+                        "X-Share-Id": {
+                            "description": "The read-only share id for `share/{share_id}`: it "
+                            "shows the copy without the conversation id, and is never "
+                            "accepted as a conversation id.",
+                            "schema": {"type": "string", "pattern": "^sh_[A-Za-z0-9]{1,64}$"},
+                        }
+                    },
+                },
+                **read_errors,
+            },
             parameters=[conversation, lang],
         ),
         f"{base}/share/{{share_id}}": {
@@ -1226,6 +1320,9 @@ def _conversation_operations(settings: Settings) -> dict[str, dict[str, Any]]:
                     },
                     lang,
                 ],
+                description="`share_id` is the `X-Share-Id` of `store`, or (the original's form, "
+                "while SHARE_BY_CONVERSATION_ID is on) the conversation id, which such a link "
+                "reveals to anyone holding it.",
                 # Open to anyone under every AUTH_MODE, as in the original.
                 security=[] if security is not None else None,
             )

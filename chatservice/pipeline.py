@@ -14,7 +14,11 @@ its own envelope. Everything else happens here, once, in this order:
    model (BACKEND), as a pure function of the model, the client's key and the settings;
 3. **the resolved request**: a new :class:`ChatRequest` (``dataclasses.replace``; the face's
    object is never changed), built for the route when the face gave a :class:`Draft`;
-4. **prompt log** (LOG_PROMPTS);
+   **context**: a request that keeps history (``ChatRequest.trim``, or a draft with
+   ``shorter()``) drops its oldest turns until it fits the model's context window
+   (:mod:`chatservice.context`; ``BadRequest`` ``context_length_exceeded`` when it cannot);
+4. **prompt log** (LOG_PROMPTS); **cache lookup** (CACHE_URL, :mod:`chatservice.cache`): a hit
+   is answered from the cache instead of step 6, observers still see it (``Call.cache``);
 5. **observers begin**: every :class:`Observer` sees the :class:`Call` before the backend is
    called; one may refuse it by raising a :class:`~chatservice.errors.ServiceError`;
 6. **the call**: the backend's ``complete`` or ``stream`` (its own retries, before the first
@@ -35,8 +39,8 @@ Seams for later work (none is built here):
 - **client API keys with budgets**: an observer whose :meth:`Observer.begin` admits the call
   or raises (429/402-like ``ServiceError``) and whose :meth:`Watch.end` settles the usage it
   saw, on ``disconnected`` too.
-- **a response cache**: a lookup between steps 4 and 5 returning a stored result or chunks
-  without step 6; an observer fills it on ``end("done")``.
+- **a response cache** (built: :mod:`chatservice.cache`): the lookup of step 4, and an
+  observer, first of all, that fills it on ``end("done")``.
 - **usage accounting**: an observer reading ``usage`` from results and chunks.
 - **raw event bytes**: chunks travel through unchanged, whatever they carry (a face that
   relays the upstream's bytes still gets :class:`ChatChunk` objects, whose usage and finish
@@ -54,10 +58,13 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from flask import Response, jsonify
 
+from chatservice.cache import Lookup, ResponseCache
+from chatservice.context import ContextWindows, without_oldest_turn
 from chatservice.errors import ErrorRenderer, ServiceError
 from chatservice.models import ChatChunk, ChatRequest, ChatResult
 from chatservice.settings import Secret
 from chatservice.sse import event_stream
+from chatservice.tokens import TokenCounter
 from chatservice.web import request_language
 
 if TYPE_CHECKING:
@@ -97,7 +104,10 @@ class Call:
     :ivar asked_model: the model the client named, before MODEL_ALIASES.
     :ivar streamed: the answer comes as chunks (:meth:`Pipeline.stream`).
     :ivar attempts: the router's other candidates for a fallback (not for observers).
-    :ivar draft: what the request was built from, rebuilt for a fallback's route.
+    :ivar draft: what the request was built from (its trimmed form), rebuilt for a
+        fallback's route.
+    :ivar cache: the cache lookup's verdict (``cache.status`` ``HIT``: no backend is
+        called); ``None`` when the request is not cacheable or CACHE_URL is off.
     """
 
     request: ChatRequest
@@ -106,6 +116,7 @@ class Call:
     streamed: bool
     attempts: Attempts | None = dataclasses.field(default=None, compare=False, repr=False)
     draft: ChatRequest | Draft | None = dataclasses.field(default=None, compare=False, repr=False)
+    cache: Lookup | None = None
 
     def moved(self, route: Route) -> Call:
         """This call going to ``route`` instead (its request rebuilt for it)."""
@@ -170,7 +181,13 @@ class Pipeline:
         self.settings = settings
         self.backends = backends
         self.catalogs = catalogs
+        self.tokens = TokenCounter(backends.local.count_tokens)
+        self.context = ContextWindows(settings, self.tokens)
+        self.cache = ResponseCache.from_settings(settings)
         self._observers: list[Observer] = list(observers)
+        if self.cache is not None:
+            # First: a miss's lock is released even when a later observer refuses the call.
+            self._observers.insert(0, self.cache)
 
     def observe(self, observer: Observer) -> None:
         """Add ``observer``: it sees every call from now on."""
@@ -186,12 +203,39 @@ class Pipeline:
         api_key = draft.api_key if self.settings.accepts_client_keys else None
         attempts = self.backends.router.attempts(model, api_key)
         route = attempts.first()
-        req = draft if isinstance(draft, ChatRequest) else draft.build(route.embedded)
-        req = dataclasses.replace(req, model=model, api_key=api_key)
-        call = Call(req, route, draft.model, streamed, attempts, draft)
+        fitted, req = self._fit(draft, route, model, api_key)
+        call = Call(req, route, draft.model, streamed, attempts, fitted)
         if self.settings.log_prompts:
             log.info("prompt model=%s messages=%r prompt=%r", draft.model, req.messages, req.prompt)
+        if self.cache is not None:
+            call = dataclasses.replace(call, cache=self.cache.lookup(call))
         return call
+
+    def _fit(
+        self, draft: ChatRequest | Draft, route: Route, model: str, api_key: Secret | None
+    ) -> tuple[ChatRequest | Draft, ChatRequest]:
+        """The draft as trimmed and its resolved request, fitting the context window when
+        it keeps history.
+        """
+        fitted: list[ChatRequest | Draft] = [draft]
+
+        def build(current: ChatRequest | Draft) -> ChatRequest:
+            fitted[0] = current
+            req = current if isinstance(current, ChatRequest) else current.build(route.embedded)
+            return dataclasses.replace(req, model=model, api_key=api_key)
+
+        def shorter(current: Any) -> Any:
+            if isinstance(current, ChatRequest):
+                return without_oldest_turn(current)
+            return current.shorter()
+
+        if isinstance(draft, ChatRequest) and not draft.trim:
+            return draft, build(draft)
+        if not isinstance(draft, ChatRequest) and not hasattr(draft, "shorter"):
+            return draft, build(draft)
+        upstream = route.upstream or ("local" if route.embedded else "default")
+        req = self.context.fit(draft, build, shorter, upstream, route.embedded)
+        return fitted[0], req
 
     def answer(self, draft: ChatRequest | Draft) -> ChatResult:
         """The whole answer to ``draft`` (its ``stream`` flag is not looked at).
@@ -200,6 +244,11 @@ class Pipeline:
         """
         call = self.plan(draft, streamed=False)
         watches = self._begin(call)
+        if call.cache is not None and call.cache.status == "HIT":
+            result = call.cache.result()
+            _tell(watches, "result", result)
+            _tell(watches, "end", "done")
+            return result
         while True:
             started = time.perf_counter()
             try:
@@ -270,8 +319,8 @@ class Pipeline:
             raise
         finally:
             try:
-                if chunks is not None:
-                    chunks.close()  # type: ignore[attr-defined]
+                if chunks is not None and hasattr(chunks, "close"):  # a cached hit's has none
+                    chunks.close()
             finally:
                 _tell(watches, "end", outcome)
 
@@ -282,6 +331,8 @@ class Pipeline:
         (none if it ended at once) and the call as it went; a failure before the first
         chunk moves to the router's next candidate.
         """
+        if call.cache is not None and call.cache.status == "HIT":
+            return iter(call.cache.chunks()), [], call
         while True:
             started = time.perf_counter()
             chunks: Iterator[ChatChunk] | None = None

@@ -204,6 +204,25 @@ def _upstreams(raw: str) -> tuple[Any, ...]:
     return parse_upstreams(raw)
 
 
+def _windows(raw: str) -> dict[str, int]:
+    """``model=tokens,model@upstream=tokens`` -> ``{"model": tokens, ...}`` (CONTEXT_WINDOWS)."""
+    windows = {}
+    for item in _list(raw):
+        name, sep, tokens = item.rpartition("=")
+        if not sep or not name.strip() or not tokens.strip().isdigit() or int(tokens) < 1:
+            raise ValueError(f"expected model=tokens pairs separated by commas, got {item!r}")
+        windows[name.strip()] = int(tokens)
+    return windows
+
+
+def _cache_url(raw: str) -> str:
+    """CACHE_URL: empty (off), memory:// or a redis:// URL."""
+    value = raw.strip()
+    if value and value.split("://", 1)[0] not in STORAGE_SCHEMES:
+        raise ValueError("expected empty (off), memory:// or redis://host:6379")
+    return value
+
+
 def _raw_text(raw: str) -> str:
     return raw
 
@@ -385,6 +404,9 @@ class Settings:
     local_loop_guard: bool = _setting("LOCAL_LOOP_GUARD", _bool, "1")
     default_model: str = _setting("DEFAULT_MODEL", _text, "gpt-3.5-turbo")
     max_body_bytes: int = _setting("MAX_BODY_BYTES", _int(1), "1048576")
+    body_read_timeout: float = _setting("BODY_READ_TIMEOUT", _seconds, "30")
+    ws_max_backlog: int = _setting("WS_MAX_BACKLOG", _int(1), "16")
+    memory_max_entries: int = _setting("MEMORY_MAX_ENTRIES", _int(1), "100000")
     bot_desc: str = _setting("BOT_DESC", _raw_text, "You are a helpful assistant.")
     history_max_messages: int = _setting("HISTORY_MAX_MESSAGES", _int(1), "20")
     conversation_ttl: float = _setting("CONVERSATION_TTL", _seconds, "1800")
@@ -400,6 +422,8 @@ class Settings:
     )
     store_url: str = _setting("STORE_URL", _store_url, "sqlite:///data/chatservice.db")
     max_context_messages: int = _setting("MAX_CONTEXT_MESSAGES", _int(1), "20")
+    conversation_max_bytes: int = _setting("CONVERSATION_MAX_BYTES", _int(1024), "2097152")
+    share_by_conversation_id: bool = _setting("SHARE_BY_CONVERSATION_ID", _bool, "1")
     completion_model: str = _setting("COMPLETION_MODEL", _text, "gpt-3.5-turbo-instruct")
     turbo_model: str = _setting("TURBO_MODEL", _text, "gpt-3.5-turbo")
     gpt4_model: str = _setting("GPT4_MODEL", _text, "gpt-4")
@@ -419,6 +443,10 @@ class Settings:
     playground: bool = _setting("PLAYGROUND", _bool, "1")
     allowed_models: tuple[str, ...] = _setting("ALLOWED_MODELS", _list, "")
     model_aliases: dict[str, str] = _setting("MODEL_ALIASES", _aliases, "")
+    context_windows: dict[str, int] = _setting("CONTEXT_WINDOWS", _windows, "")
+    trim_openai_face: bool = _setting("TRIM_OPENAI_FACE", _bool, "0")
+    cache_url: str = _setting("CACHE_URL", _cache_url, "")
+    cache_ttl: float = _setting("CACHE_TTL", _seconds, "3600")
 
     @classmethod
     def from_env(
@@ -541,6 +569,9 @@ def _read_config_file(source: Mapping[str, str]) -> dict[str, str]:
     prices = document.pop("prices", None)
     if prices is not None:
         values["PRICES"] = _prices_table(prices, path)
+    windows = document.pop("context_windows", None)
+    if windows is not None:
+        values["CONTEXT_WINDOWS"] = _windows_value(windows)
     for key, value in _flatten(document):
         name = _config_name(key)
         if name is None:
@@ -558,6 +589,21 @@ def _prices_table(table: Any, path: Path) -> str:
                 f"CONFIG_FILE: {path}: [prices] entries are model = {{ input = ..., output = ... }}"
             )
         items.append(f"{model}={price['input']}/{price['output']}")
+    return ",".join(items)
+
+
+def _windows_value(table: Any) -> str:
+    """The ``[context_windows]`` table as CONTEXT_WINDOWS: ``"model" = tokens`` entries, and
+    one sub-table per upstream (``[context_windows.<upstream>]``) for ``model@upstream``.
+    """
+    if not isinstance(table, dict):
+        raise ConfigError("CONFIG_FILE: context_windows must be a table")
+    items = []
+    for name, value in table.items():
+        if isinstance(value, dict):
+            items += [f"{model}@{name}={tokens}" for model, tokens in value.items()]
+        else:
+            items.append(f"{name}={value}")
     return ",".join(items)
 
 

@@ -19,6 +19,7 @@ and the replay cache need. Storage failures raise
 from __future__ import annotations
 
 import contextlib
+import heapq
 import os
 import sqlite3
 import threading
@@ -62,17 +63,33 @@ class KeyValueStore(Protocol):
     def incr(self, key: str) -> int:
         """Add one to an integer value (absent counts as 0) and return it; keeps the TTL."""
 
+    def expire_if(self, key: str, value: str, ttl: float) -> bool:
+        """Give ``key`` a new TTL only if it holds ``value``; True if it did (renews locks)."""
+
     def ping(self) -> None:
         """Raise ``ServiceError`` (store_unavailable) unless the storage answers."""
 
 
 class MemoryState:
-    """Per-process state; ``clock`` (seconds, default ``time.time``) can be replaced in tests."""
+    """Per-process state; ``clock`` (seconds, default ``time.time``) can be replaced in tests.
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    Expired entries are freed as time passes, not only when their key is read again: every
+    write first drops what has expired (a heap of expiry times keeps that cheap), and beyond
+    ``max_entries`` (MEMORY_MAX_ENTRIES) the entries closest to expiry go first, then the
+    oldest entries that never expire.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time, max_entries: int = 100_000) -> None:
         self.clock = clock
+        self.max_entries = max_entries
         self._data: dict[str, tuple[str, float | None]] = {}
+        #: (expiry, key) of every value stored with a TTL; stale pairs (the key was
+        #: rewritten or deleted since) are skipped when they come up.
+        self._expiries: list[tuple[float, str]] = []
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._data)
 
     def get(self, key: str) -> str | None:
         """See :class:`KeyValueStore`."""
@@ -87,14 +104,14 @@ class MemoryState:
     def set(self, key: str, value: str, ttl: float | None = None) -> None:
         """See :class:`KeyValueStore`."""
         with self._lock:
-            self._data[key] = (value, _expiry(self.clock(), ttl))
+            self._store(key, value, _expiry(self.clock(), ttl))
 
     def add(self, key: str, value: str, ttl: float | None = None) -> bool:
         """See :class:`KeyValueStore`."""
         with self._lock:
             if self._live(key) is not None:
                 return False
-            self._data[key] = (value, _expiry(self.clock(), ttl))
+            self._store(key, value, _expiry(self.clock(), ttl))
             return True
 
     def delete(self, key: str) -> None:
@@ -115,11 +132,48 @@ class MemoryState:
         with self._lock:
             value = int(self._live(key) or 0) + 1
             expires = self._data[key][1] if key in self._data else None
-            self._data[key] = (str(value), expires)
+            self._store(key, str(value), expires)
             return value
+
+    def expire_if(self, key: str, value: str, ttl: float) -> bool:
+        """See :class:`KeyValueStore`."""
+        with self._lock:
+            if self._live(key) != value:
+                return False
+            self._store(key, value, _expiry(self.clock(), ttl))
+            return True
 
     def ping(self) -> None:
         """Memory always answers."""
+
+    def _store(self, key: str, value: str, expires: float | None) -> None:
+        self._sweep()
+        self._data.pop(key, None)  # re-inserted last: the dict's order is the write order
+        self._data[key] = (value, expires)
+        if expires is not None:
+            heapq.heappush(self._expiries, (expires, key))
+        while len(self._data) > self.max_entries:
+            self._evict_one()
+        if len(self._expiries) > 2 * len(self._data) + 64:  # too many stale pairs: rebuild
+            self._expiries = [(exp, k) for k, (_, exp) in self._data.items() if exp is not None]
+            heapq.heapify(self._expiries)
+
+    def _sweep(self) -> None:
+        now = self.clock()
+        while self._expiries and self._expiries[0][0] <= now:
+            expires, key = heapq.heappop(self._expiries)
+            item = self._data.get(key)
+            if item is not None and item[1] == expires:
+                del self._data[key]
+
+    def _evict_one(self) -> None:
+        while self._expiries:
+            expires, key = heapq.heappop(self._expiries)
+            item = self._data.get(key)
+            if item is not None and item[1] == expires:
+                del self._data[key]
+                return
+        del self._data[next(iter(self._data))]  # only never-expiring entries left
 
     def _live(self, key: str) -> str | None:
         item = self._data.get(key)
@@ -146,14 +200,20 @@ class SqliteState:
         self.clock = clock
         self._path = path
         self._swept = 0.0
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL,"
-                " expires REAL)"
-            )
+        try:
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.closing(sqlite3.connect(path, timeout=STORAGE_TIMEOUT)) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT"
+                    " NULL, expires REAL)"
+                )
+                db.commit()
+        except (OSError, sqlite3.Error) as exc:
+            # One line naming the file, for the start-up error; never a traceback.
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise OSError(f"cannot write {path}: {reason}") from None
 
     def get(self, key: str) -> str | None:
         """See :class:`KeyValueStore`."""
@@ -235,10 +295,24 @@ class SqliteState:
             db.execute("COMMIT")
             return value
 
-    def ping(self) -> None:
+    def expire_if(self, key: str, value: str, ttl: float) -> bool:
         """See :class:`KeyValueStore`."""
+        now = self.clock()
         with self._connect() as db:
-            db.execute("SELECT 1").fetchone()
+            cursor = db.execute(
+                "UPDATE state SET expires = ? WHERE key = ? AND value = ? AND (expires IS NULL"
+                " OR expires > ?)",
+                (_expiry(now, ttl), key, value, now),
+            )
+            return cursor.rowcount == 1
+
+    def ping(self) -> None:
+        """Raise ``store_unavailable`` unless the file can be *written*: reads go on in WAL
+        mode while a stuck writer, a read-only file or a full disk refuse every write.
+        """
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")  # takes the write lock, writes nothing
+            db.execute("ROLLBACK")
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -266,6 +340,10 @@ class RedisState:
         "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
         "else return 0 end"
     )
+    _EXPIRE_IF = (
+        "if redis.call('get', KEYS[1]) == ARGV[1] then "
+        "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+    )
 
     def __init__(self, url: str) -> None:
         self.clock = time.time
@@ -276,6 +354,7 @@ class RedisState:
             decode_responses=True,
         )
         self._delete_if = self._redis.register_script(self._DELETE_IF)
+        self._expire_if = self._redis.register_script(self._EXPIRE_IF)
 
     def get(self, key: str) -> str | None:
         """See :class:`KeyValueStore`."""
@@ -314,6 +393,11 @@ class RedisState:
         with _redis_errors():
             return int(self._redis.incr(PREFIX + key))
 
+    def expire_if(self, key: str, value: str, ttl: float) -> bool:
+        """See :class:`KeyValueStore`."""
+        with _redis_errors():
+            return bool(self._expire_if(keys=[PREFIX + key], args=[value, _milliseconds(ttl)]))
+
     def ping(self) -> None:
         """See :class:`KeyValueStore`."""
         with _redis_errors():
@@ -344,10 +428,12 @@ def sqlite_path(url: str) -> str:
     return os.path.expanduser(path[1:])
 
 
-def open_store(url: str) -> KeyValueStore:
-    """The state for a storage URL: ``memory://``, ``sqlite:///...`` or ``redis://...``."""
+def open_store(url: str, max_entries: int = 100_000) -> KeyValueStore:
+    """The state for a storage URL: ``memory://`` (at most ``max_entries`` values),
+    ``sqlite:///...`` or ``redis://...``.
+    """
     if url.startswith("memory://"):
-        return MemoryState()
+        return MemoryState(max_entries=max_entries)
     if url.startswith("sqlite://"):
         return SqliteState(sqlite_path(url))
     return RedisState(url)

@@ -9,6 +9,7 @@ from flask import current_app, g, request
 
 from chatservice.errors import BadRequest
 from chatservice.i18n import negotiate
+from chatservice.jsonsafe import find_unsafe_value
 
 
 def read_json_object() -> dict[str, Any]:
@@ -26,6 +27,9 @@ def read_json_object() -> dict[str, Any]:
         raise BadRequest("invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("body_not_object")
+    unsafe = find_unsafe_value(body)
+    if unsafe is not None:
+        raise unsafe
     g.json_body = body
     return body
 

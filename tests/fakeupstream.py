@@ -1,17 +1,20 @@
 """A fake OpenAI-compatible upstream on 127.0.0.1 for the tests.
 
 A real threaded HTTP/1.1 server: it records every request it receives and answers
-``/chat/completions`` and ``/completions`` (whole or as chunked SSE, optionally slowly), or
+``/chat/completions`` and ``/completions`` (whole or as chunked SSE, optionally slowly),
+``/embeddings`` (:func:`fake_embedding` vectors, floats or base64 as asked), or
 follows a scripted :class:`Reply`: any status and body, a delay, a stall, a dropped connection.
 Sockets set TCP_NODELAY so keep-alive requests do not show delayed-ACK stalls.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import select
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -75,6 +78,27 @@ def answer_for(path: str, body: Any) -> str:
     return "echo: " + str(body.get("prompt", ""))
 
 
+def fake_embedding(text: Any) -> list[float]:
+    """The fake's vector for one input: three floats derived from it (exact in float32)."""
+    size = len(str(text))
+    return [float(size), 0.5, -0.25]
+
+
+def embeddings_body(body: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's embeddings answer for ``body``'s ``input``."""
+    value = body.get("input")
+    several = isinstance(value, list) and value and not isinstance(value[0], int)
+    items = value if several else [value]
+    data = []
+    for index, item in enumerate(items):
+        vector: Any = fake_embedding(item)
+        if body.get("encoding_format") == "base64":
+            vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": vector})
+    usage = {"prompt_tokens": 2 * len(items), "total_tokens": 2 * len(items)}
+    return {"object": "list", "data": data, "model": body.get("model"), "usage": usage}
+
+
 class FakeUpstream:
     """The server; ``url`` is its ``/v1`` base URL. Thread-safe for concurrent requests."""
 
@@ -85,6 +109,13 @@ class FakeUpstream:
         self.revoked: set[str] = set()
         #: The ids its ``GET /models`` lists.
         self.models: list[str] = []
+        #: The key of every GET (``/models``) received, in order.
+        self.probes: list[str] = []
+        #: Keys whose ``/models`` probe gets a 401 even though their chat calls are scripted.
+        self.probe_refused: set[str] = set()
+        #: Replies for requests whose last message (or prompt) is exactly this text, whatever
+        #: the key: an upstream that refuses one particular request.
+        self.by_content: dict[str, Reply] = {}
         self._queue: deque[Reply] = deque()
         self._lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"fake": self})
@@ -102,6 +133,9 @@ class FakeUpstream:
             self.default = Reply()
             self.revoked = set()
             self.models = []
+            self.probes.clear()
+            self.probe_refused = set()
+            self.by_content = {}
 
     def push(self, *replies: Reply) -> None:
         """Answer the next requests with these replies, in order, then the default."""
@@ -154,6 +188,12 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def do_GET(self) -> None:
+        token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        with self.fake._lock:
+            self.fake.probes.append(token)
+        if token in self.fake.revoked | self.fake.probe_refused:
+            self._send_json(401, {"error": {"code": "invalid_api_key"}})
+            return
         data = [{"id": model, "object": "model", "owned_by": "fake"} for model in self.fake.models]
         self._send_json(200, {"object": "list", "data": data})
 
@@ -167,8 +207,11 @@ class _Handler(BaseHTTPRequestHandler):
         item = Received("POST", self.path, dict(self.headers.items()), body, time.monotonic())
         self.fake.record(item)
         token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        content = answer_for(self.path, body if isinstance(body, dict) else {})
         if token in self.fake.revoked:
             reply = Reply(status=401, body={"error": {"code": "invalid_api_key"}})
+        elif content.removeprefix("echo: ") in self.fake.by_content:
+            reply = self.fake.by_content[content.removeprefix("echo: ")]
         else:
             reply = self.fake.next_reply()
         try:
@@ -199,6 +242,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if reply.status != 200 or reply.body is not None:
             self._send_json(reply.status, reply.body or {}, reply.headers)
+            return
+        if self.path.endswith("/embeddings"):
+            self._send_json(200, embeddings_body(body), reply.headers)
             return
         text = reply.text if reply.text is not None else answer_for(self.path, body)
         chat = self.path.endswith("/chat/completions")

@@ -24,7 +24,7 @@ from tests.fakeupstream import Reply
 ADMIN = "admin-token-live-keys-7"  # noqa: S105 - a test credential
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 UPSTREAM_KEY = "sk-test-live-keys-0001"
-PROMPT = "abcdefghijklmnopqrst"  # 20 characters: 5 tokens as the service counts them
+PROMPT = "abcdefghijklmno"  # 15 bytes: 5 tokens by the approximation (3 bytes a token)
 ANSWER = "one two three four five"  # 5 completion tokens as the fake upstream counts them
 WORST = 10
 ENV = {

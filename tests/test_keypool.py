@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -97,7 +98,8 @@ def test_cool_down_without_retry_after_backs_off_exponentially(make_app, fake):
     limited = Reply(status=429, body={"error": {"code": "rate_limit_exceeded"}})
     fake.push(limited)
     r = ask(client)
-    assert r.status_code == 503 and r.get_json()["data"]["error"] == "no_upstream_key"
+    # The one key's refusal may be the request's own: the client sees the upstream's 429.
+    assert r.status_code == 429 and r.get_json()["data"]["error"] == "upstream_rate_limited"
     assert r.headers["Retry-After"] == "1"
     assert snapshot(app)["sk-...aaaa"]["cooldown_until"] == clock.now + 1
     clock.now += 1.5
@@ -119,11 +121,35 @@ def test_insufficient_quota_disables(make_app, fake):
     assert snapshot(app)["sk-...aaaa"]["last_error"] == "insufficient_quota"
 
 
-def test_forbidden_disables(make_app, fake):
+def wait_for_state(app, masked: str, state: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while snapshot(app)[masked]["state"] != state:
+        assert time.monotonic() < deadline, snapshot(app)[masked]
+        time.sleep(0.02)
+
+
+def test_a_bare_403_suspends_the_key_until_its_models_probe_clears_it(make_app, fake):
     app, client, _ = pool_app(make_app, API_KEY=f"{A},{B}")
     fake.push(Reply(status=403, body={"error": {"code": "unsupported_country_region"}}))
     assert ask(client).status_code == 200
+    wait_for_state(app, "sk-...aaaa", "usable")  # GET /models with A answered 200
+    assert A in fake.probes
+
+
+def test_a_bare_401_disables_the_key_when_its_models_probe_refuses_it_too(make_app, fake):
+    app, client, _ = pool_app(make_app, API_KEY=f"{A},{B}")
+    fake.probe_refused = {A}
+    fake.push(Reply(status=401, body={"error": {"message": "no"}}))
+    assert ask(client).status_code == 200
+    wait_for_state(app, "sk-...aaaa", "disabled")
+    deadline = time.monotonic() + 5
+    while A not in fake.probes:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    for _ in range(3):
+        assert ask(client).status_code == 200
     assert snapshot(app)["sk-...aaaa"]["state"] == "disabled"
+    assert all(auth(x) == B for x in fake.received[2:])
 
 
 def test_auto_remove_off_keeps_rejected_keys(make_app, fake):
@@ -323,3 +349,43 @@ def test_a_key_disabled_by_one_instance_is_skipped_by_another(live_server, upstr
     for _ in range(3):
         assert requests.post(two.url + "/api", json={"user_content": "x"}, timeout=10).ok
     assert [auth(x) for x in upstream.received[2:]] == [B, B, B]
+
+
+def test_one_refused_request_never_takes_the_keys_out_of_service(live_server, upstream):
+    """A request the upstream refuses whatever the key (a model restriction, moderation) gets
+    the upstream's 403; at most one key is suspended per request, the /models probe puts it
+    back, and innocent requests and /readyz never see a 503.
+    """
+    server = live_server(API_KEY=f"{A},{B},{C}", ADMIN_TOKEN="admin-token-123456")
+    upstream.by_content["forbidden"] = Reply(status=403, body={"error": {"message": "no"}})
+    for _ in range(4):
+        r = requests.post(server.url + "/api", json={"user_content": "forbidden"}, timeout=10)
+        assert r.status_code == 403 and r.json()["data"]["error"] == "upstream_refused"
+        assert requests.get(server.url + "/readyz", timeout=10).status_code == 200
+        ok = requests.post(server.url + "/api", json={"user_content": "fine"}, timeout=10)
+        assert ok.status_code == 200
+    refused = [x for x in upstream.received if x.json["messages"][-1]["content"] == "forbidden"]
+    assert len(refused) <= 8  # two keys per refused request at most, never all three
+    admin = {"Authorization": "Bearer admin-token-123456"}
+    deadline = time.monotonic() + 10
+    while True:
+        keys = requests.get(server.url + "/api/admin/keys", headers=admin, timeout=10).json()
+        if all(row["state"] == "usable" for row in keys["keys"]):
+            break
+        assert time.monotonic() < deadline, keys
+        time.sleep(0.05)
+
+
+def test_a_request_drawing_plain_429s_cools_one_key_and_gets_the_429(live_server, upstream):
+    server = live_server(API_KEY=f"{A},{B},{C}", ADMIN_TOKEN="admin-token-123456")
+    upstream.by_content["heavy"] = Reply(
+        status=429, body={"error": {"code": "rate_limit_exceeded"}}
+    )
+    r = requests.post(server.url + "/api", json={"user_content": "heavy"}, timeout=10)
+    assert r.status_code == 429 and r.json()["data"]["error"] == "upstream_rate_limited"
+    admin = {"Authorization": "Bearer admin-token-123456"}
+    keys = requests.get(server.url + "/api/admin/keys", headers=admin, timeout=10).json()["keys"]
+    assert sorted(row["state"] for row in keys) == ["cooling", "usable", "usable"]
+    for i in range(4):
+        ok = requests.post(server.url + "/api", json={"user_content": f"q{i}"}, timeout=10)
+        assert ok.status_code == 200

@@ -137,6 +137,7 @@ def test_whole_answers_record_face_route_model_tokens_and_backend(make_app, acce
             "prompt_tokens": tokens[0],
             "completion_tokens": tokens[1],
             "backend": "upstream",
+            "usage": "reported",
         }
         assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
 
@@ -238,11 +239,11 @@ def test_text_and_json_lines(make_app, access):
     text = logs.LineFormatter(json_lines=False).format(record)
     assert re.search(
         r" INFO chatservice\.access: POST /api 200 \d+\.\dms id=fmt face=api ip=127\.0\.0\.1 "
-        r"model=gpt-3\.5-turbo tokens=5/2 backend=upstream$",
+        r"model=gpt-3\.5-turbo tokens=5/2 backend=upstream usage=reported$",
         text,
     ), text
     line = json.loads(logs.LineFormatter(json_lines=True).format(record))
-    assert list(line) == ["time", *access_log.FIELDS, "pid"]
+    assert list(line) == ["time", *access_log.FIELDS, "usage", "pid"]
     assert line["request_id"] == "fmt" and line["completion_tokens"] == 2
     app_record = logging.LogRecord("chatservice.x", logging.WARNING, "f", 1, "a %s", ("b",), None)
     assert json.loads(logs.LineFormatter(json_lines=True).format(app_record))["message"] == "a b"

@@ -225,7 +225,7 @@ def test_key_states_are_exported_without_the_keys(make_app, fake, tmp_path):
 
     rate_limited = {"error": {"code": "rate_limit_exceeded"}}
     fake.push(Reply(status=429, body=rate_limited, headers={"Retry-After": "30"}))
-    assert ask(client).status_code == 503  # B cools down: no usable key left
+    assert ask(client).status_code == 429  # B cools down; the client gets the upstream's 429
     response = client.get("/metrics")
     samples = parse(response.get_data(as_text=True))
     assert [value(samples, keys, state=s) for s in ("usable", "cooling", "disabled")] == [0, 1, 1]

@@ -372,6 +372,28 @@ def test_every_breaker_open_is_a_localized_503_with_retry_after(routed, fakes):
     assert len(a.received) == 1
 
 
+def test_a_refused_request_moves_on_without_charging_the_breaker(routed, fakes):
+    # A 403 refuses this request (a provider's model restriction, moderation): another
+    # provider may answer it, but one client's request must not open every breaker.
+    a, b, _ = fakes
+    client = routed(
+        entry("a", a, priority=1),
+        entry("b", b),
+        UPSTREAM_BREAKER_FAILURES="1",
+        UPSTREAM_BREAKER_COOLDOWN="30",
+    ).test_client()
+    refusal = {"error": {"code": "content_policy", "type": "invalid_request_error"}}
+    a.push(Reply(status=403, body=refusal), Reply(status=403, body=refusal))
+    assert ask_openai(client).status_code == 200  # b answered
+    b.push(Reply(status=403, body=refusal))
+    r = ask_openai(client)  # refused everywhere: the upstream's own 403
+    assert r.status_code == 403 and r.get_json()["error"]["code"] == "upstream_refused"
+    view = client.get("/api/admin/upstreams", headers=ADMIN).get_json()["upstreams"]
+    breakers = {row["name"]: row["breaker"] for row in view}
+    assert (breakers["a"], breakers["b"]) == ("closed", "closed")
+    assert ask_openai(client).status_code == 200 and len(a.received) == 3
+
+
 # --- models, admin, logs, metrics -------------------------------------------------------------
 
 
@@ -424,7 +446,7 @@ def test_access_log_and_metrics_name_the_upstream(routed, fakes, caplog):
         assert ask_openai(client).status_code == 200
     [record] = [r for r in caplog.records if r.name == "chatservice.access"]
     assert record.access["upstream"] == "second" and record.access["backend"] == "upstream"
-    assert record.getMessage().endswith("backend=upstream upstream=second")
+    assert record.getMessage().endswith("backend=upstream upstream=second usage=reported")
     metrics = client.get("/metrics").get_data(as_text=True)
     assert (
         'chatservice_upstream_attempts_total{result="upstream_overloaded",upstream="first"} 1.0'

@@ -14,8 +14,8 @@ CASES = [
     (Reply(status=401, body={"error": {"code": "invalid_api_key"}}), 401, "upstream_unauthorized"),
     (
         Reply(status=403, body={"error": {"code": "unsupported_country"}}),
-        401,
-        "upstream_unauthorized",
+        403,
+        "upstream_refused",
     ),
     (
         Reply(status=429, body={"error": {"code": "rate_limit_exceeded"}}),
@@ -41,7 +41,9 @@ CASES = [
 ]
 
 
-KEY_REFUSALS = {"upstream_unauthorized", "upstream_rate_limited", "upstream_quota"}
+#: Refusals that blame the key itself (by their code): the pool's one key is taken out. A
+#: bare 403 or a plain 429 may be the request's own: the client gets the upstream's status.
+KEY_REFUSALS = {"upstream_unauthorized", "upstream_quota"}
 
 
 @pytest.mark.parametrize(("reply", "status", "key"), CASES)

@@ -210,9 +210,9 @@ CHAT_CASES = [
     Case(
         "temperature-nan",
         '{"query": "hi", "temperature": NaN}',
-        "out_of_range",
+        "not_finite",
         raw=True,
-        **out_of_range("temperature", 0, 2),
+        field="temperature",
     ),
     Case(
         "temperature-string",

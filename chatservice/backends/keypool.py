@@ -4,11 +4,21 @@ Keys come from API_KEY (comma-separated) and KEY_FILE (one per line; blank lines
 comments, spaces and Windows line endings ignored). Each key is *usable*, *cooling down*
 until a time, or *disabled*:
 
-- 401, 403 and 429 ``insufficient_quota`` disable a key when AUTO_REMOVE_KEYS is true
-  (Alice ChatGPT's ``-a``); with it false they only count as failures;
+- a *key fault* -- OpenAI's ``invalid_api_key``, ``account_deactivated`` or
+  ``insufficient_quota`` code or type -- disables the key when AUTO_REMOVE_KEYS is true (Alice
+  ChatGPT's ``-a``); with it false it only counts as a failure;
+- a 401 or 403 without such a code is *ambiguous*: a provider's model restriction or
+  moderation refuses the request, not the key. The key is suspended (at most one key per
+  request, :class:`Failover`) and re-checked in the background through the upstream's
+  ``GET /models`` with that key: a 401/403 there disables it, a 200 puts it back, and a probe
+  that cannot tell lets the suspension lapse after :data:`SUSPEND_SECONDS`;
 - a plain 429 cools the key down for its ``Retry-After``, or an exponential backoff
-  (1, 2, 4 ... up to 300 s) when the upstream gives none; it comes back by itself;
+  (1, 2, 4 ... up to 300 s) when the upstream gives none; it comes back by itself. It is
+  ambiguous too (one request can draw it), so it cools at most one key per request;
 - transient upstream faults (5xx, timeouts, overload) never touch a key's state.
+
+After an ambiguous refusal the next key is tried once; when that one refuses too, the
+request itself is the problem and the client gets the upstream's own status (4xx), not 503.
 
 The marks live in the shared state (memory per worker, or Redis across workers and
 machines), under an id derived from a hash of the key, never the key itself.
@@ -17,10 +27,13 @@ machines), under an id derived from a hash of the key, never the key itself.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import logging
 import math
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +52,65 @@ INVALID, FORBIDDEN, QUOTA, RATE_LIMITED = (
 )
 DISABLING = (INVALID, FORBIDDEN, QUOTA)
 BACKOFF_START, BACKOFF_MAX = 1.0, 300.0
+#: OpenAI's error codes and types that blame the key itself, whatever the request.
+KEY_FAULT_CODES = frozenset(
+    {"invalid_api_key", "account_deactivated", "insufficient_quota", "billing_not_active"}
+)
+#: Seconds an ambiguously refused key stays out while its background probe runs; a probe
+#: that cannot reach the upstream leaves the key to come back by itself after this.
+SUSPEND_SECONDS = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """Why the upstream refused a call with a pool key.
+
+    :param reason: one of the module's constants (``invalid_key``, ``forbidden``, ...).
+    :param definite: True for a key fault (by its error code), False when the refusal may be
+        the request's own (a bare 401/403, a plain 429).
+    :param retry_after: the upstream's ``Retry-After`` in seconds, if any.
+    """
+
+    reason: str
+    definite: bool
+    retry_after: float | None = None
+
+
+def classify(status: int, error: Mapping[str, Any], headers: Mapping[str, str]) -> Refusal | None:
+    """The :class:`Refusal` an upstream answer means for its key, or None when it is no
+    refusal of the key (2xx, 5xx, 400 ...).
+
+    ``error`` is the answer's OpenAI ``error`` object (``{}`` when there is none); only its
+    ``code`` and ``type`` are read.
+    """
+    marks = {str(error.get("code") or ""), str(error.get("type") or "")}
+    if status == 429:
+        if "insufficient_quota" in marks:
+            return Refusal(QUOTA, True)
+        retry = str(headers.get("Retry-After", ""))
+        return Refusal(RATE_LIMITED, False, float(retry) if retry.isdigit() else None)
+    if status not in (401, 403):
+        return None
+    reason = INVALID if status == 401 else FORBIDDEN
+    if "insufficient_quota" in marks:
+        return Refusal(QUOTA, True)
+    return Refusal(reason, bool(marks & KEY_FAULT_CODES))
+
+
+class Failover:
+    """One request's walk over the pool: key faults move on freely, but only one ambiguous
+    refusal is charged to a key; a second one means the request is at fault.
+    """
+
+    def __init__(self) -> None:
+        self.ambiguous = 0
+
+    def charge(self, refusal: Refusal) -> bool:
+        """Whether ``refusal`` is to be marked on its key (and the next key tried)."""
+        if refusal.definite:
+            return True
+        self.ambiguous += 1
+        return self.ambiguous == 1
 
 
 def read_key_file(path: str) -> list[Secret]:
@@ -121,31 +193,63 @@ class KeyPool:
         with contextlib.suppress(ServiceError):  # best effort, see _statuses
             self._state.delete(f"key:{self._id[key]}:strikes")
 
-    def failed(self, key: Secret, reason: str, retry_after: float | None = None) -> None:
-        """The upstream refused ``key`` for ``reason`` (one of the module's constants).
+    def failed(
+        self,
+        key: Secret,
+        refusal: Refusal,
+        probe: Callable[[Secret], int | None] | None = None,
+    ) -> None:
+        """The upstream refused ``key`` (see :func:`classify`).
 
-        Marks are best effort: with their storage down the refusal is only logged.
+        ``probe(key)`` answers the HTTP status of the upstream's ``GET /models`` with ``key``
+        (None when unreachable); an ambiguous 401/403 suspends the key and runs it in a
+        background thread (a greenlet under gevent). Marks are best effort: with their
+        storage down the refusal is only logged.
         """
         try:
-            self._mark(key, reason, retry_after)
+            self._mark(key, refusal, probe)
         except ServiceError:
             log.warning("key pool state unreachable; %s not marked", key.masked())
 
-    def _mark(self, key: Secret, reason: str, retry_after: float | None) -> None:
-        ident = self._id[key]
+    def _mark(
+        self, key: Secret, refusal: Refusal, probe: Callable[[Secret], int | None] | None
+    ) -> None:
+        ident, reason = self._id[key], refusal.reason
         self._state.incr(f"key:{ident}:failures")
         self._state.set(f"key:{ident}:last_error", reason)
         if reason in DISABLING:
-            if self._auto_remove:
+            if not self._auto_remove:
+                return
+            if refusal.definite or probe is None:
                 self._state.set(f"key:{ident}:disabled", "1")
                 log.warning("upstream key %s disabled (%s)", key.masked(), reason)
+                return
+            self._state.set(f"key:{ident}:suspended", "1", ttl=SUSPEND_SECONDS)
+            log.warning("upstream key %s suspended (%s); re-checking it", key.masked(), reason)
+            threading.Thread(target=self._recheck, args=(key, probe), daemon=True).start()
             return
         strikes = self._state.incr(f"key:{ident}:strikes")
+        retry_after = refusal.retry_after
         seconds = (
             retry_after if retry_after else min(BACKOFF_MAX, BACKOFF_START * 2 ** (strikes - 1))
         )
         self._state.set(f"key:{ident}:cooldown", str(self._clock() + seconds), ttl=seconds)
         log.warning("upstream key %s cooling down for %.0f s", key.masked(), seconds)
+
+    def _recheck(self, key: Secret, probe: Callable[[Secret], int | None]) -> None:
+        """Keep a suspended key out only if the upstream's ``/models`` refuses it too."""
+        ident = self._id[key]
+        try:
+            status = probe(key)
+            if status in (401, 403):
+                self._state.set(f"key:{ident}:disabled", "1")
+                self._state.delete(f"key:{ident}:suspended")
+                log.warning("upstream key %s disabled (/models probe: %s)", key.masked(), status)
+            elif status == 200:
+                self._state.delete(f"key:{ident}:suspended")
+                log.info("upstream key %s is fine (/models probe); back in use", key.masked())
+        except Exception:  # a background thread: log, never die silently
+            log.exception("re-checking upstream key %s failed", key.masked())
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every key, masked, with ``state`` (usable/cooling/disabled), ``cooldown_until``
@@ -172,7 +276,12 @@ class KeyPool:
         names = []
         for key in keys:
             ident = self._id[key]
-            names += (f"key:{ident}:disabled", f"key:{ident}:cooldown", f"key:{ident}:strikes")
+            names += (
+                f"key:{ident}:disabled",
+                f"key:{ident}:cooldown",
+                f"key:{ident}:strikes",
+                f"key:{ident}:suspended",
+            )
         try:
             values = self._state.get_many(names)
         except ServiceError:
@@ -182,13 +291,13 @@ class KeyPool:
             return [("usable", None)] * len(keys)
         now = self._clock()
         statuses: list[tuple[str, float | None]] = []
-        marks = zip(keys, values[::3], values[1::3], values[2::3], strict=True)
-        for key, disabled, until, strikes in marks:
+        marks = zip(keys, values[::4], values[1::4], values[2::4], values[3::4], strict=True)
+        for key, disabled, until, strikes, suspended in marks:
             if strikes is None:
                 self._striking.discard(key)
             else:
                 self._striking.add(key)
-            if disabled:
+            if disabled or suspended:
                 statuses.append(("disabled", None))
             elif until is not None and float(until) > now:
                 statuses.append(("cooling", float(until)))

@@ -11,11 +11,13 @@ The default weights are SmolLM2-135M-Instruct Q4_1, shipped as a file inside the
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib.metadata
 import logging
 import os
 import re
+import struct
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +27,7 @@ import gevent.threadpool
 
 from chatservice.backends import llama_args
 from chatservice.backends.localtuning import Defaults, LoopGuard
-from chatservice.errors import LocalModelError, context_length_exceeded
+from chatservice.errors import BadRequest, LocalModelError, context_length_exceeded
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, choice_text
 from chatservice.settings import Settings
 
@@ -75,6 +77,7 @@ class LocalBackend:
         self._max_queue = settings.local_max_queue
         self._defaults = Defaults.from_settings(settings)
         self._llama: Any = None
+        self._embedder: Any = None
         self._pool: gevent.threadpool.ThreadPool | None = None
         self._lock = gevent.lock.BoundedSemaphore(1)
         self._waiting = 0
@@ -88,12 +91,23 @@ class LocalBackend:
             self._path = bundled_model_path()
         return self._path
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` with the model's own tokenizer (loads the model when needed).
+
+        Raises ``LocalModelError`` (``local_model_unavailable``) when it cannot be loaded.
+        """
+        llama = self._llama or self._run(self._load)
+        # Tokenizing reads the vocabulary only: no need to queue behind a generation.
+        return len(llama.tokenize(text.encode(), add_bos=False, special=True))
+
     def preload(self) -> None:
         """Load the model now instead of on the first request."""
         self._run(self._load)
 
     def complete(self, req: ChatRequest) -> ChatResult:
-        """One whole answer (``n`` choices: one generation each)."""
+        """One whole answer (``n`` choices: one generation each; embeddings: :meth:`embed`)."""
+        if req.kind == "embedding":
+            return self.embed(req)
         call = self._plan(req)
         bodies = []
         with self._slot():
@@ -157,6 +171,57 @@ class LocalBackend:
                     yield part
         finally:
             self._run(parts.close)
+
+    def embed(self, req: ChatRequest) -> ChatResult:
+        """Embeddings of ``req.prompt`` (a string or a list of strings) as an OpenAI
+        ``list`` of ``embedding`` objects in ``raw``: the mean of the GGUF's token vectors
+        (llama.cpp, a second context of the same file loaded on first use), floats or, with
+        ``encoding_format`` ``base64``, little-endian float32 bytes in base64 as OpenAI sends.
+
+        Raises ``BadRequest`` (``invalid_embedding_input`` for token-id input, which this
+        model's vocabulary would not match; ``context_length_exceeded``) and
+        ``LocalModelError``.
+        """
+        texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if not all(isinstance(text, str) for text in texts):
+            raise BadRequest("invalid_embedding_input", field="input")
+        with self._slot():
+            body = self._run(self._embed, texts)
+        if req.params.get("encoding_format") == "base64":
+            for item in body["data"]:
+                vector = item["embedding"]
+                packed = struct.pack(f"<{len(vector)}f", *vector)
+                item["embedding"] = base64.b64encode(packed).decode()
+        body["model"] = self.model_id  # llama-cpp-python names the file path here
+        usage = body.get("usage")
+        return ChatResult(text="", finish_reason=None, model=self.model_id, usage=usage, raw=body)
+
+    def _embed(self, texts: list[str]) -> Any:
+        if self._embedder is None:
+            try:
+                from llama_cpp import LLAMA_POOLING_TYPE_MEAN, Llama
+
+                self._embedder = Llama(
+                    model_path=self.model_file(),
+                    embedding=True,
+                    pooling_type=LLAMA_POOLING_TYPE_MEAN,
+                    n_ctx=self._context_tokens,
+                    # A whole input is one batch: llama.cpp embeds no longer one.
+                    n_batch=self._context_tokens,
+                    n_ubatch=self._context_tokens,
+                    n_threads=self._threads,
+                    verbose=False,
+                )
+            except (ImportError, OSError, ValueError, RuntimeError) as exc:
+                log.error("embedded model could not be loaded for embeddings: %s", exc)
+                raise LocalModelError("local_model_unavailable") from None
+        try:
+            return self._embedder.create_embedding(texts)
+        except ValueError as exc:
+            # llama-cpp-python: "Requested tokens (N) exceed context window / batch size".
+            if "exceed" in str(exc):
+                raise context_length_exceeded(self._context_tokens, None) from None
+            raise
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[None]:

@@ -10,9 +10,9 @@ weight's, exactly, per worker), then the rest of the group by weight, then the n
 
 The pipeline tries the first candidate; when it fails before its first byte with an
 upstream's fault (:func:`is_upstream_fault`: unreachable, a timeout, a 5xx, a 429, a refused
-key, a 404 for the model) it moves to the next one, at most UPSTREAM_FALLBACKS times. A
-client's fault (400 and other 4xx) is answered as it is. After the first chunk of a stream
-nothing moves: the client already has part of the answer.
+key, a 403 refusing the request, a 404 for the model) it moves to the next one, at most
+UPSTREAM_FALLBACKS times. A client's fault (400 and other 4xx) is answered as it is. After
+the first chunk of a stream nothing moves: the client already has part of the answer.
 
 Without ``[[upstreams]]`` there is exactly one upstream, ``default``, from UPSTREAM_BASE_URL,
 API_KEY and KEY_FILE, and the BACKEND rule of :meth:`Backends.select` picks it or the
@@ -47,17 +47,24 @@ LATENCY_WINDOW = 1000
 GROUPS_TTL, GROUPS_CACHED = 5.0, 1024
 
 
+#: Faults of one provider with this request that say nothing about its health: another
+#: upstream may answer, but the breaker is not charged (one client's request must not open
+#: every breaker). A 403 ``upstream_refused`` is a provider's model restriction or moderation.
+REQUEST_SPECIFIC = frozenset({"model_not_found", "upstream_refused"})
+
+
 def is_upstream_fault(err: BaseException) -> bool:
     """Whether ``err`` is the upstream's fault, so another upstream may answer instead: no
-    connection, a timeout, a 5xx, a 429, a refused key (401) or a 404 (that provider does
-    not know the model). A client's 4xx and anything not a ``ServiceError`` are not.
+    connection, a timeout, a 5xx, a 429, a refused key (401), a refused request (403) or a
+    404 (that provider does not know the model). A client's 4xx and anything not a
+    ``ServiceError`` are not.
     """
     if not isinstance(err, ServiceError):
         return False
     if err.status >= 500 or err.status == 429 or err.key == "upstream_unauthorized":
         return True
     # Raised by a backend (the router's own "no upstream serves it" is raised before any).
-    return err.key == "model_not_found"
+    return err.key in REQUEST_SPECIFIC
 
 
 @dataclasses.dataclass
@@ -314,8 +321,8 @@ class Attempts:
         if seconds is not None:
             upstream.stats.requests += 1
         upstream.stats.failures += 1
-        # A 404 for the model says nothing about the upstream's health.
-        health = is_upstream_fault(err) and getattr(err, "key", "") != "model_not_found"
+        # A 404 for the model or a 403 for the request says nothing about the upstream's health.
+        health = is_upstream_fault(err) and getattr(err, "key", "") not in REQUEST_SPECIFIC
         if upstream.breaker is not None and health:
             upstream.breaker.failed()
 

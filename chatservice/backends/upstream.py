@@ -24,7 +24,7 @@ import http.client
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -46,14 +46,7 @@ from urllib3.exceptions import (
 from urllib3.util.retry import Retry
 
 from chatservice.backends.hangup import abort_on_hang_up
-from chatservice.backends.keypool import (
-    FORBIDDEN,
-    INVALID,
-    QUOTA,
-    RATE_LIMITED,
-    KeyPool,
-    read_key_file,
-)
+from chatservice.backends.keypool import Failover, KeyPool, classify, read_key_file
 from chatservice.backends.pool import opener, pool_manager
 from chatservice.errors import (
     BadRequest,
@@ -63,6 +56,7 @@ from chatservice.errors import (
     UpstreamTimeout,
     context_length_exceeded,
 )
+from chatservice.jsonsafe import find_unsafe_value
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, choice_text
 from chatservice.settings import Secret, Settings
 from chatservice.sse import EventTooLarge, SSEDecoder
@@ -167,7 +161,11 @@ class UpstreamBackend:
         return body
 
     def complete(self, req: ChatRequest) -> ChatResult:
-        """One whole answer. Raises ``UpstreamError``/``UpstreamTimeout``/``BadRequest``."""
+        """One whole answer (embeddings: :meth:`embed`). Raises
+        ``UpstreamError``/``UpstreamTimeout``/``BadRequest``.
+        """
+        if req.kind == "embedding":
+            return self.embed(req)
         body = _json(_read_body(self._post(req, stream=False)))
         try:
             choice = body["choices"][0]
@@ -177,6 +175,22 @@ class UpstreamBackend:
         return ChatResult(
             text=text,
             finish_reason=choice.get("finish_reason"),
+            model=body.get("model") or req.model,
+            usage=body.get("usage"),
+            raw=body,
+        )
+
+    def embed(self, req: ChatRequest) -> ChatResult:
+        """The upstream's ``POST /embeddings`` answer for ``req.prompt`` (the ``input``),
+        passed on unchanged in ``raw``; raises like :meth:`complete`.
+        """
+        payload = {**req.params, "model": req.model, "input": req.prompt}
+        body = _json(_read_body(self._call("POST", "/embeddings", payload, False, req.api_key)))
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+            raise UpstreamError("upstream_bad_response")
+        return ChatResult(
+            text="",
+            finish_reason=None,
             model=body.get("model") or req.model,
             usage=body.get("usage"),
             raw=body,
@@ -218,7 +232,7 @@ class UpstreamBackend:
                         continue
                     chunk = _parse_chunk(event, req.model)
                     parsed_one, model = True, chunk.model
-                    if req.relay:
+                    if req.relay and not _escapes_surrogate(event):
                         chunk.event = event
                     finished = finished or chunk.finish_reason is not None
                     yield chunk
@@ -263,20 +277,36 @@ class UpstreamBackend:
             if response.status != 200:
                 raise _error_for(response, payload)
             return response
+        failover, refused = Failover(), None
         for key in self.pool.usable():
             response = self._send(method, path, body, stream, key)
             if response.status == 200:
                 self.pool.succeeded(key)
                 return response
-            reason, retry_after = _key_failure(response)
-            if reason is None:
-                raise _error_for(response, payload)
-            _discard(response)
-            self.pool.failed(key, reason, retry_after)
+            answer = _error_body(response)  # read once, the connection released
+            refusal = classify(response.status, _error_object(answer), response.headers)
+            error = _status_error(response.status, response.headers, answer, payload)
+            if refusal is None or not failover.charge(refusal):
+                raise error  # the request's fault: the upstream's own status
+            refused = None if refusal.definite else error
+            self.pool.failed(key, refusal, self._probe)
         retry = self.pool.retry_after()
+        if refused is not None:  # the last key's refusal may be the request's own
+            if retry and "Retry-After" not in refused.headers:
+                refused.headers["Retry-After"] = str(retry)
+            raise refused
         raise ServiceError(
             "no_upstream_key", headers={"Retry-After": str(retry)} if retry else None
         )
+
+    def _probe(self, key: Secret) -> int | None:
+        """The status of the upstream's ``GET /models`` with ``key`` (None: unreachable)."""
+        try:
+            response = self._send("GET", "/models", None, False, key)
+        except ServiceError:
+            return None
+        _discard(response)
+        return response.status
 
     def _send(
         self,
@@ -390,8 +420,9 @@ def _encode(payload: dict[str, Any]) -> bytes:
     try:
         return json.dumps(payload, allow_nan=False).encode("utf-8")
     except ValueError:
-        # NaN or Infinity in a forwarded field: not JSON, so no upstream could read it.
-        raise BadRequest("bad_request") from None
+        # NaN or Infinity in a forwarded field (the faces refuse a client's before this):
+        # not JSON, so no upstream could read it. The same 400 as theirs, naming the field.
+        raise find_unsafe_value(payload) or BadRequest("bad_request") from None
 
 
 def _set_read_timeout(response: urllib3.BaseHTTPResponse, seconds: float) -> None:
@@ -458,11 +489,8 @@ def _json(body: bytes) -> Any:
 
 
 def _error_code(body: bytes) -> str:
-    try:
-        error = json.loads(body).get("error") or {}
-        return str(error.get("code") or error.get("type") or "")
-    except (ValueError, AttributeError, RecursionError):
-        return ""
+    error = _error_object(body)
+    return str(error.get("code") or error.get("type") or "")
 
 
 #: OpenAI's (and vLLM's, LiteLLM's) wording of a context overflow: the two token counts.
@@ -490,19 +518,13 @@ def _error_body(response: urllib3.BaseHTTPResponse) -> bytes:
         return b""
 
 
-def _key_failure(response: urllib3.BaseHTTPResponse) -> tuple[str | None, float | None]:
-    """Why the upstream refused the key (a keypool reason) and its Retry-After, or None."""
-    status = response.status
-    if status == 401:
-        return INVALID, None
-    if status == 403:
-        return FORBIDDEN, None
-    if status == 429:
-        if _error_code(_error_body(response)) == "insufficient_quota":
-            return QUOTA, None
-        retry = response.headers.get("Retry-After", "")
-        return RATE_LIMITED, float(retry) if retry.isdigit() else None
-    return None, None
+def _error_object(body: bytes) -> dict[str, Any]:
+    """The OpenAI ``error`` object of an error answer's body (``{}`` when it has none)."""
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError, RecursionError):
+        return {}
+    return error if isinstance(error, dict) else {}
 
 
 class _RelayedChunk(ChatChunk):
@@ -524,12 +546,21 @@ class _RelayedChunk(ChatChunk):
         return getattr(self, name)
 
 
+def _escapes_surrogate(event: bytes) -> bool:
+    """Whether an event's JSON escapes a UTF-16 surrogate (relayed as bytes, a lone one would
+    reach the client; parsed, :class:`ChatChunk` replaces it)."""
+    return b"\\ud" in event or b"\\uD" in event
+
+
 def _plain(event: bytes) -> bool:
     """True when an event's bytes show it is a plain content chunk: every finish reason
-    null, no usage or a null one, no error (cheap ``bytes`` checks, no parse)."""
+    null, no usage or a null one, no error, no escaped UTF-16 surrogate (a lone one is
+    replaced when the chunk is parsed; a pair is rare enough to parse too). Cheap ``bytes``
+    checks, no parse."""
     finishes = event.count(b'"finish_reason"')
     return (
-        finishes > 0
+        not _escapes_surrogate(event)
+        and finishes > 0
         and finishes == event.count(_NO_FINISH[0]) + event.count(_NO_FINISH[1])
         and event.count(b'"usage"') == event.count(_NO_USAGE[0]) + event.count(_NO_USAGE[1])
         and b'"error"' not in event
@@ -574,24 +605,35 @@ def _stream_failure(exc: BaseException) -> UpstreamError:
 def _error_for(
     response: urllib3.BaseHTTPResponse, payload: dict[str, Any] | None = None
 ) -> ServiceError:
+    """Map an upstream HTTP error answer to ours (reads and releases it)."""
+    return _status_error(response.status, response.headers, _error_body(response), payload)
+
+
+def _status_error(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    payload: dict[str, Any] | None = None,
+) -> ServiceError:
     """Map an upstream HTTP error status to ours, reading only its machine-readable code
     (and the token counts of a context overflow). A 404 stays a 404 (``model_not_found``,
     naming the payload's model): clients tell an unknown model by that status.
     """
-    status = response.status
-    raw = _error_body(response)
-    code = _error_code(raw)
+    code = _error_code(body)
     log.warning("upstream answered HTTP %s (%s)", status, code or "no code")
-    if status in (401, 403):
+    if status == 401:
         return UpstreamError("upstream_unauthorized")
+    if status == 403:
+        # Often a refusal of the request (a model restriction, moderation), not of the key.
+        return UpstreamError("upstream_refused")
     if status == 429:
         if code == "insufficient_quota":
             return UpstreamError("upstream_quota")
-        retry = response.headers.get("Retry-After", "")
-        headers = {"Retry-After": retry} if retry.isdigit() else None
-        return UpstreamError("upstream_rate_limited", headers=headers)
+        retry = headers.get("Retry-After", "")
+        extra = {"Retry-After": retry} if retry.isdigit() else None
+        return UpstreamError("upstream_rate_limited", headers=extra)
     if code == "context_length_exceeded":
-        return context_length_exceeded(*_context_sizes(raw))
+        return context_length_exceeded(*_context_sizes(body))
     if status == 404:
         model = str((payload or {}).get("model", ""))
         return NotFound("model_not_found", field="model", model=model)

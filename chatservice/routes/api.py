@@ -79,6 +79,7 @@ def build_request(body: dict[str, Any], settings: Settings) -> ChatRequest:
         messages=messages,
         stream=stream,
         api_key=Secret(api_key.strip()) if api_key else None,
+        trim=True,
     )
     return for_model(req)
 

@@ -18,8 +18,8 @@ newest HISTORY_MAX_MESSAGES messages. A failed turn leaves the history as it was
 
 One turn at a time per room, across workers (a lock beside the history, taken with the
 state's atomic add): a turn or reset meanwhile answers 409 ``chat_room_busy``. A stream holds
-the lock until it ends or the client goes away; a dead worker's lock expires after the
-longest a turn can take.
+the lock until it ends or the client goes away; the lock is renewed while the turn runs, so
+a dead worker's lock lapses within LOCK_TTL (15 s), as a conversation's does.
 
 Sampling comes from the original's settings: model CHAT_MODEL (else DEFAULT_MODEL), CHAT_MAXTOKENS,
 CHAT_TEMPERATURE, CHAT_TOPP, CHAT_PRESENCEPENALTY, CHAT_FREQUENCYPENALTY; unset ones are not
@@ -37,13 +37,14 @@ import json
 import logging
 import re
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
 from chatservice import validation
-from chatservice.conversations import lock_ttl
+from chatservice.conversations import LOCK_TTL, renew_lock
 from chatservice.errors import BadRequest, ServiceError, UpstreamError
 from chatservice.models import ChatChunk, ChatRequest, for_model
 from chatservice.pipeline import answer, respond
@@ -94,17 +95,24 @@ class Room:
     :param key: the state key, ``room:id:<X-Room-Id>`` or ``room:ip:<client IP>``.
     :param ttl: seconds of idleness after which the history is forgotten (CONVERSATION_TTL).
     :param max_messages: how many messages are kept, newest first (HISTORY_MAX_MESSAGES).
-    :param lock_ttl: seconds a turn lock lives at most (a dead worker's lock frees itself).
+    :param lock_ttl: seconds a turn lock lives unless renewed; a running turn renews it, so
+        only a dead worker's lock lapses, within this time.
     """
 
     def __init__(
-        self, state: KeyValueStore, key: str, ttl: float, max_messages: int, lock_ttl: float
+        self,
+        state: KeyValueStore,
+        key: str,
+        ttl: float,
+        max_messages: int,
+        lock_ttl: float = LOCK_TTL,
     ) -> None:
         self.state = state
         self.key = key
         self.ttl = ttl
         self.max_messages = max_messages
         self.lock_ttl = lock_ttl
+        self._renewer: threading.Event | None = None
 
     def acquire(self) -> str:
         """Take the room's turn lock; the token to :meth:`release` it with.
@@ -114,10 +122,14 @@ class Room:
         token = secrets.token_hex(8)
         if not self.state.add(f"lock:{self.key}", token, ttl=self.lock_ttl):
             raise ServiceError("chat_room_busy")
+        self._renewer = renew_lock(self.state, f"lock:{self.key}", token, self.lock_ttl)
         return token
 
     def release(self, token: str) -> None:
         """Release the lock if ``token`` still holds it (never someone else's); idempotent."""
+        if self._renewer is not None:
+            self._renewer.set()
+            self._renewer = None
         self.state.delete_if(f"lock:{self.key}", token)
 
     @contextlib.contextmanager
@@ -175,7 +187,6 @@ def current_room() -> Room:
         key,
         settings.conversation_ttl,
         settings.history_max_messages,
-        lock_ttl(settings),
     )
 
 
@@ -214,6 +225,7 @@ def build_request(
         messages=[{"role": "system", "content": settings.bot_desc}, *history, turn],
         params=params,
         stream=stream,
+        trim=True,
     )
     return for_model(req)
 

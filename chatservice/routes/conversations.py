@@ -4,15 +4,18 @@ Plain-text bodies and answers (``text/plain; charset=utf-8``), as in the origina
 is named by the ``conversation`` header. All POST unless said:
 
 - ``create`` (header ``settings``: empty or ``FriendChat``; body: the prompt, empty for the
-  seed's default), ``createTurbo`` (a plain-text prompt, or a JSON object ``{"prompt",
+  original's default), ``createTurbo`` (a plain-text prompt, or a JSON object ``{"prompt",
   "stream"}``), ``createGPT4`` (a plain-text prompt), ``createRolePlay`` (JSON
   ``{"human_name", "ai_name", "prompt"}``, all required): the new conversation's id.
 - ``chat`` (body: the question): the answer. ``regenerate``: a new answer to the last
   question, replacing the old one. ``rollback``: drops the last question and answer,
   ``Rollback Succeeded``. ``context``: the transcript. ``contextArray``: questions and answers
   alternating, as a JSON array of strings. ``finish``: deletes it, ``Conversation finished``.
-- ``store``: keeps a copy for sharing (again: overwrites it), ``保存成功`` (the original's answer);
-  ``GET share/<id>``: ``{"Id", "Prompt", "SentenceList"}`` as JSON.
+- ``store``: keeps a copy for sharing (again: overwrites it), ``保存成功`` (the original's answer),
+  with the read-only share id in the ``X-Share-Id`` header; ``GET share/<share id>``:
+  ``{"Id", "Prompt", "SentenceList"}`` as JSON, ``Id`` being the share id. The original's own
+  ``GET share/<conversation id>`` (``Id``: the conversation id, which lets anyone holding the
+  link continue, read or finish the conversation) works while SHARE_BY_CONVERSATION_ID is on.
 - ``quickAnswer`` (JSON ``prompt``, ``examples`` (questions and answers alternating),
   ``question`` (required), ``convType`` (``gpt3``, ``turbo`` (default) or ``gpt4``),
   ``stream`` (default false: the README's plain answer)): a one-off answer.
@@ -62,7 +65,6 @@ from chatservice.conversations import (
     check_name,
     is_valid_id,
     iter_examples,
-    lock_ttl,
 )
 from chatservice.errors import BadRequest, NotFound, ServiceError, UpstreamError
 from chatservice.models import ChatChunk, ChatRequest
@@ -78,6 +80,8 @@ SETTINGS_HEADER = "settings"
 ROLLED_BACK = "Rollback Succeeded"
 FINISHED = "Conversation finished"
 STORED = "保存成功"
+#: The header of the store answer naming the read-only share id.
+SHARE_ID_HEADER = "X-Share-Id"
 
 
 def prefix(route: str) -> str:
@@ -142,7 +146,9 @@ def conversation_store() -> ConversationStore:
     service = current_service()
     settings = service.settings
     return ConversationStore(
-        service.conversation_store, settings.conversation_ttl, lock_ttl(settings)
+        service.conversation_store,
+        settings.conversation_ttl,
+        max_bytes=settings.conversation_max_bytes,
     )
 
 
@@ -182,6 +188,14 @@ class _Draft:
 
     def build(self, embedded: bool) -> ChatRequest:
         return self.asks.request(self.settings, stream=self.stream, embedded=embedded)
+
+    def shorter(self) -> _Draft | None:
+        """The draft without its oldest earlier turn (the pipeline's context step), or
+        ``None`` when only the question is left.
+        """
+        if not isinstance(self.asks, Exchange) or not self.asks.history:
+            return None
+        return dataclasses.replace(self, asks=self.asks.without_oldest())
 
 
 def _draft(asks: _Asks, stream: bool) -> _Draft:
@@ -414,17 +428,23 @@ def finish() -> Response:
 def store() -> Response:
     """POST store: keep the conversation for ``share/<id>`` (again: overwrite the copy)."""
     conv = _read()
-    conversation_store().share(conv)
-    return plain(STORED)
+    by_id = current_service().settings.share_by_conversation_id
+    share_id = conversation_store().share(conv, by_conversation_id=by_id)
+    response = plain(STORED)  # the original's body; the read-only share id goes in a header
+    response.headers[SHARE_ID_HEADER] = share_id
+    return response
 
 
 @exempt
 def share(share_id: str) -> Response:
     """GET share/<id>: the stored conversation, ``{"Id", "Prompt", "SentenceList"}``.
 
-    Open to clients without credentials, as in the original (a shared link is for anyone).
+    Open to clients without credentials, as in the original (a shared link is for anyone). A
+    share id (``X-Share-Id`` of ``store``) shows the copy without the conversation id; the
+    original's form (the conversation id) works while SHARE_BY_CONVERSATION_ID is on.
     """
-    return jsonify(conversation_store().shared(share_id))
+    by_id = current_service().settings.share_by_conversation_id
+    return jsonify(conversation_store().shared(share_id, by_conversation_id=by_id))
 
 
 def quick_answer() -> Response:

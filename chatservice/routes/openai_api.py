@@ -13,6 +13,10 @@ so the official SDKs and tools built on them work with ``base_url = <server>/{RO
   ``unsupported_parameter``.
 - Answers are the backend's own OpenAI-shaped bodies, passed on unchanged; a stream relays
   every chunk (the role-only first one, the usage-only last one) then ``data: [DONE]``.
+- ``POST embeddings``: ``input`` (required: a non-empty string, or a non-empty list of strings
+  or of token ids, or of lists of token ids), ``model`` (required), ``encoding_format``
+  (``float`` or ``base64``), other fields forwarded; routed like a chat request and answered
+  with the upstream's body unchanged, or by the embedded model (token-id input: 400).
 - ``GET models`` and ``GET models/<id>``: the upstream's models (when the upstream is in use)
   and the embedded model (unless BACKEND=openai), as OpenAI ``model`` objects.
 - ``Authorization: Bearer sk-...`` is used as the upstream key for that request when client
@@ -32,7 +36,7 @@ from flask import Blueprint, Response, jsonify, request
 from chatservice import auth, openai_fields, validation
 from chatservice.errors import BadRequest, NotFound, ServiceError, UpstreamError
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, Kind
-from chatservice.pipeline import respond
+from chatservice.pipeline import answer, respond
 from chatservice.routes import add_post_rule
 from chatservice.service import Service, current_service
 from chatservice.settings import Secret, Settings
@@ -63,11 +67,12 @@ def prefix(route: str) -> str:
 
 
 def create_blueprint(route: str) -> Blueprint:
-    """The face's blueprint: two POST endpoints and the two model endpoints."""
+    """The face's blueprint: three POST endpoints and the two model endpoints."""
     blueprint = Blueprint("openai_api", __name__)
     base = prefix(route)
     add_post_rule(blueprint, f"{base}/chat/completions", chat_completions)
     add_post_rule(blueprint, f"{base}/completions", completions)
+    add_post_rule(blueprint, f"{base}/embeddings", embeddings)
     blueprint.add_url_rule(
         f"{base}/models", view_func=list_models, methods=["GET"], strict_slashes=False
     )
@@ -155,6 +160,7 @@ def build_request(kind: Kind, body: dict[str, Any], settings: Settings) -> ChatR
         stream=stream,
         api_key=client_key(),
         relay=True,
+        trim=settings.trim_openai_face and kind == "chat",
     )
 
 
@@ -193,6 +199,60 @@ def completions() -> Response:
 def _answer(kind: Kind) -> Response:
     req = build_request(kind, read_json_object(), current_service().settings)
     return respond(req, render_result, render_chunk, render_error, every_chunk=True)
+
+
+def embeddings() -> Response:
+    """``POST {ROUTE}/v1/embeddings``: an OpenAI ``list`` of ``embedding`` objects."""
+    req = build_embedding_request(read_json_object())
+    return jsonify(answer(req).raw)
+
+
+def build_embedding_request(body: dict[str, Any]) -> ChatRequest:
+    """Validate an OpenAI embeddings body into an ``embedding`` request (raises ``BadRequest``)."""
+    value = body.get("input")
+    if value is None:
+        raise BadRequest("missing_field", field="input")
+    if not _embedding_input(value):
+        raise BadRequest("invalid_embedding_input", field="input")
+    model = validation.string(body, "model", required=True, non_empty=True)
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise BadRequest("invalid_encoding_format", field="encoding_format")
+    params = {name: value for name, value in body.items() if name not in ("input", "model")}
+    return ChatRequest(
+        kind="embedding",
+        model=model,
+        max_tokens=None,
+        prompt=value,
+        params=params,
+        api_key=client_key(),
+    )
+
+
+def _embedding_input(value: Any) -> bool:
+    """OpenAI's input shapes: a non-empty string, or a non-empty list of non-empty strings,
+    of token ids, or of non-empty lists of token ids.
+    """
+
+    def token_ids(item: Any) -> bool:
+        return isinstance(item, list) and bool(item) and all(_token(t) for t in item)
+
+    if isinstance(value, str):
+        return bool(value)
+    if not isinstance(value, list) or not value:
+        return False
+    return (
+        all(isinstance(item, str) and item for item in value)
+        or token_ids(value)
+        or all(token_ids(item) for item in value)
+    )
+
+
+def _token(value: Any) -> bool:
+    # JSON Schema (and the other faces) count 5.0 as the integer 5.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def render_result(result: ChatResult) -> dict[str, Any]:

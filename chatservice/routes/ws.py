@@ -19,6 +19,11 @@ A failure answers one frame with ``code`` the HTTP status it would have had (400
 frame or parameter, 429 when rate limited, 502/504 for the upstream, ...), the localized reason
 in ``msg``, and ``data.error`` the stable key; the socket stays open for the next request.
 Requests on one socket are answered in order; sockets are independent gevent greenlets.
+
+Frames count against the same per-IP budget as every HTTP chat face (one budget for all
+faces). A frame over MAX_BODY_BYTES closes the socket with 1009 (message too big); more than
+WS_MAX_BACKLOG frames, or more than twice MAX_BODY_BYTES, waiting for their answer close it
+with 1008 (policy violation), so one socket cannot fill the worker's memory.
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ import dataclasses
 import json
 import logging
 import math
-import queue
 import threading
 import time
 from typing import Any, NoReturn
@@ -42,11 +46,14 @@ from simple_websocket import ConnectionClosed, Server
 from chatservice import validation
 from chatservice.errors import BadRequest, InternalError, RateLimited, ServiceError
 from chatservice.i18n import negotiate
+from chatservice.jsonsafe import find_unsafe_value
+from chatservice.limits import shared_identifiers
 from chatservice.metrics import Metrics, current_metrics
 from chatservice.models import ChatRequest
 from chatservice.routes.chat import build_request
 from chatservice.service import Service, current_service
 from chatservice.web import request_language
+from chatservice.wslimits import POLICY_VIOLATION, TOO_MANY, Backlog, server_options
 
 log = logging.getLogger(__name__)
 
@@ -104,17 +111,27 @@ def serve(ws: Server) -> None:
         limiter=limiter if limiter is not None and limiter.enabled else None,
         limit_items=[limits.parse(value) for value in service.settings.rate_limits],
         metrics=current_metrics(),
+        backlog=Backlog(
+            max_frames=service.settings.ws_max_backlog,
+            max_bytes=2 * service.settings.max_body_bytes,
+        ),
     )
     session.run()
 
 
 def _configure_server(state: BlueprintSetupState) -> None:
-    """Bound WebSocket messages by MAX_BODY_BYTES, like HTTP bodies (unless configured)."""
+    """Bound WebSocket messages by MAX_BODY_BYTES, like HTTP bodies, and the frames a socket
+    may have waiting (:mod:`chatservice.wslimits`), unless configured otherwise.
+    """
     app: Flask = state.app
     service: Service | None = app.extensions.get("chatservice")
     if service is not None:
+        settings = service.settings
         app.config.setdefault(
-            "SOCK_SERVER_OPTIONS", {"max_message_size": service.settings.max_body_bytes}
+            "SOCK_SERVER_OPTIONS",
+            server_options(
+                settings.ws_max_backlog, 2 * settings.max_body_bytes, settings.max_body_bytes
+            ),
         )
 
 
@@ -142,42 +159,46 @@ class _Session:
     limiter: Limiter | None
     limit_items: list[limits.RateLimitItem]
     metrics: Metrics
+    backlog: Backlog
     closing: bool = False
 
     def run(self) -> None:
         """Answer frames until the client goes away."""
-        inbox: queue.Queue[_Frame | None] = queue.Queue()
-        reader = threading.Thread(target=self._read, args=(inbox,), daemon=True)
+        reader = threading.Thread(target=self._read, daemon=True)
         reader.start()
         try:
-            while (frame := inbox.get()) is not None:
+            while (frame := self.backlog.get()) is not None:
                 self._handle(frame)
         except ConnectionClosed:
             pass
         finally:
             self.closing = True
 
-    def _read(self, inbox: queue.Queue[_Frame | None]) -> None:
+    def _read(self) -> None:
         # Reading in its own greenlet lets consume_time and the rate limit count from the
         # moment a frame arrives, even while an earlier answer is still streaming.
         try:
             while not self.closing:
                 raw = self.ws.receive(timeout=READ_POLL_SECONDS)
-                if raw is not None:
-                    inbox.put(_Frame(raw, time.monotonic(), self._over_limit()))
+                if raw is None:
+                    continue
+                if not self.backlog.put(_Frame(raw, time.monotonic(), self._over_limit())):
+                    log.warning("websocket closed: %s (answer queue)", TOO_MANY)
+                    self.ws.close(POLICY_VIOLATION, TOO_MANY)
+                    break
         except ConnectionClosed:
             pass
         except Exception:
             log.exception("websocket reader failed")
         finally:
-            inbox.put(None)
+            self.backlog.end()
 
     def _over_limit(self) -> RateLimited | None:
         """Count one hit per frame against the per-IP limits; the 429 when one is exceeded."""
         if self.limiter is None:
             return None
         strategy = self.limiter.limiter
-        identifiers = ("chatservice", "ws", self.client_ip)
+        identifiers = shared_identifiers(self.client_ip)
         try:
             for item in self.limit_items:
                 if not strategy.hit(item, *identifiers):
@@ -290,6 +311,11 @@ def _parse(raw: str | bytes) -> tuple[dict[str, Any] | None, BadRequest | None]:
         return None, BadRequest("ws_invalid_frame")
     if not isinstance(message, dict):
         return None, BadRequest("ws_invalid_frame")
+    unsafe = find_unsafe_value(message)
+    if unsafe is not None:
+        if unsafe.params.get("field") == "seq":  # a seq that cannot be echoed is no seq
+            message.pop("seq")
+        return message, unsafe
     seq = message.get("seq")
     if not isinstance(seq, str) or not seq.strip():
         return message, BadRequest("ws_invalid_seq")

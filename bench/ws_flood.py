@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Scenario ``ws_flood``: one WebSocket client floods a worker; the worker stays responsive.
+
+``python3 bench/ws_flood.py [--frames 400] [--frame-kb 900] [--strict]`` starts, on
+127.0.0.1 only, an upstream that accepts connections and never answers (so the first frame's
+answer keeps the socket's session busy) and ``python3 app.py`` with WORKERS=1. One client then
+sends a small frame and ``--frames`` frames of ``--frame-kb`` KB as fast as it can, while
+another thread asks ``/healthz`` every 100 ms and a third samples the worker's resident memory
+every 50 ms. Targets: the socket is closed with 1008 (policy violation), ``/healthz`` always
+answers within 1 s, and the worker grows by less than 60 MB (before the bound: 58 to 399 MB
+in 4.4 s). Prints a Markdown table; exit 1 on a miss with ``--strict``, 2 when it cannot run.
+The regression test (tests/test_hardening.py) asserts the behaviour; this measures the times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+
+try:
+    import requests
+    import simple_websocket
+except ImportError:  # re-run with the project's virtualenv, as bench/run.py does
+    if Path(sys.executable) != VENV_PYTHON and VENV_PYTHON.exists():
+        os.execv(VENV_PYTHON, [str(VENV_PYTHON), *sys.argv])
+    raise
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def black_hole() -> tuple[socket.socket, list[socket.socket]]:
+    """A listener that accepts connections and never answers."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server, held
+
+
+def start_service(upstream_port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    (workdir / "empty.toml").write_text("")
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(workdir),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "WORKERS": "1",
+        "API_KEY": "sk-bench",
+        "UPSTREAM_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
+        "UPSTREAM_RETRIES": "0",
+        "STORE_URL": "memory://",
+        "CONFIG_FILE": str(workdir / "empty.toml"),
+    }
+    log = open(workdir / "service.log", "wb")  # noqa: SIM115 - the process's lifetime
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py")],
+        cwd=workdir,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
+                return proc, port
+        time.sleep(0.1)
+    raise RuntimeError("the service did not start")
+
+
+def worker_of(proc: subprocess.Popen[bytes]) -> int:
+    kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    return int(kids[0])
+
+
+def run(frames: int, frame_kb: int) -> dict[str, float | int | None]:
+    """Flood one worker; the figures measured."""
+    upstream, held = black_hole()
+    with tempfile.TemporaryDirectory(prefix="ws-flood-") as tmp:
+        proc, port = start_service(upstream.getsockname()[1], Path(tmp))
+        try:
+            pid = worker_of(proc)
+            idle = rss_mb(pid)
+            stop = threading.Event()
+            peak, health = [idle], [0.0]
+
+            def sample() -> None:
+                while not stop.wait(0.05):
+                    peak[0] = max(peak[0], rss_mb(pid))
+
+            def probe() -> None:
+                while not stop.wait(0.1):
+                    started = time.monotonic()
+                    try:
+                        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+                        took = time.monotonic() - started
+                    except requests.RequestException:
+                        took = 5.0
+                    health[0] = max(health[0], took)
+
+            for target in (sample, probe):
+                threading.Thread(target=target, daemon=True).start()
+            client = simple_websocket.Client.connect(f"ws://127.0.0.1:{port}/api/ws")
+            client.send(json.dumps({"seq": "first", "data": {"query": "hi"}}))
+            frame = json.dumps({"seq": "s", "data": {"query": "x" * (frame_kb * 1024)}})
+            sent, started = 0, time.monotonic()
+            with contextlib.suppress(simple_websocket.ConnectionClosed, OSError):
+                for _ in range(frames):
+                    client.send(frame)
+                    sent += 1
+            code = None
+            with contextlib.suppress(simple_websocket.ConnectionClosed):
+                while client.receive(timeout=10) is not None:
+                    pass
+            code = client.close_reason
+            flood_seconds = time.monotonic() - started
+            time.sleep(1.0)  # keep probing a moment after the flood
+            stop.set()
+            return {
+                "close_code": code,
+                "frames_sent": sent,
+                "flood_seconds": round(flood_seconds, 2),
+                "idle_mb": round(idle, 1),
+                "peak_mb": round(peak[0], 1),
+                "growth_mb": round(peak[0] - idle, 1),
+                "healthz_max_seconds": round(health[0], 3),
+            }
+        finally:
+            # gunicorn's quick shutdown: the flooded session is still waiting on the upstream.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGQUIT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            upstream.close()
+            for sock in held:
+                sock.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--frames", type=int, default=400)
+    parser.add_argument("--frame-kb", type=int, default=900)
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args(argv)
+    try:
+        result = run(args.frames, args.frame_kb)
+    except (RuntimeError, OSError) as exc:
+        print(f"ws_flood could not run: {exc}", file=sys.stderr)
+        return 2
+    rows = [
+        ("close code", result["close_code"], "1008", result["close_code"] == 1008),
+        (
+            "/healthz slowest (s)",
+            result["healthz_max_seconds"],
+            "< 1",
+            result["healthz_max_seconds"] < 1,
+        ),  # noqa: E501
+        ("worker growth (MB)", result["growth_mb"], "< 60", result["growth_mb"] < 60),
+    ]
+    print("| ws_flood | measured | target | |\n| --- | --- | --- | --- |")
+    for name, value, target, ok in rows:
+        print(f"| {name} | {value} | {target} | {'pass' if ok else '**miss**'} |")
+    print(json.dumps(result))
+    return 1 if args.strict and not all(row[3] for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

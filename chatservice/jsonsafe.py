@@ -1,0 +1,62 @@
+"""JSON values no encoder can send on: refused where a client sent them, replaced where an
+upstream did.
+
+``json.loads`` accepts ``NaN``, ``Infinity``, ``1e999`` (an infinite float) and ``"\\ud800"``
+(a lone UTF-16 surrogate), but ``json.dumps(allow_nan=False)`` and every UTF-8 encoder (a
+response, a log line, SQLite, Redis, an upstream call) refuse them later, far from the cause.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from chatservice.errors import BadRequest
+
+#: A UTF-16 surrogate left alone: JSON's ``"\ud800"`` parses to one, and it cannot be
+#: encoded as UTF-8 (a stored value, a log line, an upstream call would all fail).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def find_unsafe_value(value: Any, path: str = "") -> BadRequest | None:
+    """The 400 for the first value of a parsed JSON document no JSON encoder will send on:
+    ``NaN``, ``Infinity``, a number too large for a float (``1e999``) -- ``not_finite`` --
+    or a string (or key) holding a lone surrogate -- ``invalid_character``. The error's
+    ``field`` names the place, ``messages[0].content`` style; None when all is well.
+    """
+    stack = [(path, value)]
+    while stack:  # iterative: the parser's own recursion limit already bounds the depth
+        where, item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return BadRequest("invalid_character", field=where or "body")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return BadRequest("not_finite", field=where or "body")
+        elif isinstance(item, dict):
+            for key, child in reversed(item.items()):
+                name = f"{where}.{key}" if where else str(key)
+                if _SURROGATE.search(key):
+                    return BadRequest("invalid_character", field=_SURROGATE.sub("?", name))
+                stack.append((name, child))
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{i}]", child) for i, child in reversed(list(enumerate(item))))
+    return None
+
+
+def scrub_text(value: Any) -> Any:
+    """``value`` with every lone surrogate in its strings replaced by U+FFFD (what a UTF-8
+    decoder does with a broken character): for answers an upstream sent, which the client
+    has paid for and must not lose to an encoding error. Dicts, lists and tuples are
+    copied only when something changed.
+    """
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value) if _SURROGATE.search(value) else value
+    if isinstance(value, dict):
+        cleaned = {scrub_text(key): scrub_text(item) for key, item in value.items()}
+        return cleaned if cleaned != value else value
+    if isinstance(value, list | tuple):
+        items = type(value)(scrub_text(item) for item in value)
+        return items if items != value else value
+    return value

@@ -1,0 +1,73 @@
+"""gunicorn's gevent worker, answering the requests gunicorn itself refuses in JSON.
+
+gunicorn rejects a malformed request line (400), a request line over its limit (414) or too
+many or too large headers (431) before any WSGI app runs, with an HTML page. This worker
+sends the service's own JSON envelope instead (the seed face's, the default of every path),
+with the stable key and the English message: the request never got far enough to choose a
+language. Everything else -- status, logging, closing the connection -- stays gunicorn's.
+
+Imported by gunicorn's master (``worker_class``), so it stays light: gevent's worker and the
+message catalogs only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from gunicorn.workers.ggevent import GeventWorker
+
+from chatservice.i18n import Catalogs
+
+#: Our key for the statuses gunicorn answers by itself; others are ``http_error``.
+KEYS = {400: "bad_request", 414: "uri_too_long", 431: "headers_too_large", 500: "internal_error"}
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ([^\r\n]*)\r\n")
+
+
+class JsonErrorWorker(GeventWorker):
+    """gunicorn's ``gevent`` worker with JSON error pages (see the module's doc)."""
+
+    _catalogs: Catalogs | None = None
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """gunicorn's own handling, its page rewritten to JSON on the way out."""
+        if JsonErrorWorker._catalogs is None:
+            JsonErrorWorker._catalogs = Catalogs.load()
+        super().handle_error(req, _JsonPages(client, JsonErrorWorker._catalogs), addr, exc)
+
+
+class _JsonPages:
+    """The client socket, turning gunicorn's HTML error response into JSON as it is sent."""
+
+    def __init__(self, sock: Any, catalogs: Catalogs) -> None:
+        self._sock = sock
+        self._catalogs = catalogs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def send(self, data: bytes) -> int:
+        """Send the rewritten response (gunicorn sends its error page in one call)."""
+        return self._sock.send(self._json(data))
+
+    def sendall(self, data: bytes) -> None:
+        """Like :meth:`send`, all of it."""
+        self._sock.sendall(self._json(data))
+
+    def _json(self, data: bytes) -> bytes:
+        match = _STATUS_LINE.match(data)
+        if match is None:
+            return data
+        status = int(match.group(1))
+        key = KEYS.get(status, "http_error")
+        message = self._catalogs.translate(key, "en", status_code=status)
+        body = json.dumps(
+            {"code": status, "msg": "failed", "data": {"response": message, "error": key}},
+            ensure_ascii=False,
+        ).encode()
+        head = (
+            f"HTTP/1.1 {status} {match.group(2).decode('latin-1')}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        return head.encode("latin-1") + body
