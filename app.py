@@ -29,7 +29,7 @@ class Server(BaseApplication):
 
     The master also runs the log hub when LOG_DIR is set (:mod:`chatservice.logs`: one writer
     for the log files, fed by the workers) and reloads the configuration on SIGHUP
-    (:meth:`refresh_settings`, issue 7, as seed 001 watched its config file).
+    (:meth:`refresh_settings`, as ChatGPT-API on gin watched its config file).
 
     :param settings: the configuration the first workers use.
     :param overrides: the command-line flags' variables, which keep winning on a reload.
@@ -118,7 +118,7 @@ class ReloadingArbiter(Arbiter):
             super().reload()
 
 
-# --- /metrics across workers (issue 5): prometheus-client's multi-process mode ---------------
+# --- /metrics across workers: prometheus-client's multi-process mode ---------------
 _metrics_dir: str | None = None
 
 

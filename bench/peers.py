@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from procs import free_port  # bench/procs.py, beside this module
 
 log = logging.getLogger("bench.peers")
 
@@ -69,12 +70,6 @@ def litellm_venv() -> Path:
     return venv
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _wait_answering(
     port: int, proc: subprocess.Popen[bytes], headers: dict[str, str], timeout: float, what: str
 ) -> None:
@@ -107,7 +102,7 @@ class Peer:
 
 def start_naive(run: Any, upstream_url: str) -> Peer:
     """bench/naive_proxy.py under gunicorn, one gevent worker."""
-    port = _free_port()
+    port = free_port()
     command = [
         run.python,
         "-m",
@@ -135,7 +130,7 @@ def start_naive(run: Any, upstream_url: str) -> Peer:
 def start_litellm(run: Any, upstream_url: str) -> Peer:
     """LiteLLM's proxy with one worker, the upstream as an ``openai/`` model."""
     venv = litellm_venv()
-    port = _free_port()
+    port = free_port()
     config = run.workdir / f"litellm-{port}.yaml"
     config.write_text(
         json.dumps(  # JSON is YAML

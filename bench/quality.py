@@ -21,7 +21,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,11 @@ import time
 import zlib
 from pathlib import Path
 from typing import Any
+
+try:  # imported by the tests as bench.quality
+    from bench.procs import free_port
+except ImportError:  # run as python3 bench/quality.py: bench/ is on the path
+    from procs import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -92,12 +96,6 @@ def looping(text: str) -> bool:
 def right(answer: str, accepted: str) -> bool:
     """Whether ``answer`` contains one of the ``accepted`` forms."""
     return re.search(accepted, answer, re.IGNORECASE) is not None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_service(workdir: Path, env_extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:

@@ -1,6 +1,7 @@
-"""Client authentication of the chat faces: AUTH_MODE none, simple, normal (seed 003) or keys.
+"""Client authentication of the chat faces: AUTH_MODE none, simple, normal (Alice
+ChatGPT's) or keys.
 
-Alice ChatGPT (seed 003) defines the three modes; the headers and the hash are the seed's:
+Alice ChatGPT defines the three modes; the headers and the hash are the original's:
 
 - ``none``: every request is let through.
 - ``simple``: header ``token`` equals AUTH_TOKEN. The OpenAI-compatible face also accepts
@@ -9,7 +10,7 @@ Alice ChatGPT (seed 003) defines the three modes; the headers and the hash are t
   lowercase hex SHA-256 of AUTH_TOKEN + uuid (upper case is accepted too). Each uuid is
   accepted once within AUTH_REPLAY_WINDOW seconds; it is recorded in the store (STORE_URL,
   shared by workers) only once its hash checks out, so requests with junk tokens cannot fill
-  or flush the replay cache (in the seed they could).
+  or flush the replay cache (in the original they could).
 - ``keys``: every client has its own key (:mod:`chatservice.clientkeys`), sent as
   ``Authorization: Bearer <key>`` or in the ``token`` header, on every face. An unknown key is
   ``auth_failed``, a disabled one ``client_key_disabled``, an expired one
@@ -43,7 +44,7 @@ from chatservice.clientkeys import KeyRecord
 from chatservice.errors import ServiceError
 from chatservice.service import current_service
 from chatservice.settings import Settings
-from chatservice.state import SharedState
+from chatservice.state import KeyValueStore
 from chatservice.web import peek_json_body
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,9 @@ def protect(blueprint: Blueprint, *, bearer: bool = False) -> None:
             if service.settings.auth_mode == "keys":
                 setattr(g, G_ATTRIBUTE, authenticate_key(service.client_keys, request.headers))
                 return
-            authenticate(service.settings, service.store, request.headers, bearer=bearer)
+            authenticate(
+                service.settings, service.conversation_store, request.headers, bearer=bearer
+            )
         except ServiceError as err:
             # The key says why; the credentials themselves are never logged.
             if err.status == 401:
@@ -122,7 +125,7 @@ def _is_exempt() -> bool:
 
 def authenticate(
     settings: Settings,
-    store: SharedState,
+    store: KeyValueStore,
     headers: Mapping[str, str],
     *,
     bearer: bool = False,
@@ -144,11 +147,18 @@ def authenticate(
         return
     secret = settings.auth_token
     if secret is None:  # Settings refuses this at startup; fail closed all the same.
-        raise ServiceError("auth_failed", status=401, headers=_challenge(bearer, failed=True))
+        raise ServiceError("auth_failed", headers=_challenge(bearer, failed=True))
     if mode == "simple":
         _check_simple(secret.get_secret_value(), headers, bearer=bearer)
     else:
         _check_normal(secret.get_secret_value(), settings.auth_replay_window, store, headers)
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (scheme in any case, spaces
+    around the token dropped), or ``None`` without one."""
+    scheme, _, token = headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
 
 
 def authenticate_key(keys: ClientKeys | None, headers: Mapping[str, str]) -> KeyRecord:
@@ -157,13 +167,11 @@ def authenticate_key(keys: ClientKeys | None, headers: Mapping[str, str]) -> Key
     Raises 401 ``auth_required`` (no key sent), ``auth_failed``, ``client_key_disabled``,
     ``client_key_expired``; 503 ``store_unavailable``.
     """
-    scheme, _, value = headers.get("Authorization", "").partition(" ")
-    key = value.strip() if scheme.lower() == "bearer" and value.strip() else ""
-    key = key or headers.get(TOKEN_HEADER, "").strip()
+    key = bearer_token(headers) or headers.get(TOKEN_HEADER, "").strip()
     if not key:
-        raise ServiceError("auth_required", status=401, headers=_challenge(True))
+        raise ServiceError("auth_required", headers=_challenge(True))
     if keys is None:  # the factory always sets them; fail closed all the same
-        raise ServiceError("auth_failed", status=401, headers=_challenge(True, failed=True))
+        raise ServiceError("auth_failed", headers=_challenge(True, failed=True))
     try:
         return keys.authenticate(key)
     except ServiceError as err:
@@ -175,34 +183,32 @@ def authenticate_key(keys: ClientKeys | None, headers: Mapping[str, str]) -> Key
 def _check_simple(secret: str, headers: Mapping[str, str], *, bearer: bool) -> None:
     given = [headers.get(TOKEN_HEADER, "")]
     if bearer:
-        scheme, _, value = headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer":
-            given.append(value.strip())
+        given.append(bearer_token(headers) or "")
     given = [value for value in given if value]
     if not given:
-        raise ServiceError("auth_required", status=401, headers=_challenge(bearer))
+        raise ServiceError("auth_required", headers=_challenge(bearer))
     # Check every candidate, so the time taken does not tell which header matched.
     matches = [_same_secret(value, secret) for value in given]
     if not any(matches):
-        raise ServiceError("auth_failed", status=401, headers=_challenge(bearer, failed=True))
+        raise ServiceError("auth_failed", headers=_challenge(bearer, failed=True))
 
 
 def _check_normal(
-    secret: str, window: float, store: SharedState, headers: Mapping[str, str]
+    secret: str, window: float, store: KeyValueStore, headers: Mapping[str, str]
 ) -> None:
     token = headers.get(TOKEN_HEADER)
     uuid = headers.get(UUID_HEADER)
     if not token or uuid is None:
-        raise ServiceError("auth_required", status=401)
+        raise ServiceError("auth_required")
     if not _UUID.fullmatch(uuid):
-        raise ServiceError("auth_invalid_uuid", status=401, max=MAX_UUID_LENGTH)
+        raise ServiceError("auth_invalid_uuid", max=MAX_UUID_LENGTH)
     expected = hashlib.sha256((secret + uuid).encode("utf-8")).hexdigest()
     if not hmac.compare_digest(_wire(token.lower()), expected.encode("ascii")):
-        raise ServiceError("auth_failed", status=401)
+        raise ServiceError("auth_failed")
     # Recorded only now: a uuid seen with a wrong hash stays usable, and junk cannot evict
     # or crowd out the real entries.
     if not store.add(REPLAY_KEY.format(uuid=uuid), "1", ttl=window):
-        raise ServiceError("auth_replayed", status=401)
+        raise ServiceError("auth_replayed")
 
 
 def _same_secret(given: str, secret: str) -> bool:
@@ -219,7 +225,7 @@ def _wire(value: str) -> bytes:
 
 def _challenge(bearer: bool, *, failed: bool = False) -> dict[str, str]:
     """``WWW-Authenticate`` for the OpenAI-compatible face (RFC 6750), whose clients speak
-    Bearer; the other faces use the seed's own headers, which have no registered scheme.
+    Bearer; the other faces use the original's own headers, which have no registered scheme.
     """
     if not bearer:
         return {}

@@ -94,5 +94,5 @@ def init_app(app: Flask, max_bytes: int, timeout: float) -> None:
         if problem == "too_large":
             raise PayloadTooLarge(limit=max_bytes, headers={"Connection": "close"})
         if problem == "timeout":
-            raise ServiceError("body_timeout", status=408, headers={"Connection": "close"})
-        raise ServiceError("invalid_body", status=400, headers={"Connection": "close"})
+            raise ServiceError("body_timeout", headers={"Connection": "close"})
+        raise ServiceError("invalid_body", headers={"Connection": "close"})

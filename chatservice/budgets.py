@@ -122,11 +122,11 @@ class ClientKeys:
         now = time.time() if now is None else now
         record = self.store.by_hash(clientkeys.hash_key(key))
         if record is None:
-            raise ServiceError("auth_failed", status=401)
+            raise ServiceError("auth_failed")
         if not record.enabled:
-            raise ServiceError("client_key_disabled", status=401)
+            raise ServiceError("client_key_disabled")
         if record.expired(now):
-            raise ServiceError("client_key_expired", status=401)
+            raise ServiceError("client_key_expired")
         return record
 
     # --- admission and settlement ---------------------------------------------------------
@@ -218,7 +218,7 @@ class KeyBudgets:
             return None
         model = call.request.model
         if not record.allows(model):
-            raise ServiceError("model_not_allowed_for_key", status=403, model=model)
+            raise ServiceError("model_not_allowed_for_key", model=model)
         prompt, worst = self._keys.worst_case(call)
         names = self._keys.admit(record, worst)
         watch = _KeyWatch(self._keys, self._metrics, record, model, names, prompt, worst)
@@ -308,9 +308,9 @@ def _count(value: Any) -> bool:
 
 def _refusal(key: str, wait: float | None) -> ServiceError:
     if wait is None:
-        return ServiceError(key, status=429)
+        return ServiceError(key)
     seconds = max(1, math.ceil(wait))
-    return ServiceError(key, status=429, headers={"Retry-After": str(seconds)}, seconds=seconds)
+    return ServiceError(key, headers={"Retry-After": str(seconds)}, seconds=seconds)
 
 
 def _date(now: float) -> str:

@@ -38,7 +38,7 @@ from flask import Flask, Response, has_request_context, request
 
 from chatservice.errors import ServiceError
 from chatservice.models import ChatChunk, ChatResult
-from chatservice.state import MemoryState, SharedState, create_state
+from chatservice.state import KeyValueStore, MemoryState, open_store
 
 if TYPE_CHECKING:
     from chatservice.pipeline import Call, Outcome
@@ -102,7 +102,7 @@ class ResponseCache:
     """
 
     def __init__(
-        self, state: SharedState, ttl: float, wait: float, entries: Any | None = None
+        self, state: KeyValueStore, ttl: float, wait: float, entries: Any | None = None
     ) -> None:
         self.state = state
         self.entries = entries if entries is not None else state
@@ -117,7 +117,7 @@ class ResponseCache:
         ttl, wait = settings.cache_ttl, settings.upstream_read_timeout
         if settings.cache_url.startswith("memory://"):
             return cls(MemoryState(), ttl, wait, MemoryEntries(MEMORY_BYTES, ttl))
-        return cls(create_state(settings.cache_url), ttl, wait)
+        return cls(open_store(settings.cache_url), ttl, wait)
 
     def lookup(self, call: Call) -> Lookup | None:
         """The verdict for ``call``: ``None`` when it is not cacheable, a hit, or a miss

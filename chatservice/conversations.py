@@ -1,37 +1,37 @@
-"""Conversations of seed 003 (Alice ChatGPT): presets, the stored conversation, model requests.
+"""Conversations of Alice ChatGPT: presets, the stored conversation, model requests.
 
 A conversation is a prompt, a preset and its finished turns (question, answer), kept in the
 store (STORE_URL) as JSON under ``conv:<id>`` and expiring CONVERSATION_TTL seconds after it
-was last touched. ``store`` copies it, with no expiry, in the seed's shape
+was last touched. ``store`` copies it, with no expiry, in the original's shape
 ``{"Id", "Prompt", "SentenceList"}`` to ``share:<share id>`` (a separate, read-only id whose
-``Id`` is the share id) and, in the seed's form, to ``share:<conversation id>`` -- which
+``Id`` is the share id) and, in the original's form, to ``share:<conversation id>`` -- which
 reveals the conversation id to whoever has the link (SHARE_BY_CONVERSATION_ID turns it off).
 One turn at a time runs per conversation: a turn holds ``lock:<id>`` (atomic set-if-absent in
 the store, so across workers and machines) until it ends. The lock lives :data:`LOCK_TTL`
 seconds and is renewed while the turn runs, so a worker killed mid-turn frees it soon.
 
-Presets (the seed's, mapped to today's models through the settings):
+Presets (the original's, mapped to today's models through the settings):
 
 =============  ==========  ================  =====================================================
 preset         style       model             sampling (``max_tokens``, then the rest)
 =============  ==========  ================  =====================================================
 default        transcript  COMPLETION_MODEL  256; temperature 0.9, top_p 1, frequency 0,
-                                             presence 0.6 (the seed's DefaultSettings)
+                                             presence 0.6 (the original's DefaultSettings)
 FriendChat     transcript  COMPLETION_MODEL  256; temperature 0.5, top_p 1, frequency 0.5,
-                                             presence 0 (the seed's FriendSettings)
+                                             presence 0 (the original's FriendSettings)
 roleplay       transcript  COMPLETION_MODEL  256; temperature 0.5, top_p 1, frequency 0.5,
-                                             presence 0 (the seed's role-play settings)
-turbo          chat        TURBO_MODEL       the model's own (the seed sent none)
-gpt4           chat        GPT4_MODEL        the model's own (the seed sent none)
+                                             presence 0 (the original's role-play settings)
+turbo          chat        TURBO_MODEL       the model's own (the original sent none)
+gpt4           chat        GPT4_MODEL        the model's own (the original sent none)
 =============  ==========  ================  =====================================================
 
-The seed's 500/512 answer tokens are 256 here: long enough for a chat answer, and it leaves a
+The original's 500/512 answer tokens are 256 here: long enough for a chat answer, and it leaves a
 4k-context completion model room for the history. A transcript preset sends the prompt, a
 blank line, ``Human: ...``/``AI: ...`` lines (or ``You``/``Friend``, or the role-play names)
 and ``AI:``, with the stop sequences ``\\nHuman:`` and ``\\nAI:`` (the names' own), to
 ``/completions`` when COMPLETION_MODEL is a completion model; otherwise, and always on the
 embedded model, it is a chat: the prompt as the system message, questions as ``user`` and
-answers as ``assistant`` (the seed swapped these two for turbo conversations), the stop
+answers as ``assistant`` (the original swapped these two for turbo conversations), the stop
 sequences kept. The embedded model gets at most 256 answer tokens when the preset sets none.
 """
 
@@ -51,16 +51,16 @@ from typing import Any
 from chatservice.errors import BadRequest, NotFound, ServiceError
 from chatservice.models import ChatRequest, is_completion_model
 from chatservice.settings import Settings
-from chatservice.state import SharedState
+from chatservice.state import KeyValueStore
 
 log = logging.getLogger(__name__)
 
-#: The seed's default prompt of ``create`` (with the seed's newline: shares show it).
+#: The original's default prompt of ``create`` (with the original's newline: shares show it).
 DEFAULT_PROMPT = (
     "The following is a conversation with an AI assistant. The assistant is helpful, creative,"
     " clever, and very friendly.\n"
 )
-#: The seed's default prompt of ``createTurbo`` and ``createGPT4``.
+#: The original's default prompt of ``createTurbo`` and ``createGPT4``.
 CHATGPT_PROMPT = (
     "You are ChatGPT, a large language model trained by OpenAI. Answer as concisely as possible."
 )
@@ -141,7 +141,7 @@ PRESETS: dict[str, Preset] = {
 }
 #: The ``settings`` header of ``create``: empty for the default preset, or ``FriendChat``.
 CREATE_SETTINGS = {"": "default", "FriendChat": "FriendChat"}
-#: ``convType`` of ``quickAnswer``: the seed's ``gpt3`` and ``gpt4``; anything else was turbo.
+#: ``convType`` of ``quickAnswer``: the original's ``gpt3`` and ``gpt4``; anything else was turbo.
 QUICK_TYPES = {"": "turbo", "turbo": "turbo", "gpt3": "default", "gpt4": "gpt4"}
 
 Turn = tuple[str, str]
@@ -165,7 +165,7 @@ def is_share_id(value: str) -> bool:
 
 
 def is_valid_id(value: str) -> bool:
-    """True when ``value`` could be a conversation id: 1..64 of ``[A-Za-z0-9]`` (the seed's
+    """True when ``value`` could be a conversation id: 1..64 of ``[A-Za-z0-9]`` (the original's
     8-character ids and ours); anything else names no conversation.
     """
     return _ID.fullmatch(value) is not None
@@ -205,7 +205,7 @@ def transcript_lines(human: str, ai: str, turns: Sequence[Turn]) -> list[str]:
 
 
 def with_prompt(prompt: str, lines: list[str]) -> str:
-    """The seed's plain-text transcript: the prompt, a blank line, then ``lines``."""
+    """The original's plain-text transcript: the prompt, a blank line, then ``lines``."""
     head = prompt.rstrip()
     body = "\n".join(lines)
     return f"{head}\n\n{body}" if head else body
@@ -275,7 +275,7 @@ class Exchange:
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
-    """``summary``'s one-off request (the seed's SummarySettings: temperature 0.7, top_p 1,
+    """``summary``'s one-off request (the original's SummarySettings: temperature 0.7, top_p 1,
     presence 1; 512 answer tokens instead of 2048, which left a 4k model little room).
     """
 
@@ -286,7 +286,7 @@ class Summary:
         return settings.completion_model
 
     def request(self, settings: Settings, *, stream: bool, embedded: bool) -> ChatRequest:
-        """``<text>\\n\\nTl;dr:`` to COMPLETION_MODEL through ``/completions`` (the seed's
+        """``<text>\\n\\nTl;dr:`` to COMPLETION_MODEL through ``/completions`` (the original's
         prompt), or a chat with :data:`SUMMARY_INSTRUCTION` on a chat model or the embedded one.
         """
         model = self.model(settings)
@@ -331,15 +331,15 @@ class Conversation:
         return cls("", preset.name, prompt, human or preset.human, ai or preset.ai, stream)
 
     def sentences(self) -> list[str]:
-        """The seed's SentenceList: questions and answers alternating, oldest first."""
+        """The original's SentenceList: questions and answers alternating, oldest first."""
         return [text for turn in self.turns for text in turn]
 
     def context(self) -> str:
-        """The seed's ``context``: the prompt, a blank line, then ``Human: ``/``AI: `` lines."""
+        """The original's ``context``: the prompt, a blank line, then ``Human: ``/``AI: `` lines."""
         return with_prompt(self.prompt, transcript_lines(self.human, self.ai, self.turns))
 
     def shared(self) -> dict[str, Any]:
-        """The seed's shared-conversation record ``{"Id", "Prompt", "SentenceList"}``."""
+        """The original's shared-conversation record ``{"Id", "Prompt", "SentenceList"}``."""
         return {"Id": self.id, "Prompt": self.prompt, "SentenceList": self.sentences()}
 
     def exchange(self, question: str, history: Sequence[Turn], max_messages: int) -> Exchange:
@@ -382,7 +382,7 @@ class Conversation:
 LOCK_TTL = 15.0
 
 
-def renew_lock(store: SharedState, key: str, token: str, ttl: float) -> threading.Event:
+def renew_lock(store: KeyValueStore, key: str, token: str, ttl: float) -> threading.Event:
     """Keep the lock ``key`` held by ``token`` alive (every ``ttl / 3`` seconds, for another
     ``ttl``) until the returned event is set, the lock is released or it lapsed. Used by the
     conversations' and the chat room's turn locks alike.
@@ -392,7 +392,7 @@ def renew_lock(store: SharedState, key: str, token: str, ttl: float) -> threadin
     return stop
 
 
-def _renew(store: SharedState, key: str, token: str, ttl: float, stop: threading.Event) -> None:
+def _renew(store: KeyValueStore, key: str, token: str, ttl: float, stop: threading.Event) -> None:
     # A background thread (a greenlet under gevent) for as long as the turn runs.
     while not stop.wait(ttl / 3):
         try:
@@ -403,7 +403,7 @@ def _renew(store: SharedState, key: str, token: str, ttl: float, stop: threading
 
 
 class ConversationStore:
-    """Conversations, shared conversations and turn locks in a :class:`SharedState`.
+    """Conversations, shared conversations and turn locks in a :class:`KeyValueStore`.
 
     :param store: the app's store (STORE_URL).
     :param ttl: idle seconds before a conversation expires (CONVERSATION_TTL).
@@ -416,7 +416,7 @@ class ConversationStore:
 
     def __init__(
         self,
-        store: SharedState,
+        store: KeyValueStore,
         ttl: float,
         lock_ttl: float = LOCK_TTL,
         max_bytes: int | None = None,
@@ -521,7 +521,7 @@ class ConversationStore:
         """
         token = self._try_lock(conv_id)
         if token is None:
-            raise ServiceError("conversation_busy", status=409)
+            raise ServiceError("conversation_busy")
         self._renewers[token] = renew_lock(self.store, f"lock:{conv_id}", token, self.lock_ttl)
         return token
 

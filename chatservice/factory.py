@@ -11,13 +11,14 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from chatservice import auth, body, cache, http_headers, metrics
+from chatservice.access_log import AccessRecord, init_access_log
 from chatservice.backends import Backends
 from chatservice.budgets import ClientKeys, KeyBudgets
 from chatservice.errors import FaceRegistry, register_error_handlers
 from chatservice.i18n import Catalogs
 from chatservice.keystore import create_key_store
 from chatservice.limits import create_limiter, limit_face
-from chatservice.logs import AccessRecord, configure_logging, init_access_log
+from chatservice.logs import configure_logging
 from chatservice.pipeline import Pipeline
 from chatservice.routes import (
     admin,
@@ -34,19 +35,19 @@ from chatservice.routes import (
 )
 from chatservice.service import Service
 from chatservice.settings import ConfigError, Settings
-from chatservice.state import SharedState, create_state
+from chatservice.state import KeyValueStore, open_store
 from chatservice.web import request_language
 
 #: The chat faces, each a module with ``prefix``, ``create_blueprint`` and ``render_error``.
 FACES = (api, chat, openai_api, chatroom, ws, conversations)
 
 
-def open_store(settings: Settings) -> SharedState:
+def open_conversation_store(settings: Settings) -> KeyValueStore:
     """The store at STORE_URL; raises ``ConfigError`` (one line naming STORE_URL and the
     file) when a SQLite store cannot be created or written.
     """
     try:
-        return create_state(settings.store_url, settings.memory_max_entries)
+        return open_store(settings.store_url, settings.memory_max_entries)
     except OSError as exc:
         raise ConfigError(f"STORE_URL: {exc}") from None
 
@@ -69,8 +70,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     catalogs = Catalogs.load()
     faces = FaceRegistry(default=api.render_error)
-    state = create_state(settings.ratelimit_storage_uri, settings.memory_max_entries)
-    backends = Backends(settings, state)
+    shared_state = open_store(settings.shared_state_url, settings.memory_max_entries)
+    backends = Backends(settings, shared_state)
     pipeline = Pipeline(settings, backends, catalogs)
     pipeline.observe(AccessRecord(pipeline.tokens))
     service = Service(
@@ -79,8 +80,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         backends=backends,
         pipeline=pipeline,
         faces=faces,
-        state=state,
-        store=open_store(settings),
+        shared_state=shared_state,
+        conversation_store=open_conversation_store(settings),
     )
     app.extensions["chatservice"] = service
     app.extensions["chatservice.catalogs"] = catalogs
@@ -92,9 +93,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         service.pipeline.observe(KeyBudgets(service.client_keys, metrics.current_metrics_of(app)))
 
     limiter = create_limiter(app, settings)
-    http_headers.init_app(app, settings, limiter)
-    for face in FACES:
-        blueprint = face.create_blueprint(settings.route)
+    blueprints = [(face, face.create_blueprint(settings.route)) for face in FACES]
+    http_headers.init_app(app, settings, limiter, frozenset(bp.name for _, bp in blueprints))
+    for face, blueprint in blueprints:
         limit_face(limiter, settings, blueprint)
         # Per face, so /healthz and the admin view (ADMIN_TOKEN) stay outside AUTH_MODE.
         auth.protect(blueprint, bearer=face is openai_api)

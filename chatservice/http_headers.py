@@ -1,6 +1,6 @@
 """Security headers on every response, and CORS for browsers calling the chat faces directly.
 
-Security headers (issue 5, "Operations"), added by an ``after_request`` hook so JSON answers,
+Security headers ("Operations"), added by an ``after_request`` hook so JSON answers,
 errors and event streams all carry them:
 
 - ``X-Content-Type-Options: nosniff`` always: a browser must not guess that an answer
@@ -40,7 +40,7 @@ from chatservice.settings import Settings
 
 #: Headers set on every response unless the response has its own.
 DEFAULT_HEADERS = {"Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
-#: Request headers a browser script may send to the chat faces (seed headers included).
+#: Request headers a browser script may send to the chat faces (theirs included).
 ALLOW_HEADERS = (
     "Content-Type",
     "Authorization",
@@ -62,19 +62,21 @@ EXPOSE_HEADERS = (
 )
 #: Seconds a browser may cache a preflight's answer.
 MAX_AGE = 600
-#: The chat faces' blueprints (factory.FACES), the only ones CORS applies to: operations
-#: endpoints, the admin view, the docs and the playground page are not cross-origin APIs.
-CORS_BLUEPRINTS = frozenset({"api", "chat", "openai_api", "chatroom", "ws", "conversations"})
 
 
 class CorsPolicy:
     """Which origins may call the chat faces: ``origins`` as CORS_ORIGINS lists them.
 
-    Origins compare case-insensitively and without a trailing slash; ``*`` allows any.
+    Origins compare case-insensitively and without a trailing slash; ``*`` allows any. CORS
+    applies to the blueprints named in ``faces`` (the chat faces) only: operations endpoints,
+    the admin view, the docs and the playground page are not cross-origin APIs.
     """
 
-    def __init__(self, origins: tuple[str, ...], route: str = "") -> None:
+    def __init__(
+        self, origins: tuple[str, ...], route: str = "", faces: frozenset[str] = frozenset()
+    ) -> None:
         self._route = route
+        self.faces = faces
         normalized = {_normalize(origin) for origin in origins if origin.strip()}
         self.any_origin = "*" in normalized
         self.origins = frozenset(normalized - {"*"})
@@ -109,7 +111,7 @@ class CorsPolicy:
 
     def _in_scope(self) -> bool:
         if request.blueprint is not None:
-            return request.blueprint in CORS_BLUEPRINTS
+            return request.blueprint in self.faces
         # No route matched (404, 405): errors under ROUTE stay readable by the calling page.
         path = request.path
         return not self._route or path == self._route or path.startswith(self._route + "/")
@@ -135,9 +137,12 @@ def add_security_headers(response: Response) -> None:
         response.headers.setdefault(name, value)
 
 
-def init_app(app: Flask, settings: Settings, limiter: Limiter | None) -> None:
-    """Install the headers hook on ``app`` and exempt ``OPTIONS`` from ``limiter``'s limits."""
-    cors = CorsPolicy(settings.cors_origins, settings.route)
+def init_app(
+    app: Flask, settings: Settings, limiter: Limiter | None, faces: frozenset[str]
+) -> None:
+    """Install the headers hook on ``app`` and exempt ``OPTIONS`` from ``limiter``'s limits;
+    ``faces``: the chat faces' blueprint names, the ones CORS applies to."""
+    cors = CorsPolicy(settings.cors_origins, settings.route, faces)
     if limiter is not None:
         # Automatic OPTIONS runs no view; counting it would let preflights eat the budget.
         limiter.request_filter(is_automatic_options)

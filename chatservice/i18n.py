@@ -1,10 +1,10 @@
 """Message catalogs and language negotiation.
 
 Catalogs are JSON files under the project's ``i18n/`` folder, one per language in
-:data:`LANGUAGES` (the four languages seed 002/004's ``LANG`` offers), each mapping a stable
-message key to a ``str.format`` template. The language of a request is chosen, in order, from
-the ``lang`` query parameter or body field, ``Accept-Language``, the configured default
-(``CHAT_LANG``/``LANG``), then English (issue 2).
+:data:`LANGUAGES` (the four languages the Docker ChatGPT API platform's ``LANG`` offers), each
+mapping a stable message key to a ``str.format`` template. The language of a request is
+chosen, in order, from the ``lang`` query parameter or body field, ``Accept-Language``, the
+configured default (``CHAT_LANG``/``LANG``), then English.
 """
 
 from __future__ import annotations
@@ -77,10 +77,6 @@ class Catalogs:
             with open(directory / f"{lang}.json", encoding="utf-8") as fh:
                 catalogs[lang] = json.load(fh)
         return cls(catalogs)
-
-    def keys(self, lang: str) -> set[str]:
-        """The message keys one language defines."""
-        return set(self._catalogs.get(lang, {}))
 
     def translate(self, key: str, lang: str, **params: object) -> str:
         """The message for ``key`` in ``lang`` with ``params`` filled in."""

@@ -113,7 +113,7 @@ class KeyStore(Protocol):
 
 
 def _taken() -> ServiceError:
-    return ServiceError("client_key_name_taken", status=409)
+    return ServiceError("client_key_name_taken")
 
 
 class SqlKeyStore:
@@ -162,7 +162,7 @@ class SqlKeyStore:
                     self._path or "", timeout=STORAGE_TIMEOUT, isolation_level=None
                 )
             except sqlite3.Error:
-                raise ServiceError("store_unavailable", status=503) from None
+                raise ServiceError("store_unavailable") from None
             try:
                 yield db
             finally:
@@ -170,7 +170,7 @@ class SqlKeyStore:
         except sqlite3.IntegrityError:
             raise _taken() from None
         except sqlite3.Error:
-            raise ServiceError("store_unavailable", status=503) from None
+            raise ServiceError("store_unavailable") from None
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -493,7 +493,7 @@ def _redis_errors() -> Iterator[None]:
     try:
         yield
     except redis.RedisError:
-        raise ServiceError("store_unavailable", status=503) from None
+        raise ServiceError("store_unavailable") from None
 
 
 def _dump(record: KeyRecord) -> str:

@@ -47,7 +47,7 @@ def create_limiter(app: Flask, settings: Settings) -> Limiter | None:
     limiter = Limiter(
         get_remote_address,
         app=app,
-        storage_uri=settings.ratelimit_storage_uri,
+        storage_uri=settings.shared_state_url,
         strategy="moving-window",
         headers_enabled=True,
         swallow_errors=True,

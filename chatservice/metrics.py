@@ -1,4 +1,4 @@
-"""Prometheus metrics (issue 5, "Operations"): defined per app, served at ``GET /metrics``.
+"""Prometheus metrics ("Operations"): defined per app, served at ``GET /metrics``.
 
 Every app owns its metrics: :func:`init_app` (called by the factory) builds a
 :class:`Metrics` with its own ``CollectorRegistry``, so the many apps a test session builds
@@ -40,7 +40,7 @@ Exported, every name prefixed ``chatservice_``:
   summed over live workers).
 - ``upstream_keys{state}``: configured upstream keys by state (``usable``, ``cooling``,
   ``disabled``), computed at scrape time from the key pool's snapshot; never a key or its id.
-  The marks live in RATELIMIT_STORAGE_URI's store, so with ``memory://`` and several workers
+  The marks live in SHARED_STATE_URL's store, so with ``memory://`` and several workers
   this is the scraping worker's view; with Redis it is everyone's.
 - ``client_key_requests_total{key, outcome}`` and ``client_key_tokens_total{key,
   direction}`` (AUTH_MODE=keys): calls and tokens per client key, labelled with the key's

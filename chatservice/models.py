@@ -2,7 +2,7 @@
 
 Faces parse their own bodies into a :class:`ChatRequest`, a backend answers it with a
 :class:`ChatResult` or a stream of :class:`ChatChunk`, and the face renders its envelope
-(``shared/design.md``: one request path shared by every face).
+(one request path shared by every face).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ _COMPLETION_PREFIXES = ("davinci", "babbage", "text-", "curie", "ada")
 
 
 def is_completion_model(model: str) -> bool:
-    """True for models served by the legacy ``/completions`` API (seed 000's "gpt-3" branch).
+    """True for models served by the legacy ``/completions`` API (chatgpt-service's "gpt-3" branch).
 
     Names containing ``instruct`` or starting with ``davinci``, ``babbage``, ``curie``, ``ada``
     or ``text-`` (``text-davinci-003``, ``gpt-3.5-turbo-instruct``).
@@ -32,7 +32,7 @@ def flatten_messages(messages: list[dict[str, str]]) -> str:
     """Turn chat messages into a transcript prompt for a completion model.
 
     System text comes first as-is; user turns are ``Human:``, assistant turns ``AI:``, and the
-    prompt ends with ``AI:`` so the model answers (the stop sequence ``Human:`` of seed 000
+    prompt ends with ``AI:`` so the model answers (the stop sequence ``Human:`` of chatgpt-service
     then ends the answer).
     """
     lines = []
@@ -138,7 +138,7 @@ class ChatChunk:
         self.text, self.model, self.raw = scrub_text((self.text, self.model, self.raw))
 
     def delta(self) -> dict[str, Any]:
-        """The seed faces' ``data`` of a stream event: ``{"response": text, "finish_reason",
+        """The original faces' ``data`` of a stream event: ``{"response": text, "finish_reason",
         "model"}``, plus ``usage`` when the chunk carries it.
         """
         data: dict[str, Any] = {

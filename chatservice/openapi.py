@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from chatservice import openapi_keys
+from chatservice import openapi_keys, specs
 from chatservice.settings import Settings
 
 OPENAPI_VERSION = "3.1.0"
@@ -31,12 +31,12 @@ HTML = "text/html"
 
 Schema = dict[str, Any]
 
-TAG_API = "Docker ChatGPT API (seeds 002/004)"
-TAG_CHAT = "chatgpt-service (seed 000)"
+TAG_API = "Docker ChatGPT API platform"
+TAG_CHAT = "chatgpt-service"
 TAG_OPENAI = "OpenAI-compatible"
-TAG_WS = "WebSocket (seed 000)"
-TAG_ROOM = "Chat room (seed 001)"
-TAG_CONV = "Conversations (seed 003)"
+TAG_WS = "WebSocket (chatgpt-service)"
+TAG_ROOM = "Chat room (ChatGPT-API on gin)"
+TAG_CONV = "Conversations (Alice ChatGPT)"
 TAG_ADMIN = "Admin"
 TAG_OPS = "Operations"
 TAG_DOCS = "Documentation"
@@ -89,15 +89,12 @@ STREAM_TEXT = (
     "response; after it, one event in the face's error envelope ends the stream (no `[DONE]`)."
 )
 
-#: The characters ``str.strip()`` removes (``str.isspace``), spelled out: ``\s`` means another
-#: set in ECMA-262 regexes (JSON Schema's), in Python's ``re`` and in generators of test data.
-_SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-#: Strings that ``.strip()`` leaves non-empty (``validation.string(non_empty=True)``).
-_NON_BLANK = f"[^{_SPACE}]"
+_SPACE = specs.SPACE
+_NON_BLANK = specs.NON_BLANK
 
 
 def _seed_chunk(description: str, code: int, msg: str, finish_reason: Schema) -> Schema:
-    """A seed face's stream event: ``{"code", "msg", "data": ChatChunk.delta()}``."""
+    """A wrapper service's face's stream event: ``{"code", "msg", "data": ChatChunk.delta()}``."""
     return {
         "type": "object",
         "description": description,
@@ -197,12 +194,7 @@ def _lang_parameter() -> dict[str, Any]:
 
 def _schemas() -> dict[str, Schema]:
     """``components.schemas``: request bodies, envelopes and stream events of every face."""
-    lang = {
-        "description": "Language of error messages: `en`, `zh_CN`, `zh_TW` or `ru` (also "
-        "`zh-CN`, `zh-Hans`...). Takes precedence over `Accept-Language`; values that name no "
-        "known language, and non-strings, are ignored.",
-        "examples": ["zh_CN"],
-    }
+    lang = specs.LANG.schema()
     usage = {
         "type": ["object", "null"],
         "description": "Token counts as the backend reported them.",
@@ -213,15 +205,7 @@ def _schemas() -> dict[str, Schema]:
         },
     }
     token_ids = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
-    model = {
-        "type": ["string", "null"],
-        "pattern": _NON_BLANK,
-        "description": "The model; default DEFAULT_MODEL. Completion models (`text-davinci-003`, "
-        "`*instruct*`, `davinci*`...) are asked through `/completions` with a transcript prompt. "
-        "MODEL_ALIASES renames it; a model ALLOWED_MODELS excludes is a 400 "
-        "`model_not_allowed`. LOCAL_MODEL_ID names the embedded model.",
-        "examples": ["gpt-3.5-turbo"],
-    }
+    model = specs.MODEL.schema()
     message = {
         "type": "object",
         "description": "One turn of a conversation; other fields are ignored.",
@@ -231,11 +215,6 @@ def _schemas() -> dict[str, Schema]:
             "content": {"type": "string"},
         },
     }
-    max_tokens = {
-        "type": ["integer", "null"],
-        "minimum": 1,
-        "maximum": 4096,
-    }
     finish_reason = {
         "type": ["string", "null"],
         "description": "Why the answer ended (`stop`, `length`...); null until the last chunk.",
@@ -243,56 +222,8 @@ def _schemas() -> dict[str, Schema]:
     return {
         "Message": message,
         "Usage": usage,
-        # --- POST /{ROUTE} (seeds 002/004)
-        "ApiRequest": {
-            "type": "object",
-            "required": ["user_content"],
-            # Each second spelling is read only when the first is absent or null.
-            "allOf": [
-                _alias("system_content", "sys_content", {"type": ["string", "null"]}),
-                _alias(
-                    "continuous_dialogue",
-                    "continuous",
-                    {"type": ["array", "null"], "items": _ref("Message")},
-                ),
-            ],
-            "properties": {
-                "user_content": {
-                    "type": "string",
-                    "pattern": _NON_BLANK,
-                    "description": "The question; not blank.",
-                },
-                "system_content": {
-                    "type": ["string", "null"],
-                    "description": "System prompt; replaces a leading system turn of the history.",
-                },
-                "sys_content": {
-                    "description": "Same as `system_content` (the seed README's spelling): a "
-                    "string or null, used (and checked) only when `system_content` is absent "
-                    "or null.",
-                },
-                "continuous_dialogue": {
-                    "type": ["array", "null"],
-                    "items": _ref("Message"),
-                    "description": "Earlier turns (the `result` of the previous answer).",
-                },
-                "continuous": {
-                    "description": "Same as `continuous_dialogue`: a list of `Message` or null, "
-                    "used (and checked) only when `continuous_dialogue` is absent or null.",
-                },
-                "model": model,
-                "api_key": {
-                    "type": ["string", "null"],
-                    "pattern": "^[ -~]*$",
-                    "description": "An upstream API key for this request only (printable ASCII: "
-                    "it travels in a header); never stored or logged.",
-                    "writeOnly": True,
-                },
-                "max_tokens": {**max_tokens, "default": 100},
-                "stream": {"type": ["boolean", "null"], "default": False},
-                "lang": lang,
-            },
-        },
+        # --- POST /{ROUTE} (the Docker ChatGPT API platform)
+        "ApiRequest": specs.API.schema(),
         "ApiSuccess": {
             "type": "object",
             "required": ["code", "msg", "data", "result", "current_response"],
@@ -342,53 +273,8 @@ def _schemas() -> dict[str, Schema]:
                 },
             },
         },
-        # --- POST /{ROUTE}/v1/chat (seed 000)
-        "ChatRequest": {
-            "type": "object",
-            "description": "`query` and/or a non-empty `messages`: at least one.",
-            "anyOf": [
-                {"required": ["query"], "properties": {"query": {"type": "string"}}},
-                {
-                    "required": ["messages"],
-                    "properties": {"messages": {"type": "array", "minItems": 1}},
-                },
-            ],
-            "properties": {
-                "query": {
-                    "type": ["string", "null"],
-                    "description": "The question (appended after `messages`).",
-                },
-                "messages": {"type": ["array", "null"], "items": _ref("Message")},
-                "model": model,
-                "openai_parameter": {
-                    "type": ["boolean", "null"],
-                    "default": True,
-                    "description": "true: only the model, the input and `max_tokens` are sent, "
-                    "so the upstream's own sampling defaults apply. false: every parameter is "
-                    "sent, with the seed's defaults for the absent ones (temperature 0, top_p "
-                    '1, penalties 0, `stop: ["Human:"]` for completion models).',
-                },
-                "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
-                "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-                "max_tokens": {**max_tokens, "default": 500},
-                "frequency_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
-                "presence_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
-                "best_of": {
-                    "type": ["integer", "null"],
-                    "minimum": 1,
-                    "maximum": 20,
-                    "description": "Sent to completion models only.",
-                },
-                "stop": {
-                    "type": ["string", "array", "null"],
-                    "items": {"type": "string"},
-                    "maxItems": 4,
-                    "description": "A stop sequence or up to 4.",
-                },
-                "stream": {"type": ["boolean", "null"], "default": False},
-                "lang": lang,
-            },
-        },
+        # --- POST /{ROUTE}/v1/chat (chatgpt-service)
+        "ChatRequest": specs.CHAT.schema(),
         "ChatSuccess": {
             "type": "object",
             "required": ["code", "msg", "data"],
@@ -412,8 +298,8 @@ def _schemas() -> dict[str, Schema]:
         ),
         "ChatError": {
             "type": "object",
-            "description": "The failure envelope of seed 000 (`/v1/chat`, and `/ws` before the "
-            "upgrade); `code` equals the HTTP status, `msg` is the localized reason.",
+            "description": "The failure envelope of chatgpt-service (`/v1/chat`, and `/ws` before "
+            "the upgrade); `code` equals the HTTP status, `msg` is the localized reason.",
             "required": ["code", "msg", "data"],
             "properties": {
                 "code": {"type": "integer"},
@@ -733,7 +619,7 @@ def _schemas() -> dict[str, Schema]:
                 },
             },
         },
-        # --- chat room (seed 001)
+        # --- chat room (ChatGPT-API on gin)
         "RoomTurn": {
             "type": "object",
             "required": ["content"],
@@ -773,7 +659,7 @@ def _schemas() -> dict[str, Schema]:
                 "error": {"type": "string", "description": "Stable key."},
             },
         },
-        # --- conversations (seed 003)
+        # --- conversations (Alice ChatGPT)
         "TurboCreate": {
             "type": "object",
             "properties": {
@@ -971,7 +857,7 @@ def _model_operations(settings: Settings) -> dict[str, dict[str, Any]]:
             "post": _op(
                 TAG_API,
                 "api_ask",
-                "Ask a question (seeds 002/004)",
+                "Ask a question (the Docker ChatGPT API platform)",
                 {
                     "200": {
                         "description": "The answer. " + STREAM_TEXT + " Events are `ApiChunk`.",
@@ -996,7 +882,7 @@ def _model_operations(settings: Settings) -> dict[str, dict[str, Any]]:
             "post": _op(
                 TAG_CHAT,
                 "chat",
-                "Chat or complete (seed 000)",
+                "Chat or complete (chatgpt-service)",
                 {
                     "200": {
                         "description": "The answer. " + STREAM_TEXT + " Events are `ChatChunk`.",
@@ -1290,7 +1176,7 @@ def _conversation_operations(settings: Settings) -> dict[str, dict[str, Any]]:
             "conversation_create",
             "Start a transcript conversation",
             {"200": created, **create_errors},
-            body=text_body("The prompt; empty for the seed's default."),
+            body=text_body("The prompt; empty for the original's default."),
             parameters=[
                 {
                     "name": "settings",
@@ -1399,7 +1285,7 @@ def _conversation_operations(settings: Settings) -> dict[str, dict[str, Any]]:
             "Keep a copy for sharing (again: overwrite it)",
             {
                 "200": {
-                    **text("Done (the seed's answer).", "保存成功"),
+                    **text("Done (the original's answer).", "保存成功"),
                     "headers": {
                         "X-Share-Id": {
                             "description": "The read-only share id for `share/{share_id}`: it "
@@ -1434,10 +1320,10 @@ def _conversation_operations(settings: Settings) -> dict[str, dict[str, Any]]:
                     },
                     lang,
                 ],
-                description="`share_id` is the `X-Share-Id` of `store`, or (the seed's form, "
+                description="`share_id` is the `X-Share-Id` of `store`, or (the original's form, "
                 "while SHARE_BY_CONVERSATION_ID is on) the conversation id, which such a link "
                 "reveals to anyone holding it.",
-                # Open to anyone under every AUTH_MODE, as in the seed.
+                # Open to anyone under every AUTH_MODE, as in the original.
                 security=[] if security is not None else None,
             )
         },
@@ -1556,7 +1442,7 @@ def _other_operations(settings: Settings) -> dict[str, dict[str, Any]]:
                 {
                     "200": {
                         "description": "Every check is `ok`: the store (STORE_URL) and the shared "
-                        "state (RATELIMIT_STORAGE_URI) answer, and the default backend can answer "
+                        "state (SHARED_STATE_URL) answer, and the default backend can answer "
                         "(a usable upstream key, or the embedded model's file and llama.cpp).",
                         "content": _content(JSON, _ref("Readiness")),
                     },
@@ -1653,7 +1539,8 @@ def _playground_operations(route: str) -> dict[str, dict[str, Any]]:
         },
     }
     if route:
-        # With an empty ROUTE, "/" is the POST face of seeds 002/004 and nothing else.
+        # With an empty ROUTE, "/" is the POST face of the Docker ChatGPT API platform and
+        # nothing else.
         paths["/"] = {
             "get": _op(
                 TAG_DOCS,

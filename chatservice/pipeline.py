@@ -31,7 +31,7 @@ its own envelope. Everything else happens here, once, in this order:
    client went away and the stream was closed).
 
 Observers observe; they never wrap or replace a backend. The access log's model, backend,
-tokens and error fields (:class:`chatservice.logs.AccessRecord`) and the backend metrics
+tokens and error fields (:class:`chatservice.access_log.AccessRecord`) and the backend metrics
 (:class:`chatservice.metrics.BackendMetrics`) are the two today.
 
 Seams for later work (none is built here):

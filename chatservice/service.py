@@ -15,15 +15,19 @@ from chatservice.errors import FaceRegistry
 from chatservice.i18n import Catalogs
 from chatservice.pipeline import Pipeline
 from chatservice.settings import Settings
-from chatservice.state import SharedState
+from chatservice.state import KeyValueStore
 
 
 @dataclasses.dataclass
 class Service:
     """Everything the factory wires for one app: settings, catalogs, backends, the answer
-    pipeline, faces, the shared state (at RATELIMIT_STORAGE_URI: key marks, chat rooms) and
-    the store (at STORE_URL: conversations, shared conversations, turn locks, the auth replay
-    cache) and the client keys kept there (AUTH_MODE=keys, the admin API).
+    pipeline, faces, and two key-value stores:
+
+    ``shared_state`` (SHARED_STATE_URL, where flask-limiter keeps its counters): short-lived
+    state every worker must see: the key pool's marks and the chat rooms' histories;
+    ``conversation_store`` (STORE_URL, durable by default): Alice ChatGPT's conversations,
+    their shared copies and turn locks, and the auth replay cache; and
+    ``client_keys`` (AUTH_MODE=keys, the admin API), kept at STORE_URL in a store of their own.
     """
 
     settings: Settings
@@ -31,8 +35,8 @@ class Service:
     backends: Backends
     pipeline: Pipeline
     faces: FaceRegistry
-    state: SharedState
-    store: SharedState
+    shared_state: KeyValueStore
+    conversation_store: KeyValueStore
     client_keys: ClientKeys | None = None
 
 

@@ -1,14 +1,27 @@
-"""Typed settings read from the environment, then a ``.env`` file, then defaults.
+"""Typed settings, each declared once as an attribute of :class:`Settings`.
 
-Every variable the service understands is declared once, in :data:`FIELDS`; ``.env.example``
-documents the same names (a test keeps the two in step). An invalid value raises
-:class:`ConfigError` whose message is one line naming the variable and the problem, which is
-what the entry point prints before it exits. Secrets are wrapped in :class:`Secret`, so no
-``repr``, ``str`` or log line of the settings can show them.
+Sources, the first that sets a variable wins:
+
+1. command-line flags of ``python3 app.py`` (``--host``, ``--port``, ``--route``,
+   ``--workers``, ``--config``; app.py passes them in as environment overrides);
+2. the process environment;
+3. a ``.env`` file in the working directory (``env_file``);
+4. the TOML file CONFIG_FILE (default ``config.toml`` when present): keys are the variable
+   names in any case, in any table;
+5. the default declared with the attribute.
+
+Older or other names of a variable (:data:`ALIASES`: ChatGPT-API on gin's ``CHAT_`` names,
+``RATELIMIT_STORAGE_URI`` for SHARED_STATE_URL, the lower-case proxy variables) count as the
+variable itself in each source; the canonical name wins. :data:`FIELDS` lists every
+variable, derived from the class; ``.env.example`` documents the same names (a test keeps the
+two in step). An invalid value raises :class:`ConfigError` whose message is one line naming
+the variable and the problem, which is what the entry point prints before it exits. Secrets
+are wrapped in :class:`Secret`, so no ``repr``, ``str`` or log line of the settings can show
+them.
 
 Modelled on starlette's ``Config``/``Secret`` and flask-limiter's "config keys named in one
-place"; the variable names come from the seeds (``ROUTE``, ``LANG``, ``*_LIMIT`` and ``API_KEY``
-from seeds 002/004) and from the issue tracker.
+place"; the variable names come from the wrapper services (``ROUTE``, ``LANG``, ``*_LIMIT``
+and ``API_KEY`` from the Docker ChatGPT API platform) and from the project's own needs.
 """
 
 from __future__ import annotations
@@ -92,7 +105,8 @@ def _int(minimum: int = 0) -> Callable[[str], int]:
 
 
 def _limit(raw: str) -> int:
-    """A per-IP request limit: empty or 0 means off (seed 002: "0 means unlimited")."""
+    """A per-IP request limit: empty or 0 means off (the Docker ChatGPT API platform: "0
+    means unlimited")."""
     if not raw.strip():
         return 0
     try:
@@ -159,7 +173,7 @@ def _text(raw: str) -> str:
 
 
 def _lang(raw: str) -> str:
-    # Unknown languages fall back to English rather than stopping startup (issue 2).
+    # Unknown languages fall back to English rather than stopping startup.
     return normalize_language(raw) or "en"
 
 
@@ -278,7 +292,7 @@ LOCAL_SYSTEM_PROMPT = "Answer the question directly and briefly, in the language
 
 
 def _proxy(raw: str) -> str:
-    """A proxy URL; ``host:port`` without a scheme means ``http://host:port`` (seed 001's
+    """A proxy URL; ``host:port`` without a scheme means ``http://host:port`` (ChatGPT-API on gin's
     README example has no scheme, which broke every call in the original).
     """
     value = raw.strip()
@@ -328,93 +342,12 @@ class Field:
 #: OpenAI's API, the upstream when UPSTREAM_BASE_URL is not set.
 DEFAULT_UPSTREAM = "https://api.openai.com/v1"
 
-FIELDS: tuple[Field, ...] = (
-    Field("HOST", "host", _text, "0.0.0.0"),  # noqa: S104 - listening on all interfaces is the documented default
-    Field("PORT", "port", _int(1), "5000"),
-    Field("WORKERS", "workers", _int(1), "1"),
-    Field("WORKER_CONNECTIONS", "worker_connections", _int(1), "4096"),
-    Field("ROUTE", "route", _route, "api"),
-    Field("CHAT_LANG", "default_lang", _lang, "en"),
-    Field("HOUR_LIMIT", "hour_limit", _limit, ""),
-    Field("MINUTE_LIMIT", "minute_limit", _limit, ""),
-    Field("SECOND_LIMIT", "second_limit", _limit, ""),
-    Field("RATELIMIT_STORAGE_URI", "ratelimit_storage_uri", _storage_uri, "memory://"),
-    Field("TRUSTED_PROXIES", "trusted_proxies", _int(0), "0"),
-    Field("API_KEY", "api_keys", _keys, ""),
-    Field("KEY_FILE", "key_file", _path, ""),
-    Field("AUTO_REMOVE_KEYS", "auto_remove_keys", _bool, "true"),
-    Field("ADMIN_TOKEN", "admin_token", _secret, ""),
-    Field("UPSTREAM_BASE_URL", "upstream_base_url", _url, DEFAULT_UPSTREAM),
-    Field("CLIENT_KEYS", "client_keys", _choice("auto", "on", "off"), "auto"),
-    Field("UPSTREAM_CONNECT_TIMEOUT", "upstream_connect_timeout", _seconds, "10"),
-    Field("UPSTREAM_READ_TIMEOUT", "upstream_read_timeout", _seconds, "120"),
-    Field("UPSTREAM_STREAM_IDLE_TIMEOUT", "upstream_stream_idle_timeout", _seconds, "60"),
-    Field("UPSTREAM_RETRIES", "upstream_retries", _int(0), "2"),
-    Field("UPSTREAM_RPM", "upstream_rpm", _limit, "0"),
-    Field("UPSTREAM_POOL_SIZE", "upstream_pool_size", _int(1), "100"),
-    Field("UPSTREAMS", "upstreams", _upstreams, ""),
-    Field("UPSTREAM_FALLBACKS", "upstream_fallbacks", _int(0), "2"),
-    Field("UPSTREAM_BREAKER_FAILURES", "upstream_breaker_failures", _int(1), "5"),
-    Field("UPSTREAM_BREAKER_COOLDOWN", "upstream_breaker_cooldown", _seconds, "10"),
-    Field("UPSTREAM_MODELS_TTL", "upstream_models_ttl", _seconds, "600"),
-    Field("CHAT_PROXY", "proxy", _proxy, ""),
-    Field("HTTPS_PROXY", "https_proxy", _proxy, ""),
-    Field("HTTP_PROXY", "http_proxy", _proxy, ""),
-    Field("NO_PROXY", "no_proxy", _text, ""),
-    Field("BACKEND", "backend", _choice("auto", "openai", "local"), "auto"),
-    Field("LOCAL_MODEL_PATH", "local_model_path", _path, ""),
-    Field("LOCAL_MODEL_ID", "local_model_id", _text, "smollm2-135m-instruct"),
-    Field("LOCAL_MAX_QUEUE", "local_max_queue", _int(0), "16"),
-    Field("LOCAL_PRELOAD", "local_preload", _bool, "0"),
-    Field("LOCAL_CONTEXT_TOKENS", "local_context_tokens", _int(128), "2048"),
-    Field("LOCAL_THREADS", "local_threads", _int(0), "0"),
-    Field("LOCAL_SYSTEM_PROMPT", "local_system_prompt", _raw_text, LOCAL_SYSTEM_PROMPT),
-    Field("LOCAL_TEMPERATURE", "local_temperature", _number(0.0, 2.0), "0.2"),
-    Field("LOCAL_TOP_P", "local_top_p", _number(0.0, 1.0), "0.9"),
-    Field("LOCAL_REPEAT_PENALTY", "local_repeat_penalty", _number(1.0, 2.0), "1.1"),
-    Field("LOCAL_LOOP_GUARD", "local_loop_guard", _bool, "1"),
-    Field("DEFAULT_MODEL", "default_model", _text, "gpt-3.5-turbo"),
-    Field("MAX_BODY_BYTES", "max_body_bytes", _int(1), "1048576"),
-    Field("BODY_READ_TIMEOUT", "body_read_timeout", _seconds, "30"),
-    Field("WS_MAX_BACKLOG", "ws_max_backlog", _int(1), "16"),
-    Field("MEMORY_MAX_ENTRIES", "memory_max_entries", _int(1), "100000"),
-    Field("BOT_DESC", "bot_desc", _raw_text, "You are a helpful assistant."),
-    Field("HISTORY_MAX_MESSAGES", "history_max_messages", _int(1), "20"),
-    Field("CONVERSATION_TTL", "conversation_ttl", _seconds, "1800"),
-    Field("CHAT_MODEL", "chat_model", _text, ""),
-    Field("CHAT_MAXTOKENS", "chat_max_tokens", _optional_int(1, 1_000_000), ""),
-    Field("CHAT_TEMPERATURE", "chat_temperature", _optional_number(0, 2), ""),
-    Field("CHAT_TOPP", "chat_top_p", _optional_number(0, 1), ""),
-    Field("CHAT_PRESENCEPENALTY", "chat_presence_penalty", _optional_number(-2, 2), ""),
-    Field("CHAT_FREQUENCYPENALTY", "chat_frequency_penalty", _optional_number(-2, 2), ""),
-    Field("STORE_URL", "store_url", _store_url, "sqlite:///data/chatservice.db"),
-    Field("MAX_CONTEXT_MESSAGES", "max_context_messages", _int(1), "20"),
-    Field("CONVERSATION_MAX_BYTES", "conversation_max_bytes", _int(1024), "2097152"),
-    Field("SHARE_BY_CONVERSATION_ID", "share_by_conversation_id", _bool, "1"),
-    Field("COMPLETION_MODEL", "completion_model", _text, "gpt-3.5-turbo-instruct"),
-    Field("TURBO_MODEL", "turbo_model", _text, "gpt-3.5-turbo"),
-    Field("GPT4_MODEL", "gpt4_model", _text, "gpt-4"),
-    Field("AUTH_MODE", "auth_mode", _choice("none", "simple", "normal", "keys"), "none"),
-    Field("AUTH_TOKEN", "auth_token", _secret, ""),
-    Field("AUTH_REPLAY_WINDOW", "auth_replay_window", _seconds, "86400"),
-    Field("CLIENT_KEY_RESERVE_TOKENS", "client_key_reserve_tokens", _int(1), "4096"),
-    Field("PRICES", "prices", _prices, ""),
-    Field("CONFIG_FILE", "config_file", _path, ""),
-    Field("LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error"), "info"),
-    Field("LOG_PROMPTS", "log_prompts", _bool, "0"),
-    Field("LOG_FORMAT", "log_format", _choice("text", "json"), "text"),
-    Field("LOG_DIR", "log_dir", _path, ""),
-    Field("LOG_RETENTION_DAYS", "log_retention_days", _int(1), "14"),
-    Field("GRACEFUL_TIMEOUT", "graceful_timeout", _seconds, "30"),
-    Field("CORS_ORIGINS", "cors_origins", _list, ""),
-    Field("PLAYGROUND", "playground", _bool, "1"),
-    Field("ALLOWED_MODELS", "allowed_models", _list, ""),
-    Field("MODEL_ALIASES", "model_aliases", _aliases, ""),
-    Field("CONTEXT_WINDOWS", "context_windows", _windows, ""),
-    Field("TRIM_OPENAI_FACE", "trim_openai_face", _bool, "0"),
-    Field("CACHE_URL", "cache_url", _cache_url, ""),
-    Field("CACHE_TTL", "cache_ttl", _seconds, "3600"),
-)
+
+def _setting(env: str, parse: Callable[[str], Any], default: str) -> Any:
+    """A :class:`Settings` attribute read from the variable ``env`` with ``parse`` (which
+    raises ``ValueError`` for a bad value); ``default`` is the raw text used when no source
+    sets it."""
+    return dataclasses.field(metadata={"env": env, "parse": parse, "default": default})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -425,91 +358,95 @@ class Settings:
     (``"/api"``, ``"/v2/chat"``). ``api_keys`` holds :class:`Secret` values. A limit of 0 is off.
     """
 
-    host: str
-    port: int
-    workers: int
-    worker_connections: int
-    route: str
-    default_lang: str
-    hour_limit: int
-    minute_limit: int
-    second_limit: int
-    ratelimit_storage_uri: str
-    trusted_proxies: int
-    api_keys: tuple[Secret, ...]
-    key_file: str
-    auto_remove_keys: bool
-    admin_token: Secret | None
-    upstream_base_url: str
-    client_keys: str
-    upstream_connect_timeout: float
-    upstream_read_timeout: float
-    upstream_stream_idle_timeout: float
-    upstream_retries: int
-    upstream_rpm: int
-    upstream_pool_size: int
-    upstreams: tuple[Any, ...]
-    upstream_fallbacks: int
-    upstream_breaker_failures: int
-    upstream_breaker_cooldown: float
-    upstream_models_ttl: float
-    proxy: str
-    https_proxy: str
-    http_proxy: str
-    no_proxy: str
-    backend: str
-    local_model_path: str
-    local_model_id: str
-    local_max_queue: int
-    local_preload: bool
-    local_context_tokens: int
-    local_threads: int
-    local_system_prompt: str
-    local_temperature: float
-    local_top_p: float
-    local_repeat_penalty: float
-    local_loop_guard: bool
-    default_model: str
-    max_body_bytes: int
-    body_read_timeout: float
-    ws_max_backlog: int
-    memory_max_entries: int
-    bot_desc: str
-    history_max_messages: int
-    conversation_ttl: float
-    chat_model: str
-    chat_max_tokens: int | None
-    chat_temperature: float | None
-    chat_top_p: float | None
-    chat_presence_penalty: float | None
-    chat_frequency_penalty: float | None
-    store_url: str
-    max_context_messages: int
-    conversation_max_bytes: int
-    share_by_conversation_id: bool
-    completion_model: str
-    turbo_model: str
-    gpt4_model: str
-    auth_mode: str
-    auth_token: Secret | None
-    auth_replay_window: float
-    client_key_reserve_tokens: int
-    prices: dict[str, tuple[float, float]]
-    config_file: str
-    log_level: str
-    log_prompts: bool
-    log_format: str
-    log_dir: str
-    log_retention_days: int
-    graceful_timeout: float
-    cors_origins: tuple[str, ...]
-    playground: bool
-    allowed_models: tuple[str, ...]
-    model_aliases: dict[str, str]
-    context_windows: dict[str, int]
-    trim_openai_face: bool
-    cache_url: str
-    cache_ttl: float
+    host: str = _setting("HOST", _text, "0.0.0.0")  # noqa: S104 - listening on all interfaces is the documented default
+    port: int = _setting("PORT", _int(1), "5000")
+    workers: int = _setting("WORKERS", _int(1), "1")
+    worker_connections: int = _setting("WORKER_CONNECTIONS", _int(1), "4096")
+    route: str = _setting("ROUTE", _route, "api")
+    default_lang: str = _setting("CHAT_LANG", _lang, "en")
+    hour_limit: int = _setting("HOUR_LIMIT", _limit, "")
+    minute_limit: int = _setting("MINUTE_LIMIT", _limit, "")
+    second_limit: int = _setting("SECOND_LIMIT", _limit, "")
+    shared_state_url: str = _setting("SHARED_STATE_URL", _storage_uri, "memory://")
+    trusted_proxies: int = _setting("TRUSTED_PROXIES", _int(0), "0")
+    api_keys: tuple[Secret, ...] = _setting("API_KEY", _keys, "")
+    key_file: str = _setting("KEY_FILE", _path, "")
+    auto_remove_keys: bool = _setting("AUTO_REMOVE_KEYS", _bool, "true")
+    admin_token: Secret | None = _setting("ADMIN_TOKEN", _secret, "")
+    upstream_base_url: str = _setting("UPSTREAM_BASE_URL", _url, DEFAULT_UPSTREAM)
+    client_keys: str = _setting("CLIENT_KEYS", _choice("auto", "on", "off"), "auto")
+    upstream_connect_timeout: float = _setting("UPSTREAM_CONNECT_TIMEOUT", _seconds, "10")
+    upstream_read_timeout: float = _setting("UPSTREAM_READ_TIMEOUT", _seconds, "120")
+    upstream_stream_idle_timeout: float = _setting("UPSTREAM_STREAM_IDLE_TIMEOUT", _seconds, "60")
+    upstream_retries: int = _setting("UPSTREAM_RETRIES", _int(0), "2")
+    upstream_rpm: int = _setting("UPSTREAM_RPM", _limit, "0")
+    upstream_pool_size: int = _setting("UPSTREAM_POOL_SIZE", _int(1), "100")
+    upstreams: tuple[Any, ...] = _setting("UPSTREAMS", _upstreams, "")
+    upstream_fallbacks: int = _setting("UPSTREAM_FALLBACKS", _int(0), "2")
+    upstream_breaker_failures: int = _setting("UPSTREAM_BREAKER_FAILURES", _int(1), "5")
+    upstream_breaker_cooldown: float = _setting("UPSTREAM_BREAKER_COOLDOWN", _seconds, "10")
+    upstream_models_ttl: float = _setting("UPSTREAM_MODELS_TTL", _seconds, "600")
+    proxy: str = _setting("CHAT_PROXY", _proxy, "")
+    https_proxy: str = _setting("HTTPS_PROXY", _proxy, "")
+    http_proxy: str = _setting("HTTP_PROXY", _proxy, "")
+    no_proxy: str = _setting("NO_PROXY", _text, "")
+    backend: str = _setting("BACKEND", _choice("auto", "openai", "local"), "auto")
+    local_model_path: str = _setting("LOCAL_MODEL_PATH", _path, "")
+    local_model_id: str = _setting("LOCAL_MODEL_ID", _text, "smollm2-135m-instruct")
+    local_max_queue: int = _setting("LOCAL_MAX_QUEUE", _int(0), "16")
+    local_preload: bool = _setting("LOCAL_PRELOAD", _bool, "0")
+    local_context_tokens: int = _setting("LOCAL_CONTEXT_TOKENS", _int(128), "2048")
+    local_threads: int = _setting("LOCAL_THREADS", _int(0), "0")
+    local_system_prompt: str = _setting("LOCAL_SYSTEM_PROMPT", _raw_text, LOCAL_SYSTEM_PROMPT)
+    local_temperature: float = _setting("LOCAL_TEMPERATURE", _number(0.0, 2.0), "0.2")
+    local_top_p: float = _setting("LOCAL_TOP_P", _number(0.0, 1.0), "0.9")
+    local_repeat_penalty: float = _setting("LOCAL_REPEAT_PENALTY", _number(1.0, 2.0), "1.1")
+    local_loop_guard: bool = _setting("LOCAL_LOOP_GUARD", _bool, "1")
+    default_model: str = _setting("DEFAULT_MODEL", _text, "gpt-3.5-turbo")
+    max_body_bytes: int = _setting("MAX_BODY_BYTES", _int(1), "1048576")
+    body_read_timeout: float = _setting("BODY_READ_TIMEOUT", _seconds, "30")
+    ws_max_backlog: int = _setting("WS_MAX_BACKLOG", _int(1), "16")
+    memory_max_entries: int = _setting("MEMORY_MAX_ENTRIES", _int(1), "100000")
+    bot_desc: str = _setting("BOT_DESC", _raw_text, "You are a helpful assistant.")
+    history_max_messages: int = _setting("HISTORY_MAX_MESSAGES", _int(1), "20")
+    conversation_ttl: float = _setting("CONVERSATION_TTL", _seconds, "1800")
+    chat_model: str = _setting("CHAT_MODEL", _text, "")
+    chat_max_tokens: int | None = _setting("CHAT_MAXTOKENS", _optional_int(1, 1_000_000), "")
+    chat_temperature: float | None = _setting("CHAT_TEMPERATURE", _optional_number(0, 2), "")
+    chat_top_p: float | None = _setting("CHAT_TOPP", _optional_number(0, 1), "")
+    chat_presence_penalty: float | None = _setting(
+        "CHAT_PRESENCEPENALTY", _optional_number(-2, 2), ""
+    )
+    chat_frequency_penalty: float | None = _setting(
+        "CHAT_FREQUENCYPENALTY", _optional_number(-2, 2), ""
+    )
+    store_url: str = _setting("STORE_URL", _store_url, "sqlite:///data/chatservice.db")
+    max_context_messages: int = _setting("MAX_CONTEXT_MESSAGES", _int(1), "20")
+    conversation_max_bytes: int = _setting("CONVERSATION_MAX_BYTES", _int(1024), "2097152")
+    share_by_conversation_id: bool = _setting("SHARE_BY_CONVERSATION_ID", _bool, "1")
+    completion_model: str = _setting("COMPLETION_MODEL", _text, "gpt-3.5-turbo-instruct")
+    turbo_model: str = _setting("TURBO_MODEL", _text, "gpt-3.5-turbo")
+    gpt4_model: str = _setting("GPT4_MODEL", _text, "gpt-4")
+    auth_mode: str = _setting("AUTH_MODE", _choice("none", "simple", "normal", "keys"), "none")
+    auth_token: Secret | None = _setting("AUTH_TOKEN", _secret, "")
+    auth_replay_window: float = _setting("AUTH_REPLAY_WINDOW", _seconds, "86400")
+    client_key_reserve_tokens: int = _setting("CLIENT_KEY_RESERVE_TOKENS", _int(1), "4096")
+    prices: dict[str, tuple[float, float]] = _setting("PRICES", _prices, "")
+    config_file: str = _setting("CONFIG_FILE", _path, "")
+    log_level: str = _setting("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info")
+    log_prompts: bool = _setting("LOG_PROMPTS", _bool, "0")
+    log_format: str = _setting("LOG_FORMAT", _choice("text", "json"), "text")
+    log_dir: str = _setting("LOG_DIR", _path, "")
+    log_retention_days: int = _setting("LOG_RETENTION_DAYS", _int(1), "14")
+    graceful_timeout: float = _setting("GRACEFUL_TIMEOUT", _seconds, "30")
+    cors_origins: tuple[str, ...] = _setting("CORS_ORIGINS", _list, "")
+    playground: bool = _setting("PLAYGROUND", _bool, "1")
+    allowed_models: tuple[str, ...] = _setting("ALLOWED_MODELS", _list, "")
+    model_aliases: dict[str, str] = _setting("MODEL_ALIASES", _aliases, "")
+    context_windows: dict[str, int] = _setting("CONTEXT_WINDOWS", _windows, "")
+    trim_openai_face: bool = _setting("TRIM_OPENAI_FACE", _bool, "0")
+    cache_url: str = _setting("CACHE_URL", _cache_url, "")
+    cache_ttl: float = _setting("CACHE_TTL", _seconds, "3600")
 
     @classmethod
     def from_env(
@@ -518,11 +455,12 @@ class Settings:
         env_file: str | os.PathLike[str] | None = ".env",
         **overrides: Any,
     ) -> Settings:
-        """Read settings: ``environ`` (default: ``os.environ``), then ``env_file``, then the
-        TOML file CONFIG_FILE (empty: ``config.toml``, when present), then defaults.
+        """Read settings: ``environ`` (default: ``os.environ``; app.py adds its command-line
+        flags to it), then ``env_file``, then the TOML file CONFIG_FILE (empty:
+        ``config.toml``, when present), then defaults.
 
-        Seed 001's ``CHAT_``-prefixed names and the lower-case proxy variables are accepted as
-        aliases (:data:`ALIASES`); the canonical name wins. ``overrides`` set attributes
+        ChatGPT-API on gin's ``CHAT_``-prefixed names and the lower-case proxy variables are
+        accepted as aliases (:data:`ALIASES`); the canonical name wins. ``overrides`` set attributes
         directly (tests use it). Raises :class:`ConfigError`.
         """
         layered: dict[str, str] = {}
@@ -574,9 +512,18 @@ class Settings:
         return [f"{amount}/{window}" for window, amount in windows if amount > 0]
 
 
-#: Other names accepted for a variable, in priority order after the canonical one: seed 001's
-#: ``CHAT_`` variables, ``PROXY``, and the lower-case proxy variables of curl and requests.
+#: Every setting, in declaration order (derived from :class:`Settings`, declared once there).
+FIELDS: tuple[Field, ...] = tuple(
+    Field(field.metadata["env"], field.name, field.metadata["parse"], field.metadata["default"])
+    for field in dataclasses.fields(Settings)
+)
+
+#: Other names accepted for a variable, in priority order after the canonical one:
+#: ChatGPT-API on gin's ``CHAT_`` variables, ``PROXY``, and the lower-case proxy variables of
+#: curl and requests.
 ALIASES: dict[str, tuple[str, ...]] = {
+    # The shared state's first name, from when it held only the rate-limit counters.
+    "SHARED_STATE_URL": ("RATELIMIT_STORAGE_URI",),
     "PORT": ("CHAT_PORT",),
     "API_KEY": ("CHAT_APIKEY",),
     "BOT_DESC": ("CHAT_BOTDESC",),
@@ -603,8 +550,8 @@ def _resolve_aliases(source: Mapping[str, str]) -> dict[str, str]:
 def _read_config_file(source: Mapping[str, str]) -> dict[str, str]:
     """The settings of the TOML file named by CONFIG_FILE (a missing default file is fine).
 
-    Keys are the variable names in any case (``port``, ``API_KEY``), seed 001's short names
-    (``apikey`` for ``CHAT_APIKEY``), inside any table. Lists are joined with commas;
+    Keys are the variable names in any case (``port``, ``API_KEY``), ChatGPT-API on gin's short
+    names (``apikey`` for ``CHAT_APIKEY``), inside any table. Lists are joined with commas;
     a list of tables (``[[upstreams]]``) becomes JSON.
     """
     explicit = bool(source.get("CONFIG_FILE", "").strip())

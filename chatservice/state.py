@@ -1,8 +1,9 @@
 """Small shared key-value state with expiry, in memory, SQLite or Redis.
 
-Two instances exist per app. The *state* lives where the rate limits live
-(RATELIMIT_STORAGE_URI): key-pool marks and chat-room histories. The *store* lives at
-STORE_URL: conversations, shared conversations, turn locks and the auth replay cache.
+Two instances exist per app (:class:`chatservice.service.Service`). The *shared state* lives
+where the rate limits live (SHARED_STATE_URL): key-pool marks and chat-room histories. The
+*conversation store* lives at STORE_URL: conversations, shared conversations, turn locks and
+the auth replay cache.
 
 - ``memory://`` keeps values in the worker process (lost on restart, not shared);
 - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` keeps them in one file in
@@ -36,7 +37,7 @@ PREFIX = "chatservice:"
 STORAGE_TIMEOUT = 2.0
 
 
-class SharedState(Protocol):
+class KeyValueStore(Protocol):
     """String values by key, each with an optional TTL in seconds."""
 
     clock: Callable[[], float]
@@ -91,22 +92,22 @@ class MemoryState:
         return len(self._data)
 
     def get(self, key: str) -> str | None:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with self._lock:
             return self._live(key)
 
     def get_many(self, keys: list[str]) -> list[str | None]:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with self._lock:
             return [self._live(key) for key in keys]
 
     def set(self, key: str, value: str, ttl: float | None = None) -> None:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with self._lock:
             self._store(key, value, _expiry(self.clock(), ttl))
 
     def add(self, key: str, value: str, ttl: float | None = None) -> bool:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with self._lock:
             if self._live(key) is not None:
                 return False
@@ -114,12 +115,12 @@ class MemoryState:
             return True
 
     def delete(self, key: str) -> None:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with self._lock:
             self._data.pop(key, None)
 
     def delete_if(self, key: str, value: str) -> bool:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with self._lock:
             if self._live(key) != value:
                 return False
@@ -127,7 +128,7 @@ class MemoryState:
             return True
 
     def incr(self, key: str) -> int:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with self._lock:
             value = int(self._live(key) or 0) + 1
             expires = self._data[key][1] if key in self._data else None
@@ -135,7 +136,7 @@ class MemoryState:
             return value
 
     def expire_if(self, key: str, value: str, ttl: float) -> bool:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with self._lock:
             if self._live(key) != value:
                 return False
@@ -215,7 +216,7 @@ class SqliteState:
             raise OSError(f"cannot write {path}: {reason}") from None
 
     def get(self, key: str) -> str | None:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with self._connect() as db:
             row = db.execute(
                 "SELECT value FROM state WHERE key = ? AND (expires IS NULL OR expires > ?)",
@@ -224,7 +225,7 @@ class SqliteState:
         return None if row is None else row[0]
 
     def get_many(self, keys: list[str]) -> list[str | None]:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         if not keys:
             return []
         marks = ",".join("?" * len(keys))
@@ -239,7 +240,7 @@ class SqliteState:
         return [rows.get(key) for key in keys]
 
     def set(self, key: str, value: str, ttl: float | None = None) -> None:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         now = self.clock()
         with self._connect() as db:
             db.execute(
@@ -250,7 +251,7 @@ class SqliteState:
             self._sweep(db, now)
 
     def add(self, key: str, value: str, ttl: float | None = None) -> bool:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         now = self.clock()
         with self._connect() as db:
             cursor = db.execute(
@@ -262,12 +263,12 @@ class SqliteState:
             return cursor.rowcount == 1
 
     def delete(self, key: str) -> None:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with self._connect() as db:
             db.execute("DELETE FROM state WHERE key = ?", (key,))
 
     def delete_if(self, key: str, value: str) -> bool:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with self._connect() as db:
             cursor = db.execute(
                 "DELETE FROM state WHERE key = ? AND value = ? AND (expires IS NULL OR"
@@ -277,7 +278,7 @@ class SqliteState:
             return cursor.rowcount == 1
 
     def incr(self, key: str) -> int:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         now = self.clock()
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
@@ -295,7 +296,7 @@ class SqliteState:
             return value
 
     def expire_if(self, key: str, value: str, ttl: float) -> bool:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         now = self.clock()
         with self._connect() as db:
             cursor = db.execute(
@@ -318,11 +319,11 @@ class SqliteState:
         try:
             db = sqlite3.connect(self._path, timeout=STORAGE_TIMEOUT, isolation_level=None)
         except sqlite3.Error:
-            raise ServiceError("store_unavailable", status=503) from None
+            raise ServiceError("store_unavailable") from None
         try:
             yield db
         except sqlite3.Error:
-            raise ServiceError("store_unavailable", status=503) from None
+            raise ServiceError("store_unavailable") from None
         finally:
             db.close()
 
@@ -356,49 +357,49 @@ class RedisState:
         self._expire_if = self._redis.register_script(self._EXPIRE_IF)
 
     def get(self, key: str) -> str | None:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with _redis_errors():
             return self._redis.get(PREFIX + key)
 
     def get_many(self, keys: list[str]) -> list[str | None]:
-        """See :class:`SharedState` (one MGET)."""
+        """See :class:`KeyValueStore` (one MGET)."""
         if not keys:
             return []
         with _redis_errors():
             return self._redis.mget([PREFIX + key for key in keys])
 
     def set(self, key: str, value: str, ttl: float | None = None) -> None:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with _redis_errors():
             self._redis.set(PREFIX + key, value, px=_milliseconds(ttl))
 
     def add(self, key: str, value: str, ttl: float | None = None) -> bool:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with _redis_errors():
             return bool(self._redis.set(PREFIX + key, value, px=_milliseconds(ttl), nx=True))
 
     def delete(self, key: str) -> None:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with _redis_errors():
             self._redis.delete(PREFIX + key)
 
     def delete_if(self, key: str, value: str) -> bool:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with _redis_errors():
             return bool(self._delete_if(keys=[PREFIX + key], args=[value]))
 
     def incr(self, key: str) -> int:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with _redis_errors():
             return int(self._redis.incr(PREFIX + key))
 
     def expire_if(self, key: str, value: str, ttl: float) -> bool:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with _redis_errors():
             return bool(self._expire_if(keys=[PREFIX + key], args=[value, _milliseconds(ttl)]))
 
     def ping(self) -> None:
-        """See :class:`SharedState`."""
+        """See :class:`KeyValueStore`."""
         with _redis_errors():
             self._redis.ping()
 
@@ -416,7 +417,7 @@ def _redis_errors() -> Iterator[None]:
     try:
         yield
     except redis.RedisError:
-        raise ServiceError("store_unavailable", status=503) from None
+        raise ServiceError("store_unavailable") from None
 
 
 def sqlite_path(url: str) -> str:
@@ -427,7 +428,7 @@ def sqlite_path(url: str) -> str:
     return os.path.expanduser(path[1:])
 
 
-def create_state(url: str, max_entries: int = 100_000) -> SharedState:
+def open_store(url: str, max_entries: int = 100_000) -> KeyValueStore:
     """The state for a storage URL: ``memory://`` (at most ``max_entries`` values),
     ``sqlite:///...`` or ``redis://...``.
     """

@@ -15,8 +15,8 @@ from chatservice.jsonsafe import find_unsafe_value
 def read_json_object() -> dict[str, Any]:
     """The request body parsed as a JSON object, whatever the Content-Type says.
 
-    Seed clients send ``application/json``; ``curl -d`` sends a form type with a JSON body,
-    so the header is not required. Raises ``BadRequest`` (``invalid_json``,
+    The wrapper services' clients send ``application/json``; ``curl -d`` sends a form type with
+    a JSON body, so the header is not required. Raises ``BadRequest`` (``invalid_json``,
     ``body_not_object``); a body over MAX_BODY_BYTES raises werkzeug's 413 while reading.
     """
     raw = request.get_data(cache=True)
@@ -58,7 +58,7 @@ def peek_json_body() -> None:
 
 
 def request_language() -> str:
-    """The language of this request's messages (issue 2's order).
+    """The language of this request's messages (the order of the settings' documentation).
 
     ``lang`` query parameter, then the ``lang`` field of a JSON body already read, then
     ``Accept-Language`` in quality order, then the configured default.

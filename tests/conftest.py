@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -13,9 +12,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import requests
 from flask import Flask
 
+from bench.procs import BenchError, free_port, wait_healthy
 from chatservice import create_app
 from chatservice.settings import ALIASES, FIELDS, Settings
 from tests.fakeupstream import FakeUpstream
@@ -65,14 +64,9 @@ def client(make_app: Callable[..., Flask]):
     return make_app(API_KEY="sk-test-configured-0001").test_client()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class LiveServer:
-    """``python3 app.py`` (gunicorn, gevent workers) on 127.0.0.1 in a subprocess.
+    """``python3 app.py`` (gunicorn, gevent workers) on 127.0.0.1 in a subprocess, started and
+    awaited as the benchmark starts it (:mod:`bench.procs`).
 
     ``args`` replaces ``app.py`` as the Python command line (``-m gunicorn ...``, flags);
     ``{port}`` in them is replaced by the server's port.
@@ -103,15 +97,12 @@ class LiveServer:
         )
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {self.log_path.read_text()}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise AssertionError(f"server did not start: {self.log_path.read_text()}")
+        """Until ``/healthz`` answers 200; fails the test with the server's log when it exits
+        or does not start in ``timeout`` seconds."""
+        try:
+            wait_healthy(self.port, self.proc, timeout, self.log_text)
+        except BenchError as exc:
+            raise AssertionError(str(exc)) from None
 
     def log_text(self) -> str:
         self._log.flush()

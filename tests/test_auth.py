@@ -1,4 +1,4 @@
-"""Client authentication (issue 4, seed 003's AUTH_MODE none/simple/normal) on every face.
+"""Client authentication (Alice ChatGPT's AUTH_MODE none/simple/normal) on every face.
 
 Most tests use Flask's test client against apps whose upstream is the fake one; the WebSocket
 handshake is checked against a real server (``python3 app.py``).
@@ -65,7 +65,7 @@ class Face:
 
 
 def _conversation_id(response: Any) -> bool:
-    # Seed 003: createTurbo answers the new conversation's id as plain text ("5dCMMKFI").
+    # Alice ChatGPT: createTurbo answers the new conversation's id as plain text ("5dCMMKFI").
     text = response.get_data(as_text=True).strip()
     return bool(text) and " " not in text
 
@@ -101,7 +101,7 @@ FACES = [
         lambda key, msg: {"code": 401, "msg": msg, "data": None, "error": key},
         lambda r: r.get_json() == {"code": 200, "msg": "success", "data": "echo: hi"},
     ),
-    # Seed 003 answers errors as the bare message.
+    # Alice ChatGPT answers errors as the bare message.
     Face(
         "conversations",
         "/api/chatgpt/createTurbo",
@@ -308,7 +308,7 @@ def test_uuid_length_and_characters(app_for):
     assert "64" in message("auth_invalid_uuid", "ru")
     assert_refused(face, face.call(client, {**signed(), "uuid": ""}), "auth_invalid_uuid")
     assert_refused(face, face.call(client, signed("ключ")), "auth_invalid_uuid")
-    # Seed 003's own example: the milliseconds of the current time as the uuid.
+    # Alice ChatGPT's own example: the milliseconds of the current time as the uuid.
     assert_answered(face, face.call(client, signed("417")))
 
 
@@ -329,7 +329,7 @@ def test_a_uuid_is_usable_again_after_the_replay_window(app_for, tmp_path, store
     url = f"sqlite:///{tmp_path}/s.db" if store == "sqlite" else store
     app = app_for("normal", AUTH_REPLAY_WINDOW="60", STORE_URL=url)
     now = [1_700_000_000.0]
-    app.extensions["chatservice"].store.clock = lambda: now[0]
+    app.extensions["chatservice"].conversation_store.clock = lambda: now[0]
     client, face, headers = app.test_client(), FACES[0], signed()
 
     assert_answered(face, face.call(client, headers))
@@ -344,7 +344,7 @@ def test_the_default_replay_window_is_a_day(app_for):
     app = app_for("normal")
     assert app.extensions["chatservice"].settings.auth_replay_window == 86400
     now = [1_700_000_000.0]
-    app.extensions["chatservice"].store.clock = lambda: now[0]
+    app.extensions["chatservice"].conversation_store.clock = lambda: now[0]
     client, face, headers = app.test_client(), FACES[0], signed()
     assert_answered(face, face.call(client, headers))
     now[0] += 86399
@@ -372,7 +372,7 @@ def test_admin_view_keeps_its_own_token(app_for):
 
 @pytest.mark.parametrize("mode", ["simple", "normal"])
 def test_shared_conversations_stay_open(app_for, mode):
-    # Seed 003's GET share/<id> is public: the rest of the conversations face is not.
+    # Alice ChatGPT's GET share/<id> is public: the rest of the conversations face is not.
     client = app_for(mode).test_client()
     creds = (lambda: {"token": TOKEN}) if mode == "simple" else signed
     created = client.post("/api/chatgpt/createTurbo", data="Be terse.", headers=creds())

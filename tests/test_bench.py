@@ -15,20 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from bench.procs import descendants
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def descendants(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            kids = [int(p) for p in (task / "children").read_text().split()]
-        except OSError:
-            continue
-        for kid in kids:
-            found.append(kid)
-            found.extend(descendants(kid))
-    return found
 
 
 def alive(pid: int) -> bool:

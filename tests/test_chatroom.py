@@ -1,4 +1,5 @@
-"""The chat-room face of seed 001: server-side history per room, streaming, seed settings."""
+"""The chat-room face of ChatGPT-API on gin: server-side history per room, streaming, its
+settings."""
 
 from __future__ import annotations
 
@@ -116,7 +117,7 @@ def test_history_keeps_the_newest_messages_and_always_the_system_prompt(make_app
 def test_an_idle_room_expires_after_conversation_ttl(make_app, fake):
     app = make_app(API_KEY="sk-x", CONVERSATION_TTL="60")
     now = [1000.0]
-    app.extensions["chatservice"].state.clock = lambda: now[0]
+    app.extensions["chatservice"].shared_state.clock = lambda: now[0]
     client = app.test_client()
     client.post("/api/chat-room", json={"content": "t1"})
     now[0] += 59
@@ -289,8 +290,9 @@ def test_routing_errors_use_the_room_envelope(room):
 
 
 def test_history_continues_across_servers_sharing_redis(live_server, upstream, redis_url):
-    first = live_server(API_KEY="sk-x", RATELIMIT_STORAGE_URI=redis_url)
-    second = live_server(API_KEY="sk-x", RATELIMIT_STORAGE_URI=redis_url)
+    # The second server names the setting by its old name: both reach the same shared state.
+    first = live_server(API_KEY="sk-x", SHARED_STATE_URL=redis_url)
+    second = live_server(API_KEY="sk-x", SHARED_STATE_URL=redis_url)
     headers = {"X-Room-Id": f"shared-{uuid.uuid4().hex}"}
     r = requests.post(
         first.url + "/api/chat-room", json={"content": "one"}, headers=headers, timeout=10
@@ -358,7 +360,7 @@ def test_completion_model_gets_a_transcript_prompt(make_app, fake):
 
 def test_two_simultaneous_turns_in_one_room_one_gets_409(live_server, upstream, redis_url):
     # Two workers sharing Redis: the lock holds whichever worker takes the second turn.
-    server = live_server(API_KEY="sk-x", WORKERS="2", RATELIMIT_STORAGE_URI=redis_url)
+    server = live_server(API_KEY="sk-x", WORKERS="2", SHARED_STATE_URL=redis_url)
     upstream.default = Reply(text=" ".join(f"w{i}" for i in range(20)), chunk_delay=0.05)
     headers = {"X-Room-Id": f"busy-{uuid.uuid4().hex}", "Accept-Language": "ru"}
     url = server.url + "/api/chat-room"

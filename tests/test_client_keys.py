@@ -218,7 +218,7 @@ def test_refusals_are_localized_in_each_face(keyed, fake, lang, pattern):
     client, _ = keyed()
     key = create(client, models=["gpt-4o"])["key"]
     headers = {"token": key, "Accept-Language": lang}
-    # The Docker ChatGPT API face (seed 002) and the chatgpt-service face (seed 000).
+    # The Docker ChatGPT API platform's face and chatgpt-service's face.
     r = client.post("/api", json={"user_content": "hi", "model": "gpt-4"}, headers=headers)
     assert r.status_code == 403 and pattern in r.get_json()["data"]["response"], r.get_json()
     r = client.post("/api/v1/chat", json={"query": "hi", "model": "gpt-4"}, headers=headers)

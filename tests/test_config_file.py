@@ -1,4 +1,4 @@
-"""The TOML config file, seed 001's CHAT_ variables, and app.py's command-line flags."""
+"""The TOML config file, ChatGPT-API on gin's CHAT_ variables, and app.py's command-line flags."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def test_canonical_names_win_over_aliases():
         ("CHAT_TOPP", "x"),
         ("CHAT_MAXTOKENS", "0"),
         ("CHAT_PROXY", "ftp://h:1"),
-        ("RATELIMIT_STORAGE_URI", "bogus://x"),
+        ("SHARED_STATE_URL", "bogus://x"),
     ],
 )
 def test_invalid_values_name_the_variable(variable, value):
@@ -142,3 +142,9 @@ def test_flags_win_over_the_environment(live_server, upstream):
     )
     r = requests.post(server.url + "/v9", json={"user_content": "x"}, timeout=5)
     assert r.json()["current_response"] == "echo: x"
+
+
+def test_shared_state_url_takes_its_old_name_too():
+    assert load({"RATELIMIT_STORAGE_URI": "redis://h:1/0"}).shared_state_url == "redis://h:1/0"
+    both = {"SHARED_STATE_URL": "redis://new:1/0", "RATELIMIT_STORAGE_URI": "redis://old:1/0"}
+    assert load(both).shared_state_url == "redis://new:1/0"

@@ -1,4 +1,4 @@
-"""The conversations face of seed 003 (Alice ChatGPT): presets, turns, store, locks, streams."""
+"""The conversations face of Alice ChatGPT: presets, turns, store, locks, streams."""
 
 from __future__ import annotations
 
@@ -337,7 +337,7 @@ def test_rate_limited_is_429(make_app):
 def test_conversations_expire_when_idle_and_every_touch_restarts_the_timer(make_app, fake):
     app = make_app(API_KEY="sk-conv", CONVERSATION_TTL="100")
     now = [1_000_000.0]
-    app.extensions["chatservice"].store.clock = lambda: now[0]
+    app.extensions["chatservice"].conversation_store.clock = lambda: now[0]
     client = app.test_client()
     conv = created(post(client, "createTurbo"))
     now[0] += 90

@@ -51,7 +51,7 @@ def test_compose_instances_share_redis_and_check_readiness():
         assert service["image"] == "chatservice"
         env = service["environment"]
         assert env["STORE_URL"].startswith("redis://redis:6379")
-        assert env["RATELIMIT_STORAGE_URI"].startswith("redis://redis:6379")
+        assert env["SHARED_STATE_URL"].startswith("redis://redis:6379")
         assert env["TRUSTED_PROXIES"] == "1"
         assert "/readyz" in " ".join(service["healthcheck"]["test"])
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"

@@ -136,7 +136,7 @@ def stack(live_server, redis_url, nginx) -> Callable[..., Stack]:
         env = {
             "API_KEY": "sk-test-configured-0001",
             "STORE_URL": redis_url,
-            "RATELIMIT_STORAGE_URI": redis_url,
+            "SHARED_STATE_URL": redis_url,
             "TRUSTED_PROXIES": "1",  # as deploy/nginx.conf says
             "LOG_FORMAT": "json",
             **env,

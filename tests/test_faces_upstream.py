@@ -6,7 +6,7 @@ import pytest
 
 from tests.fakeupstream import Reply
 
-# --- POST /api (seeds 002/004) ------------------------------------------------------------
+# --- POST /api (the Docker ChatGPT API platform) -------------------------------------------------
 
 
 def test_api_success_shape(client, fake):
@@ -95,7 +95,7 @@ def test_api_completion_model_goes_to_completions(client, fake):
     assert r.get_json()["current_response"] == "echo: Human: hi\nAI:"
 
 
-# --- POST /api/v1/chat (seed 000) ---------------------------------------------------------
+# --- POST /api/v1/chat (chatgpt-service) ---------------------------------------------------------
 
 
 def test_chat_success_shape_with_query(client, fake):

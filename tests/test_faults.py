@@ -193,7 +193,7 @@ def test_redis_going_away_gives_503_and_recovers(live_server, upstream, tmp_path
     try:
         url = f"redis://127.0.0.1:{port}/0"
         server = live_server(
-            API_KEY="sk-x", RATELIMIT_STORAGE_URI=url, STORE_URL=url, MINUTE_LIMIT="100"
+            API_KEY="sk-x", SHARED_STATE_URL=url, STORE_URL=url, MINUTE_LIMIT="100"
         )
 
         def post(path: str, body: dict) -> requests.Response:

@@ -149,6 +149,10 @@ def fuzz_server(upstream: FakeUpstream, tmp_path_factory) -> Iterator[LiveServer
         assert stored.status_code == 200, stored.text
         LIVE.update(url=server.url, conversations=conversations, shared=transcript)
         yield server
+        # Whatever order the module's tests ran in (pytest-xdist may also spread them over
+        # several workers, each with its own server): once all of them are done with this
+        # server, its whole log is checked. A traceback fails the last test's teardown.
+        assert_no_traceback_since(server, 0)
     finally:
         LIVE.update(url="", conversations=[], shared="", turns=0)
         server.stop()
@@ -281,9 +285,3 @@ def test_found_deeply_nested_websocket_frame_is_a_400(fuzz_server) -> None:
     finally:
         ws.close()
     assert frame["code"] == 400, frame
-
-
-def test_no_traceback_in_the_server_log(fuzz_server: LiveServer) -> None:
-    # Last in the module: covers the tests above that ran on this server (pytest-xdist may
-    # spread the module over several workers, each with its own server).
-    assert_no_traceback_since(fuzz_server, 0)

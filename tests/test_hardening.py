@@ -123,7 +123,7 @@ SURROGATE_CASES = [
 def test_a_lone_surrogate_from_the_client_is_a_400_naming_the_field(
     live_server, upstream, redis_url, path, body, field
 ):
-    server = live_server(API_KEY="sk-x", RATELIMIT_STORAGE_URI=redis_url)
+    server = live_server(API_KEY="sk-x", SHARED_STATE_URL=redis_url)
     r = requests.post(
         server.url + path, data=body, headers={"Content-Type": "application/json"}, timeout=10
     )
@@ -154,7 +154,7 @@ UPSTREAM_SURROGATE = '{"x": "ok \\ud800 end"}'
 def test_a_lone_surrogate_from_the_upstream_is_replaced_on_every_face(
     live_server, upstream, redis_url, stream
 ):
-    server = live_server(API_KEY="sk-x", RATELIMIT_STORAGE_URI=redis_url)
+    server = live_server(API_KEY="sk-x", SHARED_STATE_URL=redis_url)
     # The fake upstream writes json.dumps of its text: "\ud800" goes out escaped, valid JSON.
     upstream.default = Reply(text="ok \ud800 end")
     calls = [
@@ -333,7 +333,7 @@ def test_a_chat_room_lock_is_renewed_while_the_turn_runs_and_lapses_after_a_kill
     from chatservice.conversations import LOCK_TTL
 
     # Redis holds the room and its lock, so they outlive the killed worker.
-    server = live_server(API_KEY="sk-x", RATELIMIT_STORAGE_URI=redis_url)
+    server = live_server(API_KEY="sk-x", SHARED_STATE_URL=redis_url)
     url = server.url + "/api/chat-room"
     headers = {"X-Room-Id": f"lock-{uuid.uuid4().hex}"}
 

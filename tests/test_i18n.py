@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import ast
 import json
+import re
 import string
 from pathlib import Path
 
 import pytest
 
+from chatservice.errors import ERRORS, BadRequest, ServiceError
 from chatservice.i18n import LANGUAGES, normalize_language
 from chatservice.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = ROOT / "chatservice"
 CATALOG_DIR = ROOT / "i18n"
-
-#: Error classes whose first positional argument is a catalog key.
-ERROR_CALLS = {"BadRequest", "ServiceError", "UpstreamError", "LocalModelError"}
 
 
 def load_catalog(lang: str) -> dict[str, str]:
@@ -74,67 +71,47 @@ def test_templates_format_with_their_own_placeholders(lang):
         assert template.format(**params), key
 
 
-# --- every key the code can raise has a message -------------------------------------------------
+# --- the error registry, the catalogs and the README agree ------------------------------------
 
 
-def raised_keys() -> dict[str, str]:
-    """Catalog keys found in the package sources, each with where it was found.
-
-    String literals passed first (or as ``key=``) to the error classes, and class-level
-    ``key = "..."`` attributes.
-    """
-    found: dict[str, str] = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        where = path.relative_to(ROOT).as_posix()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call):
-                func = node.func
-                name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
-                if name not in ERROR_CALLS:
-                    continue
-                args = list(node.args[:1]) + [kw.value for kw in node.keywords if kw.arg == "key"]
-                for arg in args:
-                    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                        found.setdefault(arg.value, f"{where}:{node.lineno}")
-            elif isinstance(node, ast.ClassDef):
-                for stmt in node.body:
-                    targets: list[ast.expr] = []
-                    if isinstance(stmt, ast.Assign):
-                        targets = stmt.targets
-                    elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
-                        targets = [stmt.target]
-                    value = getattr(stmt, "value", None)
-                    if (
-                        any(isinstance(t, ast.Name) and t.id == "key" for t in targets)
-                        and isinstance(value, ast.Constant)
-                        and isinstance(value.value, str)
-                    ):
-                        found.setdefault(value.value, f"{where}:{stmt.lineno}")
-    return found
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_every_registered_error_has_a_message(lang):
+    missing = sorted(set(ERRORS) - set(CATALOGS[lang]))
+    assert not missing, f"error keys without a {lang}.json entry: {missing}"
 
 
-def test_the_key_scan_finds_the_known_keys():
-    keys = raised_keys()
-    # Sanity: the scan sees class keys, validation keys, upstream keys and local-model keys.
-    for key in (
-        "internal_error",
-        "bad_request",
-        "rate_limited",
-        "missing_field",
-        "out_of_range",
-        "query_or_messages",
-        "upstream_unauthorized",
-        "upstream_timeout",
-        "http_error",
-        "local_model_unavailable",
-    ):
-        assert key in keys, key
+def test_every_catalog_message_is_a_registered_error():
+    assert sorted(set(CATALOGS["en"]) - set(ERRORS)) == []
 
 
-def test_every_raised_key_has_an_english_message():
-    missing = {key: where for key, where in raised_keys().items() if key not in CATALOGS["en"]}
-    assert not missing, f"error keys without an en.json entry: {missing}"
+def readme_error_table() -> dict[str, int | None]:
+    """Key -> status of the README's error table (``4xx``: no status of its own)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Errors and languages", 1)[1].split("\n## ", 1)[0]
+    table: dict[str, int | None] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 2 or not re.fullmatch(r"\d{3}|4xx", cells[0]):
+            continue
+        status = int(cells[0]) if cells[0].isdigit() else None
+        for key in re.findall(r"`([a-z][a-z0-9_]*)`", cells[1]):
+            assert key not in table, f"{key} listed twice"
+            table[key] = status
+    return table
+
+
+def test_the_readme_error_table_is_the_registry():
+    assert readme_error_table() == ERRORS
+
+
+def test_an_unregistered_key_cannot_be_raised():
+    with pytest.raises(ValueError, match="unregistered error key 'no_such_key'"):
+        ServiceError("no_such_key")
+    with pytest.raises(ValueError, match="has status 400"):
+        BadRequest("invalid_json", status=418)
+    assert BadRequest("model_not_allowed").status == 400
+    assert ServiceError("server_busy").status == 429
+    assert ServiceError("http_error", status=418).status == 418
 
 
 # --- language tags ------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ class Clock:
 def pool_app(make_app, **env):
     app = make_app(**env)
     clock = Clock()
-    app.extensions["chatservice"].state.clock = clock
+    app.extensions["chatservice"].shared_state.clock = clock
     return app, app.test_client(), clock
 
 
@@ -341,7 +341,7 @@ def test_three_keys_one_revoked_no_failed_request_under_concurrency(live_server,
 
 
 def test_a_key_disabled_by_one_instance_is_skipped_by_another(live_server, upstream, redis_url):
-    env = {"API_KEY": f"{A},{B}", "RATELIMIT_STORAGE_URI": redis_url}
+    env = {"API_KEY": f"{A},{B}", "SHARED_STATE_URL": redis_url}
     one, two = live_server(**env), live_server(**env)
     upstream.push(INVALID)
     assert requests.post(one.url + "/api", json={"user_content": "x"}, timeout=10).ok

@@ -1,4 +1,4 @@
-"""The access log (issue 5) and the log files in LOG_DIR (issue 7).
+"""The access log and the log files in LOG_DIR.
 
 Flask's test client for the access record's fields; the standard library's handlers for
 rotation and retention; the log hub with real senders; and real ``python3 app.py`` servers for
@@ -24,7 +24,7 @@ import pytest
 import requests
 import simple_websocket
 
-from chatservice import logs
+from chatservice import access_log, logs
 from tests.conftest import ROOT, free_port
 from tests.fakeupstream import Reply
 
@@ -56,9 +56,9 @@ class AccessRecords(logging.Handler):
 @pytest.fixture
 def access() -> Iterator[AccessRecords]:
     handler = AccessRecords()
-    logs.access_log.addHandler(handler)
+    access_log.access_log.addHandler(handler)
     yield handler
-    logs.access_log.removeHandler(handler)
+    access_log.access_log.removeHandler(handler)
 
 
 def usage_stream(text: str, prompt_tokens: int, completion_tokens: int) -> bytes:
@@ -243,7 +243,7 @@ def test_text_and_json_lines(make_app, access):
         text,
     ), text
     line = json.loads(logs.LineFormatter(json_lines=True).format(record))
-    assert list(line) == ["time", *logs.FIELDS, "usage", "pid"]
+    assert list(line) == ["time", *access_log.FIELDS, "usage", "pid"]
     assert line["request_id"] == "fmt" and line["completion_tokens"] == 2
     app_record = logging.LogRecord("chatservice.x", logging.WARNING, "f", 1, "a %s", ("b",), None)
     assert json.loads(logs.LineFormatter(json_lines=True).format(app_record))["message"] == "a b"
@@ -287,7 +287,7 @@ def test_hub_writes_every_record_of_concurrent_senders_whole(tmp_path):
     def send(index: int) -> None:
         sender = senders[index % 4]
         for n in range(250):
-            name = logs.ACCESS_LOGGER if n % 2 else "chatservice.test"
+            name = access_log.ACCESS_LOGGER if n % 2 else "chatservice.test"
             record = logging.LogRecord(name, logging.INFO, "f", 1, "%s", (f"{index}-{n}",), None)
             if n % 2:
                 record.access = {"request_id": f"{index}-{n}", "pad": filler}
@@ -371,8 +371,13 @@ def test_log_dir_holds_json_access_and_app_logs_without_secrets(live_server, ups
     ) as streamed:
         lines = streamed.iter_lines()
         assert next(lines).startswith(b"data: ")
-        time.sleep(0.3)
-        assert "slow" not in {line["request_id"] for line in read_lines(log_dir / "access.log")}
+        # A request made while the stream goes on: once its line is in the file, a line the
+        # stream had written at its start would be there too.
+        marker = requests.get(server.url + "/healthz", headers={"X-Request-ID": "mark"}, timeout=10)
+        assert marker.status_code == 200
+        written = wait_for_ids(log_dir / "access.log", {"mark"})
+        assert "mark" in {line["request_id"] for line in written}
+        assert "slow" not in {line["request_id"] for line in written}
         assert [line for line in lines if line][-1] == b"data: [DONE]"
     upstream.push(Reply(raw_stream=usage_stream("a b c", 7, 3)))
     body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "q"}]}
@@ -481,7 +486,7 @@ def test_two_workers_lines_all_arrive_whole(live_server, upstream, tmp_path):
 
 
 def test_nohup_with_output_discarded_leaves_complete_logs(tmp_path, upstream):
-    """Seed 000's way to run it: ``nohup python3 app.py >/dev/null 2>&1 &``, then SIGTERM."""
+    """chatgpt-service's way to run it: ``nohup python3 app.py >/dev/null 2>&1 &``, then SIGTERM."""
     log_dir = tmp_path / "logs"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}

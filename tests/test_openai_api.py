@@ -555,7 +555,7 @@ def test_errors_outside_views_are_openai_shaped(make_app):
                 "code": code,
             }
         }
-    # /v1/chat itself stays the chat face (seed 000), with its own envelope.
+    # /v1/chat itself stays the chat face (chatgpt-service), with its own envelope.
     assert client.post("/api/v1/chat", json={}).get_json()["data"]["error"] == "query_or_messages"
 
 
@@ -651,7 +651,7 @@ def test_upstream_model_list_failures(make_app, extras, status, body, our_status
         (ServiceError("not_found", status=404), "invalid_request_error"),
         (ServiceError("payload_too_large", status=413), "invalid_request_error"),
         (ServiceError("upstream_unauthorized", status=401), "authentication_error"),
-        (ServiceError("forbidden", status=403), "permission_error"),
+        (ServiceError("http_error", status=403), "permission_error"),
         (ServiceError("rate_limited", status=429), "rate_limit_error"),
         (ServiceError("upstream_quota", status=429), "insufficient_quota"),
         (ServiceError("internal_error", status=500), "server_error"),

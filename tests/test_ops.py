@@ -1,4 +1,4 @@
-"""Operations (issue 5): /readyz, /metrics, security headers and CORS."""
+"""Operations: /readyz, /metrics, security headers and CORS."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chatservice import http_headers
 from chatservice.backends.keypool import key_id
-from chatservice.factory import FACES
 from chatservice.settings import Secret
 from tests.conftest import free_port
 from tests.fakeupstream import Reply
@@ -99,7 +98,7 @@ def test_readyz_is_not_ready_once_the_only_key_is_disabled(make_app, fake, tmp_p
 
 @pytest.mark.parametrize(
     ("env_name", "check"),
-    [("STORE_URL", "store"), ("RATELIMIT_STORAGE_URI", "shared_state")],
+    [("STORE_URL", "store"), ("SHARED_STATE_URL", "shared_state")],
 )
 def test_readyz_names_an_unreachable_redis(make_app, env_name, check):
     closed = free_port()  # nothing listens there
@@ -446,7 +445,3 @@ def test_cors_star_allows_any_origin(make_app, fake):
     client = make_app(API_KEY=KEY, CORS_ORIGINS="*").test_client()
     response = preflight(client, "/api/chat-room", origin="http://localhost:3000")
     assert response.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
-
-
-def test_cors_covers_every_chat_face():
-    assert {face.create_blueprint("/api").name for face in FACES} == http_headers.CORS_BLUEPRINTS

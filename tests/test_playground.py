@@ -1,4 +1,4 @@
-"""The Playground (issue 6): its routes and headers, then the page itself in headless Chromium.
+"""The Playground: its routes and headers, then the page itself in headless Chromium.
 
 The browser tests drive Debian's ``chromium`` (installed by ``.ci/run``) through Playwright
 against real servers (``live_server``) on 127.0.0.1 whose upstream is the fake one. A missing
@@ -369,7 +369,17 @@ def test_an_answer_with_markup_is_shown_as_text(live_server, upstream, open_tab)
     tab.ask("Show me some HTML")
     assert tab.wait_answered() == markup
     assert tab.page.locator("#log script, #log img, #log b").count() == 0
-    time.sleep(0.3)  # an onerror handler would fire after the image failed to load
+    # An image with the same source, made by the test: once its load has failed, the
+    # answer's image (had it been made) would have failed and fired its onerror too.
+    failed = tab.page.evaluate(
+        """() => new Promise((done) => {
+            const probe = new Image();
+            probe.onerror = () => done(true);
+            probe.onload = () => done(false);
+            probe.src = "x";
+        })"""
+    )
+    assert failed is True
     assert tab.dialogs == []
     # The dialog listener works: an alert the test itself raises is seen.
     tab.page.evaluate("() => alert('probe')")

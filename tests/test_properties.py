@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.datastructures import Headers
 
-from chatservice import auth, create_app, validation
+from chatservice import auth, create_app, specs, validation
 from chatservice.conversations import NAME_MAX, check_name, iter_examples
 from chatservice.errors import BadRequest, ServiceError
 from chatservice.models import ChatRequest, is_completion_model
@@ -140,7 +140,7 @@ def test_api_face_body(body: dict[str, Any]) -> None:
     if isinstance(req, BadRequest):
         return
     assert isinstance(req, ChatRequest)
-    assert 1 <= req.max_tokens <= 4096
+    assert specs.CHAT["max_tokens"].minimum <= req.max_tokens <= specs.CHAT["max_tokens"].maximum
     assert all(
         m["role"] in validation.ROLES and isinstance(m["content"], str) for m in req.messages
     )
@@ -171,17 +171,12 @@ def test_chat_face_body(body: dict[str, Any]) -> None:
     if isinstance(req, BadRequest):
         return
     assert 1 <= req.max_tokens <= 4096
-    assert req.messages or req.prompt is not None
-    ranges = {
-        "temperature": (0, 2),
-        "top_p": (0, 1),
-        "frequency_penalty": (-2, 2),
-        "presence_penalty": (-2, 2),
-        "best_of": (1, 20),
-    }
-    for name, (low, high) in ranges.items():
-        if name in req.params:
-            assert low <= req.params[name] <= high
+    assert req.messages  # the query, the turns or both: never an empty conversation
+    if req.kind == "completion":
+        assert isinstance(req.prompt, str)
+    for field in specs.CHAT.fields:
+        if field.name in req.params and field.minimum is not None:
+            assert field.minimum <= req.params[field.name] <= field.maximum
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +211,10 @@ def test_openai_face_body(app, body: dict[str, Any], kind: str, authorization: s
         assert "field" in req.params or req.key == "bad_request"
         return
     assert not set(req.params) & openai_api.OWN_FIELDS
-    assert req.messages if kind == "chat" else req.prompt is not None
+    if kind == "chat":
+        assert req.messages
+    else:
+        assert isinstance(req.prompt, str | list) and req.prompt == body["prompt"]
 
 
 @PROPERTIES

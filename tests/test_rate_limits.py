@@ -89,7 +89,7 @@ def test_second_limit_lets_exactly_two_of_ten_simultaneous_requests_pass(live_se
 
 
 def test_redis_storage_counts_across_servers(live_server, upstream, redis_url):
-    env = {"API_KEY": "sk-x", "MINUTE_LIMIT": "3", "RATELIMIT_STORAGE_URI": redis_url}
+    env = {"API_KEY": "sk-x", "MINUTE_LIMIT": "3", "SHARED_STATE_URL": redis_url}
     one, two = live_server(**env), live_server(**env)
     statuses = [
         requests.post(server.url + "/api/v1/chat", json={"query": "x"}, timeout=10).status_code

@@ -16,7 +16,7 @@ import requests
 def test_conversation_created_through_one_continues_through_the_other(
     live_server, upstream, redis_url
 ):
-    env = {"API_KEY": "sk-x", "STORE_URL": redis_url, "RATELIMIT_STORAGE_URI": redis_url}
+    env = {"API_KEY": "sk-x", "STORE_URL": redis_url, "SHARED_STATE_URL": redis_url}
     one, two = live_server(**env), live_server(**env)
     cid = requests.post(one.url + "/api/chatgpt/createTurbo", data="Be brief.", timeout=10).text
     first = requests.post(

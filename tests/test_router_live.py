@@ -55,7 +55,7 @@ def test_two_instances_share_breakers_through_redis(live_server, redis_url, pair
     a, b = pair
     env = {
         "UPSTREAMS": upstreams(("a", a, 1), ("b", b, 0)),
-        "RATELIMIT_STORAGE_URI": redis_url,
+        "SHARED_STATE_URL": redis_url,
         "UPSTREAM_BREAKER_FAILURES": "1",
         "UPSTREAM_BREAKER_COOLDOWN": "60",
         "ADMIN_TOKEN": "admin-secret-token",

@@ -120,7 +120,7 @@ def test_a_relayed_stream_without_a_finish_reason_is_still_interrupted(client, f
 
 def test_the_key_pool_reads_its_state_in_one_round_trip(make_app, fake, redis_url):
     keys = ",".join(f"sk-pool-key-{n:04d}" for n in range(5))
-    client = make_app(API_KEY=keys, RATELIMIT_STORAGE_URI=redis_url).test_client()
+    client = make_app(API_KEY=keys, SHARED_STATE_URL=redis_url).test_client()
     assert client.post("/api", json={"user_content": "warm"}).status_code == 200
     spy = redis.Redis.from_url(redis_url)
     spy.config_resetstat()

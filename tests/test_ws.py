@@ -1,4 +1,4 @@
-"""The WebSocket face of seed 000's chatgpt-websocket (``/api/ws``), against real servers.
+"""The WebSocket face of chatgpt-websocket (``/api/ws``), against real servers.
 
 Every test starts ``python3 app.py`` (gunicorn, gevent workers) and talks to it with a real
 WebSocket client (simple-websocket); the answers come from the fake upstream or, in one test,
@@ -282,10 +282,8 @@ def test_client_disconnect_stops_the_upstream_request(
     ask(ws, "gone", query="q", origin_stream=origin_stream)
     if origin_stream:
         assert receive(ws)["data"]["contents"] == "w0"
-    else:
-        time.sleep(0.5)
+    record = upstream.wait_for(1)[0]  # the upstream is answering
     ws.close()  # the client goes away mid-answer
-    record = upstream.wait_for(1)[0]
     deadline = time.monotonic() + 5
     while record.finished is None and time.monotonic() < deadline:
         time.sleep(0.05)

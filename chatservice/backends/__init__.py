@@ -14,7 +14,7 @@ from chatservice.backends.router import Router, Upstream
 from chatservice.backends.upstream import UpstreamBackend, default_spec
 from chatservice.models import ChatChunk, ChatRequest, ChatResult
 from chatservice.settings import ConfigError, Settings
-from chatservice.state import SharedState
+from chatservice.state import KeyValueStore
 from chatservice.upstream_specs import UpstreamSpec
 
 
@@ -58,7 +58,7 @@ class Backends:
     ``local``: always the embedded model, request keys ignored.
     """
 
-    def __init__(self, settings: Settings, state: SharedState) -> None:
+    def __init__(self, settings: Settings, state: KeyValueStore) -> None:
         self.mode = settings.backend
         self.policy = ModelPolicy(settings.allowed_models, settings.model_aliases)
         self.local = LocalBackend(settings)
@@ -91,24 +91,24 @@ class Backends:
 
         Pure: reads nothing but its arguments and the settings, changes nothing.
         """
-        if self.mode == "local" or (self.mode == "auto" and model == self.local.model_id):
+        if self.mode == "auto" and model == self.local.model_id:
             return self._local_route
-        if self.mode == "openai" or api_key or self.upstream.has_default_key:
+        if self.upstream_answers(api_key):
             return self._upstream_route
         return self._local_route
 
-    def close(self) -> None:
-        """Release pooled connections."""
-        for upstream in self.router.upstreams:
-            close = getattr(upstream.route.backend, "close", None)
-            if close is not None:
-                close()
+    def upstream_answers(self, api_key: object | None) -> bool:
+        """True when, by the BACKEND rule above, the upstream answers a request with the
+        client's own ``api_key`` (or ``None``) that does not name the embedded model's id."""
+        if self.mode == "auto":
+            return bool(api_key) or self.upstream.has_default_key
+        return self.mode == "openai"
 
 
 _LOCAL_SPEC = UpstreamSpec(name="local", type="local", models=("*",))
 
 
-def _configured(settings: Settings, state: SharedState, local: LocalBackend) -> list[Upstream]:
+def _configured(settings: Settings, state: KeyValueStore, local: LocalBackend) -> list[Upstream]:
     """The ``[[upstreams]]`` list at run time. BACKEND=openai leaves the embedded model out,
     BACKEND=local keeps only it; without a ``type = "local"`` entry the embedded model still
     answers its own id (LOCAL_MODEL_ID), after every other upstream.

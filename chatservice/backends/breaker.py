@@ -27,7 +27,7 @@ import time
 from typing import Literal
 
 from chatservice.errors import ServiceError
-from chatservice.state import SharedState
+from chatservice.state import KeyValueStore
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Breaker:
     """
 
     def __init__(
-        self, name: str, state: SharedState, failures: int, cooldown: float, probe_ttl: float
+        self, name: str, state: KeyValueStore, failures: int, cooldown: float, probe_ttl: float
     ) -> None:
         self.name = name
         self._state = state

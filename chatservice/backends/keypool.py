@@ -5,8 +5,8 @@ comments, spaces and Windows line endings ignored). Each key is *usable*, *cooli
 until a time, or *disabled*:
 
 - a *key fault* -- OpenAI's ``invalid_api_key``, ``account_deactivated`` or
-  ``insufficient_quota`` code or type -- disables the key when AUTO_REMOVE_KEYS is true (seed
-  003's ``-a``); with it false it only counts as a failure;
+  ``insufficient_quota`` code or type -- disables the key when AUTO_REMOVE_KEYS is true (Alice
+  ChatGPT's ``-a``); with it false it only counts as a failure;
 - a 401 or 403 without such a code is *ambiguous*: a provider's model restriction or
   moderation refuses the request, not the key. The key is suspended (at most one key per
   request, :class:`Failover`) and re-checked in the background through the upstream's
@@ -39,7 +39,7 @@ from typing import Any
 
 from chatservice.errors import ServiceError
 from chatservice.settings import ConfigError, Secret, Settings
-from chatservice.state import SharedState
+from chatservice.state import KeyValueStore
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class KeyPool:
     :param auto_remove: disable keys the upstream rejects (AUTO_REMOVE_KEYS).
     """
 
-    def __init__(self, keys: list[Secret], state: SharedState, auto_remove: bool) -> None:
+    def __init__(self, keys: list[Secret], state: KeyValueStore, auto_remove: bool) -> None:
         unique = {key_id(key): key for key in keys}
         self._keys = list(unique.values())
         # Hashed once here: calls look keys up by id on every request.
@@ -154,7 +154,7 @@ class KeyPool:
         return self._state.clock()
 
     @classmethod
-    def from_settings(cls, settings: Settings, state: SharedState) -> KeyPool:
+    def from_settings(cls, settings: Settings, state: KeyValueStore) -> KeyPool:
         """The pool for API_KEY plus KEY_FILE."""
         keys = list(settings.api_keys)
         if settings.key_file:

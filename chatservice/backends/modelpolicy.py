@@ -1,6 +1,6 @@
 """Which models clients may use (ALLOWED_MODELS) and which names are replaced (MODEL_ALIASES).
 
-Seed 000's websocket service checked the model against a list; the seeds default to
+chatgpt-websocket checked the model against a list; the wrapper services default to
 ``text-davinci-003``, retired upstream, so aliases let old clients keep working. Both apply
 on every face before any upstream call, to the embedded model's id too, and the
 OpenAI-compatible ``/v1/models`` lists only allowed models.

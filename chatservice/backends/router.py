@@ -285,7 +285,7 @@ class Attempts:
         route = self._next()
         if route is None:
             raise ServiceError(
-                "upstreams_unavailable", status=503, headers=self._retry_after_header()
+                "upstreams_unavailable", headers=self._retry_after_header()
             )
         return route
 

@@ -60,7 +60,7 @@ from chatservice.jsonsafe import find_unsafe_value
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, choice_text
 from chatservice.settings import Secret, Settings
 from chatservice.sse import EventTooLarge, SSEDecoder
-from chatservice.state import SharedState
+from chatservice.state import KeyValueStore
 from chatservice.upstream_specs import UpstreamSpec
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class UpstreamBackend:
     """
 
     def __init__(
-        self, settings: Settings, state: SharedState, spec: UpstreamSpec | None = None
+        self, settings: Settings, state: KeyValueStore, spec: UpstreamSpec | None = None
     ) -> None:
         spec = spec or default_spec(settings)
         self.name = spec.name
@@ -296,7 +296,7 @@ class UpstreamBackend:
                 refused.headers["Retry-After"] = str(retry)
             raise refused
         raise ServiceError(
-            "no_upstream_key", status=503, headers={"Retry-After": str(retry)} if retry else None
+            "no_upstream_key", headers={"Retry-After": str(retry)} if retry else None
         )
 
     def _probe(self, key: Secret) -> int | None:
@@ -369,7 +369,7 @@ class UpstreamBackend:
             log.warning("UPSTREAM_RPM storage unreachable; call not counted")
             return
         if not allowed:
-            raise ServiceError("server_busy", status=429, headers={"Retry-After": "60"})
+            raise ServiceError("server_busy", headers={"Retry-After": "60"})
 
 
 def default_spec(settings: Settings) -> UpstreamSpec:
@@ -412,7 +412,7 @@ def _upstream_rpm(
 ) -> tuple[MovingWindowRateLimiter, RateLimitItemPerMinute, str] | None:
     if not settings.upstream_rpm:
         return None
-    storage = storage_from_string(settings.ratelimit_storage_uri)
+    storage = storage_from_string(settings.shared_state_url)
     return MovingWindowRateLimiter(storage), RateLimitItemPerMinute(settings.upstream_rpm), name
 
 
@@ -622,16 +622,16 @@ def _status_error(
     code = _error_code(body)
     log.warning("upstream answered HTTP %s (%s)", status, code or "no code")
     if status == 401:
-        return UpstreamError("upstream_unauthorized", status=401)
+        return UpstreamError("upstream_unauthorized")
     if status == 403:
         # Often a refusal of the request (a model restriction, moderation), not of the key.
-        return UpstreamError("upstream_refused", status=403)
+        return UpstreamError("upstream_refused")
     if status == 429:
         if code == "insufficient_quota":
-            return UpstreamError("upstream_quota", status=429)
+            return UpstreamError("upstream_quota")
         retry = headers.get("Retry-After", "")
         extra = {"Retry-After": retry} if retry.isdigit() else None
-        return UpstreamError("upstream_rate_limited", status=429, headers=extra)
+        return UpstreamError("upstream_rate_limited", headers=extra)
     if code == "context_length_exceeded":
         return context_length_exceeded(*_context_sizes(body))
     if status == 404:
@@ -642,5 +642,5 @@ def _status_error(
     if status in (408, 504):
         return UpstreamTimeout()
     if status == 503:
-        return UpstreamError("upstream_overloaded", status=503)
+        return UpstreamError("upstream_overloaded")
     return UpstreamError("upstream_error", status_code=status)

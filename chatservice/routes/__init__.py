@@ -1,4 +1,5 @@
-"""The HTTP faces, one module each: ``api`` (seeds 002/004), ``chat`` (seed 000), ``ops``."""
+"""The HTTP faces, one module each: ``api`` (the Docker ChatGPT API platform), ``chat``
+(chatgpt-service), ``ops``, ..."""
 
 from __future__ import annotations
 

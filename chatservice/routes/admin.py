@@ -22,7 +22,7 @@ import hmac
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from chatservice import clientkeys, usage
+from chatservice import auth, clientkeys, usage
 from chatservice.budgets import ClientKeys
 from chatservice.clientkeys import KeyRecord
 from chatservice.errors import NotFound, ServiceError
@@ -56,12 +56,12 @@ def require_admin() -> None:
     token = current_service().settings.admin_token
     if token is None:
         raise NotFound()
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    given = auth.bearer_token(request.headers)
     expected = token.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode("utf-8", "backslashreplace"), expected
+    if given is None or not hmac.compare_digest(
+        given.encode("utf-8", "backslashreplace"), expected
     ):
-        raise ServiceError("admin_unauthorized", status=401, headers={"WWW-Authenticate": "Bearer"})
+        raise ServiceError("admin_unauthorized", headers={"WWW-Authenticate": "Bearer"})
 
 
 def keys() -> ResponseReturnValue:

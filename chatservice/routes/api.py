@@ -1,8 +1,8 @@
-"""The ``POST /{ROUTE}`` face of the Docker ChatGPT API platform (seeds 002 and 004).
+"""The ``POST /{ROUTE}`` face of the Docker ChatGPT API platform.
 
 Body: ``user_content`` (required), ``system_content`` or ``sys_content``,
 ``continuous_dialogue`` or ``continuous`` (earlier turns), ``model``, ``api_key`` (this
-request only), ``max_tokens`` (1..4096, default 100), ``stream``, ``lang``. The seed README
+request only), ``max_tokens`` (1..4096, default 100), ``stream``, ``lang``. The platform's README
 documents ``sys_content`` and ``data.response``; its client scripts send ``system_content``
 and read ``current_response`` and ``result``: both spellings work.
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from chatservice import validation
+from chatservice import specs
 from chatservice.errors import BadRequest, ServiceError
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, for_model
 from chatservice.pipeline import respond
@@ -43,7 +43,7 @@ def create_blueprint(route: str) -> Blueprint:
 
 
 def render_error(err: ServiceError, message: str) -> dict[str, Any]:
-    """The seed's failure envelope; ``code`` equals the HTTP status."""
+    """The original's failure envelope; ``code`` equals the HTTP status."""
     return {"code": err.status, "msg": "failed", "data": {"response": message, "error": err.key}}
 
 
@@ -53,16 +53,17 @@ def build_request(body: dict[str, Any], settings: Settings) -> ChatRequest:
     Messages: the system message once, first (replacing a leading system turn of the
     history), then the history, then the user turn.
     """
-    user_content = validation.string(body, "user_content", required=True, non_empty=True)
-    system = validation.string(body, "system_content", "sys_content")
-    history = validation.messages(body, "continuous_dialogue", "continuous") or []
-    model = validation.string(body, "model", non_empty=True) or settings.default_model
-    api_key = validation.string(body, "api_key")
+    spec = specs.API
+    user_content = spec["user_content"].value(body)
+    system = spec["system_content"].value(body)
+    history = spec["continuous_dialogue"].value(body) or []
+    model = spec["model"].value(body) or settings.default_model
+    api_key = spec["api_key"].value(body)
     if api_key and not _PRINTABLE_ASCII.fullmatch(api_key):
         # It becomes an HTTP header: anything else breaks the header or smuggles a line.
         raise BadRequest("invalid_api_key", field="api_key")
-    max_tokens = validation.integer(body, "max_tokens", 1, 4096, default=100)
-    stream = validation.boolean(body, "stream", False)
+    max_tokens = spec["max_tokens"].value(body)
+    stream = spec["stream"].value(body)
 
     messages = list(history)
     if system and system.strip():

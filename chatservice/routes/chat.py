@@ -1,4 +1,4 @@
-"""The ``POST /{ROUTE}/v1/chat`` face of chatgpt-service (seed 000).
+"""The ``POST /{ROUTE}/v1/chat`` face of chatgpt-service.
 
 Body: ``query`` and/or ``messages`` (at least one), ``model`` (default DEFAULT_MODEL),
 ``openai_parameter`` (default true), ``temperature`` (0..2), ``top_p`` (0..1), ``max_tokens``
@@ -8,7 +8,7 @@ Body: ``query`` and/or ``messages`` (at least one), ``model`` (default DEFAULT_M
 With ``openai_parameter`` true only the model, the input and ``max_tokens`` go upstream, so
 the upstream's own sampling defaults apply; with false every given parameter goes, with the
 seed's documented defaults for the rest (temperature 0.0, top_p 1, penalties 0, and
-``stop: ["Human:"]`` for completion models). The seed validated these and, by a typo, never
+``stop: ["Human:"]`` for completion models). The original validated these and, by a typo, never
 sent them; here they are sent.
 
 Success: ``{"code":0,"msg":"ok","data":{"response","finish_reason","usage","model"}}``;
@@ -21,9 +21,10 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from chatservice import validation
+from chatservice import specs
 from chatservice.errors import BadRequest, ServiceError
 from chatservice.models import (
+    TRANSCRIPT_STOP,
     ChatChunk,
     ChatRequest,
     ChatResult,
@@ -36,9 +37,8 @@ from chatservice.service import current_service
 from chatservice.settings import Settings
 from chatservice.web import read_json_object
 
-#: Seed 000's documented defaults, sent when ``openai_parameter`` is false.
+#: chatgpt-service's documented defaults, sent when ``openai_parameter`` is false.
 SEED_DEFAULTS = {"temperature": 0.0, "top_p": 1, "frequency_penalty": 0, "presence_penalty": 0}
-COMPLETION_STOP = ["Human:"]
 #: Only this exact path is the face: ``/v1/chat/completions`` below it is another face's.
 EXACT = True
 
@@ -56,28 +56,24 @@ def create_blueprint(route: str) -> Blueprint:
 
 
 def render_error(err: ServiceError, message: str) -> dict[str, Any]:
-    """The seed's failure envelope: ``code`` is the HTTP status, ``msg`` the reason."""
+    """The original's failure envelope: ``code`` is the HTTP status, ``msg`` the reason."""
     return {"code": err.status, "msg": message, "data": {"error": err.key}}
 
 
 def build_request(body: dict[str, Any], settings: Settings) -> ChatRequest:
     """Validate the body and build the model request (raises ``BadRequest``)."""
-    query = validation.string(body, "query")
-    turns = validation.messages(body, "messages") or []
+    spec = specs.CHAT
+    query = spec["query"].value(body)
+    turns = spec["messages"].value(body) or []
     if query is None and not turns:
         raise BadRequest("query_or_messages")
-    model = validation.string(body, "model", non_empty=True) or settings.default_model
-    openai_parameter = validation.boolean(body, "openai_parameter", True)
-    max_tokens = validation.integer(body, "max_tokens", 1, 4096, default=500)
-    sampling = {
-        "temperature": validation.number(body, "temperature", 0, 2),
-        "top_p": validation.number(body, "top_p", 0, 1),
-        "frequency_penalty": validation.number(body, "frequency_penalty", -2, 2),
-        "presence_penalty": validation.number(body, "presence_penalty", -2, 2),
-    }
-    best_of = validation.integer(body, "best_of", 1, 20)
-    stop = validation.stop_sequences(body, "stop")
-    stream = validation.boolean(body, "stream", False)
+    model = spec["model"].value(body) or settings.default_model
+    openai_parameter = spec["openai_parameter"].value(body)
+    max_tokens = spec["max_tokens"].value(body)
+    sampling = {name: spec[name].value(body) for name in SEED_DEFAULTS}
+    best_of = spec["best_of"].value(body)
+    stop = spec["stop"].value(body)
+    stream = spec["stream"].value(body)
 
     messages = list(turns)
     if query is not None:
@@ -96,8 +92,8 @@ def build_request(body: dict[str, Any], settings: Settings) -> ChatRequest:
         if stop is not None:
             req.params["stop"] = stop
         elif req.kind == "completion":
-            req.params["stop"] = COMPLETION_STOP
-        # best_of exists only in the completions API; chat clients of the seed may send it.
+            req.params["stop"] = TRANSCRIPT_STOP
+        # best_of exists only in the completions API; its chat clients may send it.
         if best_of is not None and req.kind == "completion":
             req.params["best_of"] = best_of
     return req
@@ -110,7 +106,7 @@ def chat() -> Response:
 
 
 def render_result(result: ChatResult) -> dict[str, Any]:
-    """The seed's success envelope."""
+    """The original's success envelope."""
     return {
         "code": 0,
         "msg": "ok",

@@ -1,17 +1,17 @@
-"""The chat-room face of seed 001 (ChatGPT-API on gin): a conversation kept on the server.
+"""The chat-room face of ChatGPT-API on gin: a conversation kept on the server.
 
 ``POST /{ROUTE}/chat-room`` with ``{"role": "user"|"system"|"assistant" (default user),
 "content": <non-empty string>, "name": <optional string>}`` answers
 ``{"code":200,"msg":"success","data":<answer text>}``. ``POST /{ROUTE}/chat-room/stream``
 takes the same body and answers Server-Sent Events: every OpenAI chunk as the backend produced
 it (``data: {"object":"chat.completion.chunk",...}``), then
-``data: {"code":200,"msg":"success","data":""}`` and ``data: [DONE]`` (the seed wrote bare
+``data: {"code":200,"msg":"success","data":""}`` and ``data: [DONE]`` (the original wrote bare
 chunks with no SSE framing). ``POST /{ROUTE}/chat-room/reset`` forgets the room's history and
 answers ``{"code":200,"msg":"success","data":""}``.
 
 A room is named by the ``X-Room-Id`` header (1..128 of ``[A-Za-z0-9_.:-]``), else by the
 client IP (after TRUSTED_PROXIES). Its history lives in the shared state (memory or Redis, as
-RATELIMIT_STORAGE_URI says) as a JSON list of messages, expiring CONVERSATION_TTL seconds
+SHARED_STATE_URL says) as a JSON list of messages, expiring CONVERSATION_TTL seconds
 after the last successful turn. The model is sent BOT_DESC as the system message, then the
 history, then the new turn; a successful turn appends the turn and the answer and keeps the
 newest HISTORY_MAX_MESSAGES messages. A failed turn leaves the history as it was.
@@ -21,7 +21,7 @@ state's atomic add): a turn or reset meanwhile answers 409 ``chat_room_busy``. A
 the lock until it ends or the client goes away; the lock is renewed while the turn runs, so
 a dead worker's lock lapses within LOCK_TTL (15 s), as a conversation's does.
 
-Sampling comes from the seed's settings: model CHAT_MODEL (else DEFAULT_MODEL), CHAT_MAXTOKENS,
+Sampling comes from the original's settings: model CHAT_MODEL (else DEFAULT_MODEL), CHAT_MAXTOKENS,
 CHAT_TEMPERATURE, CHAT_TOPP, CHAT_PRESENCEPENALTY, CHAT_FREQUENCYPENALTY; unset ones are not
 sent, so the upstream's own defaults apply.
 
@@ -51,14 +51,14 @@ from chatservice.pipeline import answer, respond
 from chatservice.routes import add_post_rule
 from chatservice.service import current_service
 from chatservice.settings import Settings
-from chatservice.state import SharedState
+from chatservice.state import KeyValueStore
 from chatservice.web import read_json_object
 
 log = logging.getLogger(__name__)
 
 ROOM_HEADER = "X-Room-Id"
 _ROOM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-#: The CHAT_* settings sent under OpenAI's names when set (seed 001's model parameters).
+#: The CHAT_* settings sent under OpenAI's names when set (ChatGPT-API on gin's model parameters).
 SAMPLING = {
     "temperature": "chat_temperature",
     "top_p": "chat_top_p",
@@ -91,7 +91,7 @@ def render_error(err: ServiceError, message: str) -> dict[str, Any]:
 class Room:
     """One room's history in the shared state.
 
-    :param state: where histories live (:class:`~chatservice.state.SharedState`).
+    :param state: where histories live (:class:`~chatservice.state.KeyValueStore`).
     :param key: the state key, ``room:id:<X-Room-Id>`` or ``room:ip:<client IP>``.
     :param ttl: seconds of idleness after which the history is forgotten (CONVERSATION_TTL).
     :param max_messages: how many messages are kept, newest first (HISTORY_MAX_MESSAGES).
@@ -101,7 +101,7 @@ class Room:
 
     def __init__(
         self,
-        state: SharedState,
+        state: KeyValueStore,
         key: str,
         ttl: float,
         max_messages: int,
@@ -121,7 +121,7 @@ class Room:
         """
         token = secrets.token_hex(8)
         if not self.state.add(f"lock:{self.key}", token, ttl=self.lock_ttl):
-            raise ServiceError("chat_room_busy", status=409)
+            raise ServiceError("chat_room_busy")
         self._renewer = renew_lock(self.state, f"lock:{self.key}", token, self.lock_ttl)
         return token
 
@@ -183,7 +183,7 @@ def current_room() -> Room:
         key = f"room:ip:{request.remote_addr or 'unknown'}"
     settings = service.settings
     return Room(
-        service.state,
+        service.shared_state,
         key,
         settings.conversation_ttl,
         settings.history_max_messages,

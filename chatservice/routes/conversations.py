@@ -1,19 +1,19 @@
-"""The conversations face of Alice ChatGPT (seed 003) under ``/{ROUTE}/chatgpt/``.
+"""The conversations face of Alice ChatGPT under ``/{ROUTE}/chatgpt/``.
 
-Plain-text bodies and answers (``text/plain; charset=utf-8``), as in the seed; a conversation
+Plain-text bodies and answers (``text/plain; charset=utf-8``), as in the original; a conversation
 is named by the ``conversation`` header. All POST unless said:
 
 - ``create`` (header ``settings``: empty or ``FriendChat``; body: the prompt, empty for the
-  seed's default), ``createTurbo`` (a plain-text prompt, or a JSON object ``{"prompt",
+  original's default), ``createTurbo`` (a plain-text prompt, or a JSON object ``{"prompt",
   "stream"}``), ``createGPT4`` (a plain-text prompt), ``createRolePlay`` (JSON
   ``{"human_name", "ai_name", "prompt"}``, all required): the new conversation's id.
 - ``chat`` (body: the question): the answer. ``regenerate``: a new answer to the last
   question, replacing the old one. ``rollback``: drops the last question and answer,
   ``Rollback Succeeded``. ``context``: the transcript. ``contextArray``: questions and answers
   alternating, as a JSON array of strings. ``finish``: deletes it, ``Conversation finished``.
-- ``store``: keeps a copy for sharing (again: overwrites it), ``保存成功`` (the seed's answer),
+- ``store``: keeps a copy for sharing (again: overwrites it), ``保存成功`` (the original's answer),
   with the read-only share id in the ``X-Share-Id`` header; ``GET share/<share id>``:
-  ``{"Id", "Prompt", "SentenceList"}`` as JSON, ``Id`` being the share id. The seed's own
+  ``{"Id", "Prompt", "SentenceList"}`` as JSON, ``Id`` being the share id. The original's own
   ``GET share/<conversation id>`` (``Id``: the conversation id, which lets anyone holding the
   link continue, read or finish the conversation) works while SHARE_BY_CONVERSATION_ID is on.
 - ``quickAnswer`` (JSON ``prompt``, ``examples`` (questions and answers alternating),
@@ -90,7 +90,7 @@ def prefix(route: str) -> str:
 
 
 def create_blueprint(route: str) -> Blueprint:
-    """The face's blueprint: the seed's POST endpoints and ``GET share/<id>``."""
+    """The face's blueprint: the original's POST endpoints and ``GET share/<id>``."""
     blueprint = Blueprint("conversations", __name__)
     base = prefix(route)
     views = {
@@ -146,7 +146,9 @@ def conversation_store() -> ConversationStore:
     service = current_service()
     settings = service.settings
     return ConversationStore(
-        service.store, settings.conversation_ttl, max_bytes=settings.conversation_max_bytes
+        service.conversation_store,
+        settings.conversation_ttl,
+        max_bytes=settings.conversation_max_bytes,
     )
 
 
@@ -296,7 +298,7 @@ def _turn(conv_id: str, question: str | None) -> Response:
         kept: list[Turn] = list(conv.turns)
         if question is None:
             if not kept:
-                raise ServiceError("conversation_empty", status=409)
+                raise ServiceError("conversation_empty")
             question = kept.pop()[0]
         settings = current_service().settings
         exchange = conv.exchange(question, kept, settings.max_context_messages)
@@ -329,7 +331,7 @@ def _create(conv: Conversation) -> Response:
 
 def create() -> Response:
     """POST create: a transcript conversation (header ``settings``: empty or ``FriendChat``;
-    body: the prompt, empty for the seed's default). Answers the id.
+    body: the prompt, empty for the original's default). Answers the id.
     """
     settings_name = request.headers.get(SETTINGS_HEADER, "").strip()
     if settings_name not in CREATE_SETTINGS:
@@ -396,7 +398,7 @@ def rollback() -> Response:
     with convs.locked(conv_id):
         conv = convs.load(conv_id)
         if not conv.turns:
-            raise ServiceError("conversation_empty", status=409)
+            raise ServiceError("conversation_empty")
         conv.turns.pop()
         convs.save(conv)
     return plain(ROLLED_BACK)
@@ -428,7 +430,7 @@ def store() -> Response:
     conv = _read()
     by_id = current_service().settings.share_by_conversation_id
     share_id = conversation_store().share(conv, by_conversation_id=by_id)
-    response = plain(STORED)  # the seed's body; the read-only share id goes in a header
+    response = plain(STORED)  # the original's body; the read-only share id goes in a header
     response.headers[SHARE_ID_HEADER] = share_id
     return response
 
@@ -437,9 +439,9 @@ def store() -> Response:
 def share(share_id: str) -> Response:
     """GET share/<id>: the stored conversation, ``{"Id", "Prompt", "SentenceList"}``.
 
-    Open to clients without credentials, as in the seed (a shared link is for anyone). A
+    Open to clients without credentials, as in the original (a shared link is for anyone). A
     share id (``X-Share-Id`` of ``store``) shows the copy without the conversation id; the
-    seed's form (the conversation id) works while SHARE_BY_CONVERSATION_ID is on.
+    original's form (the conversation id) works while SHARE_BY_CONVERSATION_ID is on.
     """
     by_id = current_service().settings.share_by_conversation_id
     return jsonify(conversation_store().shared(share_id, by_conversation_id=by_id))
@@ -473,7 +475,7 @@ def quick_answer() -> Response:
 
 
 def summary() -> Response:
-    """POST summary: a summary of the body's text (COMPLETION_MODEL, the seed's "Tl;dr")."""
+    """POST summary: a summary of the body's text (COMPLETION_MODEL, the original's "Tl;dr")."""
     text = read_text()
     if not text.strip():
         raise BadRequest("empty_text")

@@ -115,12 +115,11 @@ def client_key() -> Secret | None:
     pass "x"), and the service's own AUTH_TOKEN is a credential for us, never for upstream.
     None at all unless client keys are on (CLIENT_KEYS, ``Settings.accepts_client_keys``).
     """
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip()
+    token = auth.bearer_token(request.headers)
     settings = current_service().settings
     if (
         settings.accepts_client_keys
-        and scheme.lower() == "bearer"
+        and token is not None
         and token.startswith("sk-")
         and not auth.is_service_token(settings, token)
     ):
@@ -349,10 +348,7 @@ def _upstream_models(service: Service) -> list[dict[str, Any]]:
     """
     backends = service.backends
     api_key = client_key() if backends.mode != "local" else None
-    in_use = backends.mode == "openai" or (
-        backends.mode == "auto" and (api_key is not None or backends.upstream.has_default_key)
-    )
-    if not in_use:
+    if not backends.upstream_answers(api_key):
         return []
     body = backends.upstream.list_models(api_key)
     data = body.get("data") if isinstance(body, dict) else None

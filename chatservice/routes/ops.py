@@ -1,9 +1,9 @@
 """Operational endpoints, at the root (outside ROUTE), outside the rate limits and AUTH_MODE.
 
 - ``GET /healthz``: liveness, ``{"status": "ok"}`` while the worker serves requests.
-- ``GET /readyz``: readiness (issue 5), 200 ``{"status": "ready", "checks": {...}}`` or 503
+- ``GET /readyz``: readiness, 200 ``{"status": "ready", "checks": {...}}`` or 503
   ``{"status": "not_ready", "checks": {...}, "failing": [...]}``. Checks: ``store``
-  (STORE_URL answers), ``shared_state`` (RATELIMIT_STORAGE_URI's store, holding the key marks
+  (STORE_URL answers), ``shared_state`` (SHARED_STATE_URL's store, holding the key marks
   and chat rooms, answers) and ``backend`` (the default backend can answer: a usable upstream
   key, or a keyless upstream with BACKEND=openai, or, when the embedded model answers by
   default, its GGUF file present and llama-cpp-python installed, checked without loading
@@ -25,7 +25,7 @@ from chatservice.backends.local import LocalBackend
 from chatservice.errors import ServiceError
 from chatservice.metrics import current_metrics
 from chatservice.service import Service, current_service
-from chatservice.state import SharedState
+from chatservice.state import KeyValueStore
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ def readyz() -> ResponseReturnValue:
     """Readiness: 200 when every check is ``ok``, else 503 naming the failing ones."""
     service = current_service()
     checks = {
-        "store": store_check(service.store),
-        "shared_state": store_check(service.state),
+        "store": store_check(service.conversation_store),
+        "shared_state": store_check(service.shared_state),
         "backend": backend_check(service),
     }
     failing = [name for name, result in checks.items() if result != OK]
@@ -67,7 +67,7 @@ def metrics() -> Response:
     return Response(body, content_type=content_type)
 
 
-def store_check(store: SharedState) -> str:
+def store_check(store: KeyValueStore) -> str:
     """``ok``, or ``unavailable`` when ``store.ping()`` raises ``store_unavailable``."""
     try:
         store.ping()
@@ -85,7 +85,7 @@ def backend_check(service: Service) -> str:
     """
     backends = service.backends
     upstream = backends.upstream
-    if backends.mode == "local" or (backends.mode == "auto" and not upstream.has_default_key):
+    if not backends.upstream_answers(None):
         return local_model_check(backends.local)
     if not upstream.has_default_key:
         return OK  # BACKEND=openai with no key: a keyless upstream (Ollama, vLLM)

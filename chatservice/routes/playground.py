@@ -1,4 +1,4 @@
-"""The Playground: a chat page served by the service itself (issue 6; none of the seeds has one).
+"""The Playground: a chat page served by the service itself (none of the wrapper services has one).
 
 - ``GET {ROUTE}/playground``: the page, ``chatservice/static/playground/index.html``.
 - ``GET {ROUTE}/playground/static/<file>``: its stylesheet and script (plain JavaScript, no

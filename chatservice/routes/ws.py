@@ -1,10 +1,10 @@
-"""The WebSocket streaming face of seed 000's chatgpt-websocket: ``/{ROUTE}/ws``.
+"""The WebSocket streaming face of chatgpt-websocket: ``/{ROUTE}/ws``.
 
 Each client text frame is one request, a JSON object
 ``{"seq": <non-empty string>, "data": {...}}``; ``data`` holds the ``POST /{ROUTE}/v1/chat``
 parameters (``query``/``messages``, ``model``, ``openai_parameter``, ``temperature``,
 ``max_tokens``, ...; see :mod:`chatservice.routes.chat`) plus ``origin_stream`` (default true,
-as in the seed) and an optional ``lang``. Frames are parsed as JSON only (the seed used
+as in the original) and an optional ``lang``. Frames are parsed as JSON only (the original used
 ``eval``).
 
 Every answer frame is
@@ -57,7 +57,7 @@ from chatservice.wslimits import POLICY_VIOLATION, TOO_MANY, Backlog, server_opt
 
 log = logging.getLogger(__name__)
 
-#: Characters that end a "sentence" frame when ``origin_stream`` is false: the seed's
+#: Characters that end a "sentence" frame when ``origin_stream`` is false: the original's
 #: punctuation (ASCII and full-width) and closing quotes.
 SENTENCE_ENDS = frozenset(".?!,;。？！，；\"'”’」』")
 
@@ -90,13 +90,13 @@ def create_blueprint(route: str) -> Blueprint:
 
 
 def render_error(err: ServiceError, message: str) -> dict[str, Any]:
-    """Seed 000's failure envelope for HTTP errors on the path (before any upgrade)."""
+    """chatgpt-service's failure envelope for HTTP errors on the path (before any upgrade)."""
     return {"code": err.status, "msg": message, "data": {"error": err.key}}
 
 
 def upgrade_required() -> NoReturn:
     """GET ``{ROUTE}/ws`` without a WebSocket upgrade: 426 ``ws_upgrade_required``."""
-    raise ServiceError("ws_upgrade_required", status=426, headers={"Upgrade": "websocket"})
+    raise ServiceError("ws_upgrade_required", headers={"Upgrade": "websocket"})
 
 
 def serve(ws: Server) -> None:
@@ -337,7 +337,7 @@ def _frame_lang(message: dict[str, Any], socket_lang: str) -> str:
 
 
 def _ends_sentence(text: str) -> bool:
-    # Trailing whitespace does not hide the end (a ".\n" token), as in the seed.
+    # Trailing whitespace does not hide the end (a ".\n" token), as in the original.
     stripped = text.rstrip()
     return bool(stripped) and stripped[-1] in SENTENCE_ENDS
 

@@ -1,4 +1,4 @@
-// chatservice Playground (issue 6): chats through the service's own OpenAI-compatible face.
+// chatservice Playground: chats through the service's own OpenAI-compatible face.
 //
 // - Config: GET playground/config.json (relative to the page) -> {route, auth_mode, ...}.
 // - Models: GET {route}/v1/models fills the model <select>.

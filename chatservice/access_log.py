@@ -1,0 +1,329 @@
+"""The access log: one record per request on the ``chatservice.access`` logger.
+
+:class:`AccessLogMiddleware` wraps the WSGI app and writes the record for a whole answer as
+soon as the app has made it (so the line exists when the client has its answer), for a stream
+when its last byte was sent or the client went away, with the final token counts. Fields, in
+this order (:data:`FIELDS`): ``request_id`` (the client's ``X-Request-ID`` when it is a sane
+token, at most 128 of ``[A-Za-z0-9._-]``, else a fresh uuid4 hex; returned in the
+``X-Request-ID`` response header), ``face`` (the blueprint: ``api``, ``chat``, ``openai_api``,
+``chatroom``, ``ws``, ``conversations``, ``ops``, ...; null when no route matched), ``route``
+(the URL rule, such as ``/api/chatgpt/share/<share_id>``, never the raw path with its ids),
+``method``, ``status``, ``duration_ms``, ``ip`` (the client after TRUSTED_PROXIES, from
+werkzeug's ProxyFix), ``model``, ``prompt_tokens``, ``completion_tokens``, ``backend``
+(``upstream`` or ``local``), then ``upstream`` (with ``[[upstreams]]``: the name of the one that
+answered, after fallbacks), ``usage`` (``reported``: the backend's own numbers; the answer
+reported none, so :mod:`chatservice.tokens` made them: ``counted`` with the model's tokenizer,
+``estimated`` with its approximation), ``cache`` (``HIT`` or ``MISS`` for a cacheable request),
+``error`` (the stable key of an error that ended a started stream) and ``aborted`` (the
+client left before the end) when they apply. The answer pipeline
+(:mod:`chatservice.pipeline`) fills model, backend, tokens and error through one observer,
+:class:`AccessRecord`. A key, a token or a prompt is never a field.
+
+How a record becomes a line (LOG_FORMAT, LOG_DIR) is :mod:`chatservice.logs`'s business:
+``json`` writes the fields as one JSON object per line (plus ``time`` and ``pid``), ``text``
+writes ``POST /api 200 12.3ms id=... face=api ...``. Access records are logged at INFO
+whatever LOG_LEVEL says (LOG_LEVEL governs the application log), like gunicorn's own access
+log.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from chatservice.models import ChatChunk, ChatResult
+    from chatservice.pipeline import Call
+    from chatservice.tokens import Method, TokenCounter
+
+# Flask is imported inside the functions: gunicorn's master imports this module (for
+# ACCESS_LOGGER) through the log set-up, and must not import Flask before its gevent workers
+# monkey-patch the standard library (see chatservice/__init__.py).
+
+ACCESS_LOGGER = "chatservice.access"
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+#: The WSGI environ key holding the current request's access-log fields (a dict).
+ENVIRON_KEY = "chatservice.access"
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+#: Characters of a model name kept in an access line (the name comes from the client).
+MAX_MODEL_CHARS = 128
+
+
+def init_access_log(app: Flask) -> None:
+    """Write one access record per request of ``app`` (see the module docstring)."""
+    from flask import request
+
+    @app.teardown_request
+    def note_route(_exc: BaseException | None) -> None:
+        # Teardown runs for every request, whatever hook or view failed, while the request
+        # context still knows the matched rule (a stream's context is gone when it ends).
+        fields = request.environ.get(ENVIRON_KEY)
+        if fields is None:
+            return
+        rule = request.url_rule
+        fields["face"] = request.blueprint
+        fields["route"] = rule.rule if rule is not None else None
+        fields["ip"] = request.remote_addr
+
+    app.wsgi_app = AccessLogMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+
+
+def request_id_from(value: str | None) -> str:
+    """``value`` when it is a sane request id (1 to 128 of ``[A-Za-z0-9._-]``), else a new
+    uuid4 hex."""
+    if value and _REQUEST_ID.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
+
+
+class AccessRecord:
+    """The pipeline observer that fills the access record: ``model`` and ``backend`` when a
+    call starts, then the answering model and token counts of the result or of the chunks as
+    they pass, and the stable key of a :class:`ServiceError` that ends a stream.
+
+    The one writer of these fields (a :class:`chatservice.pipeline.Observer`). With a
+    ``counter``, an answer that reported no usage (most streams) gets counted numbers.
+    """
+
+    def __init__(self, counter: TokenCounter | None = None) -> None:
+        self.counter = counter
+
+    def begin(self, call: Call) -> _AccessWatch:
+        """Note the resolved model and the backend; watch the answer."""
+        from flask import has_request_context
+
+        fields = _fields() if has_request_context() else {}
+        fields.update(model=call.request.model, backend=call.route.name)
+        if call.route.upstream is not None:
+            fields["upstream"] = call.route.upstream
+        if call.cache is not None:
+            fields["cache"] = call.cache.status
+        return _AccessWatch(fields, call, self.counter)
+
+
+class _AccessWatch:
+    def __init__(self, fields: dict[str, Any], call: Call, counter: TokenCounter | None) -> None:
+        self.fields = fields
+        self.call = call
+        self.streamed = call.streamed
+        self.counter = counter
+        self.method: Method | None = None
+        if counter is not None:
+            # Decided once: a stream's tokens are counted chunk by chunk, holding no text
+            # (thousands of open streams), so the method must not change half-way.
+            self.method = counter.usage_method(call.request.model, call.route.embedded)
+        self.text = ""
+        self.completion = 0
+        self.seen = False
+
+    def result(self, result: ChatResult) -> None:
+        if result.model:
+            self.fields["model"] = result.model
+        self._reported(result.usage)
+        self.text, self.seen = result.text, True
+
+    def chunk(self, chunk: ChatChunk) -> None:
+        if chunk.model:
+            self.fields["model"] = chunk.model
+        if chunk.usage:
+            self._reported(chunk.usage)
+        self.seen = True
+        if self.counter is not None and "usage" not in self.fields:
+            self.completion += self.counter.count(
+                self.call.request.model, chunk.text, self.call.route.embedded, self.method
+            )
+
+    def _reported(self, usage: Any) -> None:
+        counts = usage_fields(usage)
+        if counts:
+            self.fields.update(counts, usage="reported")
+
+    def moved(self, call: Call, err: Exception) -> None:
+        # A fallback: the line names the upstream that answered (or failed last).
+        self.call = call
+        self.fields["backend"] = call.route.name
+        if call.route.upstream is not None:
+            self.fields["upstream"] = call.route.upstream
+
+    def error(self, err: Exception) -> None:
+        from chatservice.errors import ServiceError
+
+        # A whole answer's error is the response's status; a stream's shows only here.
+        if self.streamed and isinstance(err, ServiceError):
+            self.fields["error"] = err.key
+
+    def end(self, outcome: str) -> None:
+        from chatservice.errors import ServiceError
+
+        if self.counter is None or outcome == "failed" or "usage" in self.fields:
+            return
+        if not self.seen:
+            return  # nothing was generated: no numbers to make
+        req, embedded = self.call.request, self.call.route.embedded
+        try:
+            prompt = self.counter.count_request(req, embedded, self.method)
+            if not self.streamed:
+                self.completion = self.counter.count(req.model, self.text, embedded, self.method)
+        except ServiceError:  # the embedded model's tokenizer could not be loaded
+            return
+        usage = "estimated" if self.method == "estimate" else "counted"
+        self.fields.update(prompt_tokens=prompt, completion_tokens=self.completion, usage=usage)
+
+
+def usage_fields(usage: Any) -> dict[str, int]:
+    """``prompt_tokens`` and ``completion_tokens`` of an OpenAI ``usage`` object, those that
+    are integers."""
+    if not isinstance(usage, dict):
+        return {}
+    return {
+        name: usage[name]
+        for name in ("prompt_tokens", "completion_tokens")
+        if isinstance(usage.get(name), int) and not isinstance(usage.get(name), bool)
+    }
+
+
+def _fields() -> dict[str, Any]:
+    from flask import request
+
+    return request.environ.setdefault(ENVIRON_KEY, {})
+
+
+#: The access fields in the order a line shows them.
+FIELDS = (
+    "request_id",
+    "face",
+    "route",
+    "method",
+    "status",
+    "duration_ms",
+    "ip",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "backend",
+)
+
+
+class AccessLogMiddleware:
+    """WSGI middleware: gives each request its id (environ and ``X-Request-ID`` header) and
+    logs its access record once the response is known in full.
+
+    A response with a Content-Length (every whole answer and error) is logged as soon as the
+    app returns it, before the server sends it, so the line is there when the client has its
+    answer. A stream is logged when the server closes its iterable: after the last byte, or
+    when the client went away (``aborted``).
+    """
+
+    def __init__(self, wsgi_app: Callable[..., Iterable[bytes]]) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        """Serve the request through the wrapped app and log it (see the class)."""
+        started = time.perf_counter()
+        rid = request_id_from(environ.get("HTTP_X_REQUEST_ID"))
+        fields: dict[str, Any] = {"request_id": rid}
+        environ[ENVIRON_KEY] = fields
+        status: list[int] = []
+        sized: list[bool] = []
+
+        def start(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            status[:] = [int(status_line.split(" ", 1)[0])]
+            sized[:] = [any(k.lower() == "content-length" for k, _ in headers)]
+            headers = [(k, v) for k, v in headers if k.lower() != "x-request-id"]
+            headers.append((REQUEST_ID_HEADER, rid))
+            return start_response(status_line, headers, exc_info)
+
+        def done(finished: bool) -> None:
+            if status:
+                code = status[0]
+            elif environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+                code = 101  # the socket was served and closed; no HTTP response was written
+            else:
+                code = 500
+            _log_access(environ, fields, code, started, finished)
+
+        try:
+            body = self.wsgi_app(environ, start)
+        except BaseException:
+            # flask-sock ends a served WebSocket by raising StopIteration out of the app.
+            done(True)
+            raise
+        if sized and sized[0]:
+            done(True)
+            return body
+        return _ClosingBody(body, done)
+
+
+class _ClosingBody:
+    """The app's response iterable, calling ``done(finished)`` once when it is closed."""
+
+    def __init__(self, body: Iterable[bytes], done: Callable[[bool], None]) -> None:
+        self._body = body
+        self._iter = iter(body)
+        self._done: Callable[[bool], None] | None = done
+        self._finished = False
+
+    def __iter__(self) -> _ClosingBody:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._iter)
+        except StopIteration:
+            self._finished = True
+            raise
+
+    def close(self) -> None:
+        try:
+            closer = getattr(self._body, "close", None)
+            if closer is not None:
+                closer()
+        finally:
+            done, self._done = self._done, None
+            if done is not None:
+                done(self._finished)
+
+
+def _log_access(
+    environ: dict[str, Any], fields: dict[str, Any], status: int, started: float, finished: bool
+) -> None:
+    fields["method"] = environ.get("REQUEST_METHOD")
+    fields["status"] = status
+    fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
+    fields.setdefault("ip", environ.get("REMOTE_ADDR"))
+    line = {name: fields.get(name) for name in FIELDS}
+    if isinstance(line["model"], str) and len(line["model"]) > MAX_MODEL_CHARS:
+        line["model"] = line["model"][:MAX_MODEL_CHARS] + "..."  # a client's string
+    for name in ("upstream", "usage", "cache", "error"):
+        if fields.get(name):
+            line[name] = fields[name]
+    if not finished:
+        line["aborted"] = True
+    access_log.info(_text_line(line), extra={"access": line})
+
+
+def _text_line(line: dict[str, Any]) -> str:
+    def show(name: str) -> str:
+        value = line.get(name)
+        return "-" if value is None else str(value)
+
+    text = (
+        f"{show('method')} {show('route')} {show('status')} {line['duration_ms']:.1f}ms"
+        f" id={show('request_id')} face={show('face')} ip={show('ip')} model={show('model')}"
+        f" tokens={show('prompt_tokens')}/{show('completion_tokens')}"
+        f" backend={show('backend')}"
+    )
+    for name in ("upstream", "usage", "cache", "error"):
+        if name in line:
+            text += f" {name}={line[name]}"
+    if line.get("aborted"):
+        text += " aborted"
+    return text
