@@ -243,7 +243,9 @@ def wrk(
     Returns wrk's counts, ``rps`` and latency percentiles (µs), and with ``meter_pids`` the
     cores each process tree used (``cpu``), wrk's own included.
     """
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "5s"]
+    # wrk reads whole seconds only ("-d2.5s" is a usage error).
+    duration = max(1, round(seconds))
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "5s"]
     command += ["--latency", "-s", str(BENCH / "post.lua"), url]
     env = {**os.environ, "BENCH_BODY": json.dumps(body)}
     if auth:

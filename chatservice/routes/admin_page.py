@@ -9,16 +9,16 @@ The page asks for ADMIN_TOKEN, keeps it in the tab's sessionStorage and calls th
 (:mod:`chatservice.routes.admin`) with it: create a key (shown once, with a copy button),
 list, disable, enable and delete keys, and a usage view with tokens per day stacked by key and
 a table by model. Loading the page needs no token; it carries the playground's strict
-Content-Security-Policy (:data:`chatservice.routes.playground.SECURITY_HEADERS`).
+Content-Security-Policy (:func:`chatservice.routes.playground.secure`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, Response, redirect, send_from_directory, url_for
+from flask import Blueprint, Response, redirect, url_for
 
-from chatservice.routes.playground import SECURITY_HEADERS
+from chatservice.routes.playground import secure, send_page
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static" / "admin"
 
@@ -31,22 +31,16 @@ def create_blueprint(route: str) -> Blueprint:
     )
     blueprint.add_url_rule(f"{base}/", view_func=page, methods=["GET"])
     blueprint.add_url_rule(base, view_func=to_page, methods=["GET"], strict_slashes=True)
-    blueprint.after_request(_secure)
+    blueprint.after_request(secure)
     return blueprint
 
 
 def page() -> Response:
     """``GET {ROUTE}/admin/``: the page (revalidated on every load)."""
-    response = send_from_directory(STATIC_DIR, "index.html")
-    response.headers["Cache-Control"] = "no-cache"
-    return response
+    return send_page(STATIC_DIR)
 
 
 def to_page() -> Response:
     """``GET {ROUTE}/admin``: 302 to the page's own address."""
     return redirect(url_for("admin_page.page"))
 
-
-def _secure(response: Response) -> Response:
-    response.headers.update(SECURITY_HEADERS)
-    return response

@@ -60,13 +60,19 @@ def create_blueprint(route: str) -> Blueprint:
     blueprint.add_url_rule(f"{base}/config.json", view_func=config, methods=["GET"])
     if route:
         blueprint.add_url_rule("/", view_func=to_page, methods=["GET"])
-    blueprint.after_request(_secure)
+    blueprint.after_request(secure)
     return blueprint
 
 
 def page() -> Response:
-    """``GET {ROUTE}/playground``: the page (revalidated on every load, so upgrades show)."""
-    response = send_from_directory(STATIC_DIR, "index.html")
+    """``GET {ROUTE}/playground``: the page."""
+    return send_page(STATIC_DIR)
+
+
+def send_page(directory: Path) -> Response:
+    """``directory``'s ``index.html``, revalidated on every load so upgrades show (the
+    playground and the admin page)."""
+    response = send_from_directory(directory, "index.html")
     response.headers["Cache-Control"] = "no-cache"
     return response
 
@@ -95,6 +101,7 @@ def config() -> Response:
     return response
 
 
-def _secure(response: Response) -> Response:
+def secure(response: Response) -> Response:
+    """``response`` with :data:`SECURITY_HEADERS` (the pages' strict CSP)."""
     response.headers.update(SECURITY_HEADERS)
     return response
