@@ -34,7 +34,7 @@ import redis
 
 from chatservice.clientkeys import KeyRecord
 from chatservice.errors import ServiceError
-from chatservice.state import PREFIX, STORAGE_TIMEOUT, sqlite_path
+from chatservice.state import PREFIX, STORAGE_TIMEOUT, redis_errors, sqlite_path
 
 #: The fields of a usage row that add up.
 USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "errors", "cost_nanos")
@@ -369,7 +369,7 @@ class RedisKeyStore:
     def create(self, record: KeyRecord, key_hash: str) -> None:
         """See :class:`KeyStore`."""
         keys = [self._k("key", record.id), self._k("hash", key_hash), self._k("name", record.name)]
-        with _redis_errors():
+        with redis_errors():
             created = self._create(
                 keys=[*keys, self._k("ids"), self._k("hashof", record.id)],
                 args=[record.id, _dump(record), record.created_at, key_hash],
@@ -379,12 +379,12 @@ class RedisKeyStore:
 
     def get(self, key_id: str) -> KeyRecord | None:
         """See :class:`KeyStore`."""
-        with _redis_errors():
+        with redis_errors():
             data = self._redis.get(self._k("key", key_id))
         return None if data is None else KeyRecord.from_json(json.loads(data))
 
     def _via(self, index: str, value: str) -> KeyRecord | None:
-        with _redis_errors():
+        with redis_errors():
             key_id = self._redis.get(self._k(index, value))
         return None if key_id is None else self.get(key_id)
 
@@ -398,7 +398,7 @@ class RedisKeyStore:
 
     def all(self) -> list[KeyRecord]:
         """See :class:`KeyStore`."""
-        with _redis_errors():
+        with redis_errors():
             ids = self._redis.zrange(self._k("ids"), 0, -1)
             values = self._redis.mget([self._k("key", i) for i in ids]) if ids else []
         return [KeyRecord.from_json(json.loads(v)) for v in values if v is not None]
@@ -408,7 +408,7 @@ class RedisKeyStore:
         old = self.get(record.id)
         if old is None:
             return
-        with _redis_errors():
+        with redis_errors():
             if old.name != record.name:
                 if not self._redis.set(self._k("name", record.name), record.id, nx=True):
                     raise _taken()
@@ -420,7 +420,7 @@ class RedisKeyStore:
         old = self.get(key_id)
         if old is None:
             return False
-        with _redis_errors():
+        with redis_errors():
             key_hash = self._redis.get(self._k("hashof", key_id)) or ""
             self._redis.delete(
                 self._k("key", key_id),
@@ -436,21 +436,21 @@ class RedisKeyStore:
         args: list[Any] = []
         for counter in counters:
             args += [counter.limit, counter.amount, int((counter.ttl or 0) * 1000)]
-        with _redis_errors():
+        with redis_errors():
             refused = int(self._reserve(keys=[self._k("n", c.name) for c in counters], args=args))
         return refused - 1 if refused else None
 
     def adjust(self, names: Sequence[str], delta: int) -> None:
         """See :class:`KeyStore`."""
         if names and delta:
-            with _redis_errors():
+            with redis_errors():
                 self._adjust(keys=[self._k("n", name) for name in names], args=[delta])
 
     def read(self, names: Sequence[str]) -> list[int]:
         """See :class:`KeyStore`."""
         if not names:
             return []
-        with _redis_errors():
+        with redis_errors():
             values = self._redis.mget([self._k("n", name) for name in names])
         return [int(v or 0) for v in values]
 
@@ -458,7 +458,7 @@ class RedisKeyStore:
         """See :class:`KeyStore`."""
         key = self._k("use", row.day, row.key_id, row.model)
         member = json.dumps([row.day, row.key_id, row.model])
-        with _redis_errors():
+        with redis_errors():
             pipe = self._redis.pipeline(transaction=True)
             pipe.hset(key, "key_name", row.key_name)
             for field in USAGE_FIELDS:
@@ -469,7 +469,7 @@ class RedisKeyStore:
 
     def usage(self, first_day: str, last_day: str) -> list[UsageRow]:
         """See :class:`KeyStore`."""
-        with _redis_errors():
+        with redis_errors():
             # Every member has score 0, so the set is ordered by its JSON text: by day first.
             members = [
                 json.loads(m)
@@ -486,14 +486,6 @@ class RedisKeyStore:
             rows.append(UsageRow(day, key_id, data.get("key_name", ""), model, **numbers))
         rows.sort(key=lambda r: (r.day, r.key_name, r.model))
         return rows
-
-
-@contextlib.contextmanager
-def _redis_errors() -> Iterator[None]:
-    try:
-        yield
-    except redis.RedisError:
-        raise ServiceError("store_unavailable") from None
 
 
 def _dump(record: KeyRecord) -> str:

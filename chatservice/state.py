@@ -358,49 +358,49 @@ class RedisState:
 
     def get(self, key: str) -> str | None:
         """See :class:`KeyValueStore`."""
-        with _redis_errors():
+        with redis_errors():
             return self._redis.get(PREFIX + key)
 
     def get_many(self, keys: list[str]) -> list[str | None]:
         """See :class:`KeyValueStore` (one MGET)."""
         if not keys:
             return []
-        with _redis_errors():
+        with redis_errors():
             return self._redis.mget([PREFIX + key for key in keys])
 
     def set(self, key: str, value: str, ttl: float | None = None) -> None:
         """See :class:`KeyValueStore`."""
-        with _redis_errors():
+        with redis_errors():
             self._redis.set(PREFIX + key, value, px=_milliseconds(ttl))
 
     def add(self, key: str, value: str, ttl: float | None = None) -> bool:
         """See :class:`KeyValueStore`."""
-        with _redis_errors():
+        with redis_errors():
             return bool(self._redis.set(PREFIX + key, value, px=_milliseconds(ttl), nx=True))
 
     def delete(self, key: str) -> None:
         """See :class:`KeyValueStore`."""
-        with _redis_errors():
+        with redis_errors():
             self._redis.delete(PREFIX + key)
 
     def delete_if(self, key: str, value: str) -> bool:
         """See :class:`KeyValueStore`."""
-        with _redis_errors():
+        with redis_errors():
             return bool(self._delete_if(keys=[PREFIX + key], args=[value]))
 
     def incr(self, key: str) -> int:
         """See :class:`KeyValueStore`."""
-        with _redis_errors():
+        with redis_errors():
             return int(self._redis.incr(PREFIX + key))
 
     def expire_if(self, key: str, value: str, ttl: float) -> bool:
         """See :class:`KeyValueStore`."""
-        with _redis_errors():
+        with redis_errors():
             return bool(self._expire_if(keys=[PREFIX + key], args=[value, _milliseconds(ttl)]))
 
     def ping(self) -> None:
         """See :class:`KeyValueStore`."""
-        with _redis_errors():
+        with redis_errors():
             self._redis.ping()
 
 
@@ -413,7 +413,8 @@ def _milliseconds(ttl: float | None) -> int | None:
 
 
 @contextlib.contextmanager
-def _redis_errors() -> Iterator[None]:
+def redis_errors() -> Iterator[None]:
+    """Redis failures as 503 ``store_unavailable`` (the shared state's and the key store's)."""
     try:
         yield
     except redis.RedisError:
