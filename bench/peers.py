@@ -100,8 +100,8 @@ class Peer:
         self.pid = proc.pid
 
 
-def start_naive(run: Any, upstream_url: str) -> Peer:
-    """bench/naive_proxy.py under gunicorn, one gevent worker."""
+def start_naive(run: Any, upstream_url: str, pool: int = 100) -> Peer:
+    """bench/naive_proxy.py under gunicorn, one gevent worker, ``pool`` upstream connections."""
     port = free_port()
     command = [
         run.python,
@@ -121,7 +121,7 @@ def start_naive(run: Any, upstream_url: str) -> Peer:
         "warning",
         "naive_proxy:app",
     ]
-    env = {**os.environ, "NAIVE_UPSTREAM": upstream_url}
+    env = {**os.environ, "NAIVE_UPSTREAM": upstream_url, "NAIVE_POOL": str(pool)}
     proc = run.procs.start(run.name("naive"), command, env=env, stop_signal=signal.SIGQUIT)
     _wait_answering(port, proc, {}, 30, "the naive proxy")
     return Peer("naive Flask + urllib3", port, proc, None)

@@ -24,6 +24,7 @@ from procs import (  # bench/procs.py, beside this module
     BenchError,
     CpuMeter,
     Processes,
+    children,
     cpu_seconds,
     free_port,
     has_exited,
@@ -672,6 +673,7 @@ def scenario_streaming(run: Run, result: Scenario, profile: bool = False) -> Non
     )
     result.metric("worker RSS per open stream", "rss_per_stream_kib", per_stream, "KiB")
     worker_cores = cpu.get("worker")
+    per_chunk = None
     if worker_cores is not None and in_plateau:
         per_chunk = worker_cores * (plateau[1] - plateau[0]) / in_plateau * 1e6
         result.metric("worker CPU per relayed chunk", None, per_chunk, "µs")
@@ -707,7 +709,77 @@ def scenario_streaming(run: Run, result: Scenario, profile: bool = False) -> Non
     if spy:
         result.details["profile"] = spy
     service.stop()
+    if args.peers and not profile:
+        naive = naive_streaming(run, upstream, streams, chunks, interval, ramp)
+        result.details["naive"] = naive
+        if per_chunk is not None and naive.get("cpu_per_chunk_us"):
+            result.metric(
+                "naive Flask + urllib3 relay: worker CPU per relayed chunk, same run",
+                None,
+                naive["cpu_per_chunk_us"],
+                "µs",
+            )
+            result.metric(
+                "service's CPU per relayed chunk as a percentage of the naive relay's",
+                None,
+                100 * per_chunk / naive["cpu_per_chunk_us"],
+                "%",
+            )
     upstream.stop()
+
+
+def naive_streaming(
+    run: Run, upstream: GeventUpstream, streams: int, chunks: int, interval: float, ramp: float
+) -> dict[str, Any]:
+    """The same streams, same upstream, through ``naive_proxy.py``'s relay under gunicorn's
+    gevent worker: the stack's floor. Its worker's CPU per chunk relayed in the plateau (µs),
+    failed streams, open streams and the forwarding delay p99 (client's receive, ms)."""
+    import peers  # bench/peers.py, beside this script
+
+    try:
+        peer = peers.start_naive(run, upstream.url, pool=streams)
+    except peers.PeerError as exc:
+        return {"error": str(exc)}
+    try:
+        worker = children(peer.pid)[0]
+        warm = run_clients(run, peer.port, 20, 3, 0.01, 0.2, 1, path=peers.PATH)
+        if warm["failed"]:
+            return {"error": f"warm-up streams failed: {warm['error_kinds']}"}
+        start_at = time.time() + 2.0
+        plateau = (start_at + ramp + 0.5, start_at + chunks * interval - 0.2)
+        cpu: dict[str, Any] = {}
+        opened: list[int] = []
+
+        def during(_clients: dict[str, int]) -> None:
+            meter_plateau(cpu, plateau, {"worker": worker})
+            if plateau[0] <= time.time() <= plateau[1]:
+                with contextlib.suppress(OSError, http.client.HTTPException):
+                    opened.append(upstream.stats()["open_streams"])
+
+        outcome = run_clients(
+            run,
+            peer.port,
+            streams,
+            chunks,
+            interval,
+            ramp,
+            run.args.clients,
+            start_at=start_at,
+            during=during,
+            path=peers.PATH,
+        )
+    finally:
+        run.procs.stop(peer.proc)
+    steady = sum(1 for c in outcome["chunks"] if plateau[0] <= c[0] <= plateau[1])
+    out: dict[str, Any] = {
+        "failed_streams": outcome["failed"],
+        "open_streams": statistics.median(opened) if opened else None,
+        "delay_p99_ms": round(percentile(sorted(c[1] for c in outcome["chunks"]), 99) * 1e3, 2),
+        "cpu_cores_plateau": {k: v for k, v in cpu.items() if k != "meter"},
+    }
+    if cpu.get("worker") is not None and steady:
+        out["cpu_per_chunk_us"] = round(cpu["worker"] * (plateau[1] - plateau[0]) / steady * 1e6, 1)
+    return out
 
 
 def delay_summary(delays: list[float]) -> dict[str, Any]:
@@ -756,9 +828,16 @@ def sample_plateau(
     except (OSError, http.client.HTTPException):
         open_streams = -1
     samples.append({"t": now, "rss_kib": service.rss_kib(), "open_streams": open_streams})
+    meter_plateau(cpu, plateau, {**pids, "harness": os.getpid()})
+
+
+def meter_plateau(cpu: dict[str, Any], plateau: tuple[float, float], pids: dict[str, int]) -> None:
+    """Called as the clients run: a CPU meter of ``pids`` over the plateau, its cores put
+    into ``cpu`` once the plateau is over."""
+    now = time.time()
     meter = cpu.get("meter")
     if meter is None and plateau[0] <= now < plateau[1]:
-        cpu["meter"] = CpuMeter({**pids, "harness": os.getpid()})
+        cpu["meter"] = CpuMeter(pids)
     elif isinstance(meter, CpuMeter) and now >= plateau[1]:
         cpu["meter"] = "done"
         cpu.update(meter.stop())
@@ -774,8 +853,10 @@ def run_clients(
     processes: int,
     start_at: float | None = None,
     during: Callable[[dict[str, int]], None] | None = None,
+    path: str = "/api/v1/chat/completions",
 ) -> dict[str, Any]:
-    """Run ``streams`` streams from ``processes`` client processes; merged results."""
+    """Run ``streams`` streams to ``path`` from ``processes`` client processes; merged
+    results."""
     start_at = start_at or time.time() + 1.0
     procs = []
     outputs = []
@@ -784,6 +865,7 @@ def run_clients(
         out = run.workdir / f"client-{run.counter + 1}-{index}.json"
         outputs.append(out)
         command = [run.python, str(BENCH / "streamclient.py"), "--port", str(port)]
+        command += ["--path", path]
         command += ["--streams", str(share), "--chunks", str(chunks), "--interval", str(interval)]
         command += ["--ramp", str(ramp), "--phase", str(index / processes)]
         command += ["--start-at", f"{start_at:.6f}", "--out", str(out)]
