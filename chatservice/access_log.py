@@ -55,6 +55,9 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 #: Characters of a model name kept in an access line (the name comes from the client).
 MAX_MODEL_CHARS = 128
+#: Event bytes of relayed chunks a stream's record holds before it counts their tokens
+#: (bounded, since thousands of streams may be open).
+PENDING_BYTES = 4096
 
 
 def init_access_log(app: Flask) -> None:
@@ -117,12 +120,16 @@ class _AccessWatch:
         self.counter = counter
         self.method: Method | None = None
         if counter is not None:
-            # Decided once: a stream's tokens are counted chunk by chunk, holding no text
-            # (thousands of open streams), so the method must not change half-way.
+            # Decided once: a stream's tokens are counted as it goes, holding at most
+            # PENDING_BYTES (thousands of open streams), so the method must not change.
             self.method = counter.usage_method(call.request.model, call.route.embedded)
         self.text = ""
         self.completion = 0
         self.seen = False
+        # Relayed chunks' event bytes not counted yet: their text is parsed and counted a
+        # batch at a time (one json.loads, one count), not chunk by chunk.
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
 
     def result(self, result: ChatResult) -> None:
         if result.model:
@@ -136,10 +143,29 @@ class _AccessWatch:
         if chunk.usage:
             self._reported(chunk.usage)
         self.seen = True
-        if self.counter is not None and "usage" not in self.fields:
-            self.completion += self.counter.count(
-                self.call.request.model, chunk.text, self.call.route.embedded, self.method
-            )
+        if self.counter is None or "usage" in self.fields:
+            return
+        if chunk.deferred and chunk.event is not None:
+            self.pending.append(chunk.event)
+            self.pending_bytes += len(chunk.event)
+            if self.pending_bytes >= PENDING_BYTES:
+                self._count_pending()
+            return
+        self.completion += self._count(chunk.text)
+
+    def _count(self, text: str) -> int:
+        assert self.counter is not None  # noqa: S101 - for the type checker: callers check
+        return self.counter.count(
+            self.call.request.model, text, self.call.route.embedded, self.method
+        )
+
+    def _count_pending(self) -> None:
+        from chatservice.models import events_text
+
+        if self.pending:
+            text = events_text(self.pending)
+            self.pending, self.pending_bytes = [], 0
+            self.completion += self._count(text)
 
     def _reported(self, usage: Any) -> None:
         counts = usage_fields(usage)
@@ -169,6 +195,7 @@ class _AccessWatch:
             return  # nothing was generated: no numbers to make
         req, embedded = self.call.request, self.call.route.embedded
         try:
+            self._count_pending()
             prompt = self.counter.count_request(req, embedded, self.method)
             if not self.streamed:
                 self.completion = self.counter.count(req.model, self.text, embedded, self.method)

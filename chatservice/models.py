@@ -8,7 +8,8 @@ Faces parse their own bodies into a :class:`ChatRequest`, a backend answers it w
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+import json
+from typing import Any, ClassVar, Literal
 
 from chatservice.jsonsafe import scrub_text
 from chatservice.settings import Secret
@@ -56,6 +57,25 @@ def choice_text(choice: dict[str, Any], delta: bool) -> str:
         return choice["text"] or ""
     message = choice["delta" if delta else "message"]
     return message.get("content") or ""
+
+
+def events_text(events: list[bytes]) -> str:
+    """The content text of relayed chunk events (OpenAI ``chat.completion.chunk`` or
+    ``text_completion`` JSON, UTF-8 bytes), joined in order, with one ``json.loads`` for
+    them all; an event that is not a chunk adds no text."""
+    try:
+        bodies = json.loads((b"[" + b",".join(events) + b"]").decode("utf-8", errors="replace"))
+    except (ValueError, RecursionError):
+        if len(events) == 1:
+            return ""
+        return "".join(events_text([event]) for event in events)
+    parts = []
+    for body in bodies:
+        try:
+            parts.append(choice_text(body["choices"][0], delta=True))
+        except (KeyError, TypeError, IndexError, AttributeError):
+            continue
+    return scrub_text("".join(parts))
 
 
 @dataclasses.dataclass
@@ -131,6 +151,10 @@ class ChatChunk:
     usage: dict[str, int] | None = None
     raw: dict[str, Any] = dataclasses.field(default_factory=dict)
     event: bytes | None = None
+    #: True for a plain content chunk relayed as its event bytes whose ``text`` and ``raw``
+    #: are parsed only when read: an observer that needs only the text of many such chunks
+    #: reads it from their events at once (:func:`events_text`).
+    deferred: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         # An upstream may send a lone surrogate in valid JSON; it would fail every encoder

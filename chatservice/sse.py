@@ -51,6 +51,15 @@ class SSEDecoder:
 
     def feed_bytes(self, chunk: bytes) -> list[bytes]:
         """Like :meth:`feed`, the events' ``data`` as the bytes the stream carried."""
+        if (
+            # The common case, one whole ``data: ...`` event per read, without the line loop.
+            chunk[-2:] == b"\n\n"
+            and chunk[:6] == b"data: "
+            and not (self._partial or self._data or self._after_cr)
+            and chunk.count(b"\n") == 2
+            and b"\r" not in chunk
+        ):
+            return [chunk[6:-2]]
         if self._after_cr and chunk[:1] == b"\n":
             chunk = chunk[1:]
         self._after_cr = False

@@ -532,6 +532,8 @@ class _RelayedChunk(ChatChunk):
     from them only when something reads them (the log and metrics read ``model`` and
     ``usage``, which a plain chunk does not carry, so usually nothing does)."""
 
+    deferred = True
+
     def __init__(self, event: bytes, model: str) -> None:  # noqa: D107
         self.event, self.model, self.finish_reason, self.usage = event, model, None, None
 
