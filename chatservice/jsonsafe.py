@@ -8,6 +8,7 @@ response, a log line, SQLite, Redis, an upstream call) refuse them later, far fr
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -53,6 +54,8 @@ def scrub_text(value: Any) -> Any:
     """
     if isinstance(value, str):
         return _SURROGATE.sub("\ufffd", value) if _SURROGATE.search(value) else value
+    if isinstance(value, dict | list | tuple) and _surely_clean(value):
+        return value
     if isinstance(value, dict):
         cleaned = {scrub_text(key): scrub_text(item) for key, item in value.items()}
         return cleaned if cleaned != value else value
@@ -60,3 +63,13 @@ def scrub_text(value: Any) -> Any:
         items = type(value)(scrub_text(item) for item in value)
         return items if items != value else value
     return value
+
+
+def _surely_clean(value: Any) -> bool:
+    """True when no string in ``value`` holds a lone surrogate, found with one C-encoded
+    ``json.dumps`` (which keeps surrogates as they are) and one search instead of a Python
+    walk of the whole answer; False when unsure (not JSON-encodable: walk it)."""
+    try:
+        return not _SURROGATE.search(json.dumps(value, ensure_ascii=False))
+    except (TypeError, ValueError, RecursionError):
+        return False

@@ -95,6 +95,7 @@ class Metrics:
 
     def __init__(self, multiprocess: bool = False) -> None:
         self.multiprocess = multiprocess
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         #: This app's registry; None in multi-process mode, where a scrape merges the files.
         self.registry = None if multiprocess else CollectorRegistry()
         registry = self.registry
@@ -190,14 +191,24 @@ class Metrics:
         encoder, content_type = choose_encoder(accept or "")
         return encoder(registry), content_type
 
+    def labelled(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, looked up once: the label sets of the request path are
+        few (URL rules, statuses, backends, error keys), and prometheus-client's lookup takes
+        a lock and validates the values on every call."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def observe_response(self, response: Response) -> None:
         """Count the current request's ``response`` (an ``after_request`` hook)."""
         face = request.blueprint or "none"
         route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
-        self.requests.labels(face, route, str(response.status_code)).inc()
+        self.labelled(self.requests, face, route, str(response.status_code)).inc()
         started = g.get(_STARTED)
         if started is not None:
-            self.request_seconds.labels(face, route).observe(time.perf_counter() - started)
+            self.labelled(self.request_seconds, face, route).observe(time.perf_counter() - started)
         if response.status_code == 429 and _refused_by_limiter():
             self.rate_limited.labels(face).inc()
         if response.is_streamed and response.mimetype == "text/event-stream":
@@ -212,7 +223,7 @@ class Metrics:
         for field, direction in (("prompt_tokens", "in"), ("completion_tokens", "out")):
             value = usage.get(field)
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                self.tokens.labels(backend, direction).inc(value)
+                self.labelled(self.tokens, backend, direction).inc(value)
 
 
 class KeyStates:
@@ -304,16 +315,16 @@ class _BackendWatch:
         key = _error_key(err)
         if self._attempt is not None:  # not after a stream's first chunk: that was "ok"
             self._attempted(key)
-        self._metrics.backend_errors.labels(self._name, key).inc()
+        self._metrics.labelled(self._metrics.backend_errors, self._name, key).inc()
 
     def _attempted(self, result: str) -> None:
         if self.cached:
             return
         started, self._attempt = self._attempt, None
-        self._metrics.upstream_attempts.labels(self._upstream, result).inc()
+        self._metrics.labelled(self._metrics.upstream_attempts, self._upstream, result).inc()
         if started is not None:
             seconds = time.perf_counter() - started
-            self._metrics.upstream_seconds.labels(self._upstream).observe(seconds)
+            self._metrics.labelled(self._metrics.upstream_seconds, self._upstream).observe(seconds)
 
     def end(self, outcome: str) -> None:
         pass
@@ -322,7 +333,7 @@ class _BackendWatch:
         started, self._started = self._started, None
         if started is not None:  # once per call
             seconds = time.perf_counter() - started
-            self._metrics.backend_seconds.labels(self._name).observe(seconds)
+            self._metrics.labelled(self._metrics.backend_seconds, self._name).observe(seconds)
 
 
 def _error_key(err: Exception) -> str:

@@ -127,6 +127,10 @@ def read_key_file(path: str) -> list[Secret]:
     return keys
 
 
+#: The marks a key's state is read from, in the order :meth:`KeyPool._statuses` reads them.
+_MARKS = ("disabled", "cooldown", "strikes", "suspended")
+
+
 def key_id(key: Secret) -> str:
     """A stable, non-reversible id for a key (16 hex digits of its SHA-256)."""
     return hashlib.sha256(key.get_secret_value().encode()).hexdigest()[:16]
@@ -145,6 +149,10 @@ class KeyPool:
         self._keys = list(unique.values())
         # Hashed once here: calls look keys up by id on every request.
         self._id = {key: ident for ident, key in unique.items()}
+        # And each key's four marks' names, read together on every request.
+        self._marks = {
+            key: tuple(f"key:{ident}:{mark}" for mark in _MARKS) for ident, key in unique.items()
+        }
         self._state = state
         self._auto_remove = auto_remove
         self._turn = itertools.count()
@@ -273,15 +281,7 @@ class KeyPool:
     def _statuses(self, keys: list[Secret]) -> list[tuple[str, float | None]]:
         """Each key's (state, cooling-until) from one read of the shared state (with Redis
         one MGET for the whole pool, not round trips per key); notes which keys have strikes."""
-        names = []
-        for key in keys:
-            ident = self._id[key]
-            names += (
-                f"key:{ident}:disabled",
-                f"key:{ident}:cooldown",
-                f"key:{ident}:strikes",
-                f"key:{ident}:suspended",
-            )
+        names = [name for key in keys for name in self._marks[key]]
         try:
             values = self._state.get_many(names)
         except ServiceError:
