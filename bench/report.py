@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import statistics
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,33 @@ class Scenario:
         return {"metrics": self.rows, "details": self.details, "error": self.error}
 
 
+def merge(runs: list[list[Scenario]]) -> list[Scenario]:
+    """Whole runs of the same scenarios (``--repeat``) as one result: each metric's median
+    over the runs that measured it, with its ``spread`` (min, max) and every run's
+    ``values``; its target judged on the median. Details and errors are the last run's
+    (every run is kept whole in the JSON file)."""
+    merged: list[Scenario] = []
+    for scenarios in zip(*runs, strict=True):
+        last = scenarios[-1]
+        out = Scenario(last.name)
+        out.details = dict(last.details)
+        out.error = "; ".join(s.error for s in scenarios if s.error) or None
+        labels: list[str] = []
+        for scenario in scenarios:
+            labels += [row["metric"] for row in scenario.rows if row["metric"] not in labels]
+        for label in labels:
+            rows = [row for s in scenarios for row in s.rows if row["metric"] == label]
+            values = [row["value"] for row in rows]
+            value = statistics.median(values)
+            row = dict(rows[-1], value=value, spread=[min(values), max(values)], values=values)
+            if "target_value" in row:
+                target = row["target_value"]
+                row["pass"] = value >= target if row["target"].startswith(">=") else value <= target
+            out.rows.append(row)
+        merged.append(out)
+    return merged
+
+
 def percentile(ordered: list[float], q: float) -> float:
     """Nearest-rank percentile ``q`` (0..100) of the sorted list ``ordered``."""
     if not ordered:
@@ -148,7 +176,8 @@ def format_value(value: float) -> str:
 
 
 def table(results: list[Scenario]) -> str:
-    """The results as a Markdown table (it goes in the README as is)."""
+    """The results as a Markdown table (it goes in the README as is); a metric measured in
+    several runs shows its median and, in brackets, its spread (min–max)."""
     lines = [
         "| scenario | metric | measured | target | result |",
         "| --- | --- | --- | --- | --- |",
@@ -158,6 +187,9 @@ def table(results: list[Scenario]) -> str:
             lines.append(f"| {scenario.name} | (could not run) | {scenario.error[:80]} | | error |")
         for row in scenario.rows:
             measured = f"{format_value(row['value'])} {row['unit']}".strip()
+            if "spread" in row and len(row["values"]) > 1:
+                low, high = (format_value(v) for v in row["spread"])
+                measured += f" ({low}–{high})"
             outcome = "" if "pass" not in row else ("pass" if row["pass"] else "**miss**")
             target = row.get("target", "")
             if target:

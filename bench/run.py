@@ -75,7 +75,7 @@ import time
 from pathlib import Path
 
 from procs import BenchError, CpuMeter, raise_open_files, set_autogroup_nice
-from report import Scenario, environment, format_value, miss_note, table
+from report import Scenario, environment, format_value, merge, miss_note, table
 from scenarios import (
     Run,
     scenario_idle_memory,
@@ -166,6 +166,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--keep", action="store_true", help="keep the logs' temporary directory")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="whole runs, one after the other; the table gives each metric's median and its "
+        "spread (min-max) over the runs",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     args.streams = args.streams or (200 if quick else 2000)
@@ -239,70 +246,20 @@ def main(argv: list[str] | None = None) -> int:
             "load average %.2f: other work is using the CPU, results will be pessimistic",
             env["loadavg_start"][0],
         )
-    results: list[Scenario] = []
-    functions = {
-        "idle_memory": scenario_idle_memory,
-        "nonstream": scenario_nonstream,
-        "upstreams": scenario_upstreams,
-        "streaming": scenario_streaming,
-        "model": scenario_model,
-    }
+    runs: list[list[Scenario]] = []
     try:
-        for name in SCENARIOS:
-            if name not in args.only:
-                continue
-            scenario = Scenario(name)
-            results.append(scenario)
-            meter: CpuMeter | None = None
-            log.info(
-                "scenario %s: starting (load average %s)", name, scenario.details["loadavg_start"]
-            )
-            try:
-                if args.wait_quiet > 0:
-                    scenario.details.update(wait_quiet(args.wait_quiet))
-                meter = CpuMeter({"harness": os.getpid()}, reaped_children=True)
-                functions[name](run, scenario)
-                if name == "streaming" and scenario.missed and args.profile:
-                    log.info("streaming: missed a target, running it again under py-spy")
-                    again = Scenario(name)
-                    scenario_streaming(run, again, profile=True)
-                    scenario.details["profile_run"] = {
-                        "metrics": again.rows,
-                        "profile": again.details.get("profile"),
-                    }
-            except BenchError as exc:
-                scenario.error = str(exc)
-                log.error("scenario %s could not run: %s", name, exc)
-            except Exception as exc:  # noqa: BLE001 - one broken scenario must not lose the rest
-                scenario.error = f"{type(exc).__name__}: {exc}"
-                log.exception("scenario %s failed", name)
-            finally:
-                run.procs.stop_all()
-            # The machine's busy time less the harness's and its (now reaped) children's.
-            if meter is not None:
-                scenario.details["background_cores"] = meter.stop()["others"]
-                scenario.metric(
-                    "CPU used by other processes meanwhile",
-                    None,
-                    scenario.details["background_cores"],
-                    "cores",
-                )
-            scenario.details["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
-            for row in scenario.rows:
-                log.info(
-                    "%s: %s = %s %s (target %s)",
-                    name,
-                    row["metric"],
-                    format_value(row["value"]),
-                    row["unit"],
-                    row.get("target", "none"),
-                )
+        for index in range(args.repeat):
+            if args.repeat > 1:
+                log.info("run %d of %d", index + 1, args.repeat)
+            # py-spy only in the last run: a profile is for reading, not for the figures.
+            runs.append(run_scenarios(run, args, profile=index == args.repeat - 1))
     finally:
         run.procs.stop_all()
         if args.keep:
             log.info("logs kept in %s", workdir)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    results = runs[0] if len(runs) == 1 else merge(runs)
 
     env["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     document = {
@@ -313,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         "environment": env,
         "scenarios": {scenario.name: scenario.to_json() for scenario in results},
     }
+    if len(runs) > 1:
+        document["runs"] = [{s.name: s.to_json() for s in scenarios} for scenarios in runs]
     text = json.dumps(document, indent=1, default=str)
     (args.out / f"{args.stamp}.json").write_text(text)
     (args.out / "latest.json").write_text(text)
@@ -335,6 +294,67 @@ def main(argv: list[str] | None = None) -> int:
     if args.strict and any(scenario.missed for scenario in results):
         return 1
     return 0
+
+
+def run_scenarios(run: Run, args: argparse.Namespace, profile: bool) -> list[Scenario]:
+    """One whole run: each chosen scenario in turn (a profiled rerun on a miss when
+    ``profile`` and ``--profile``); every process stopped after each."""
+    results: list[Scenario] = []
+    functions = {
+        "idle_memory": scenario_idle_memory,
+        "nonstream": scenario_nonstream,
+        "upstreams": scenario_upstreams,
+        "streaming": scenario_streaming,
+        "model": scenario_model,
+    }
+    for name in SCENARIOS:
+        if name not in args.only:
+            continue
+        scenario = Scenario(name)
+        results.append(scenario)
+        meter: CpuMeter | None = None
+        log.info("scenario %s: starting (load average %s)", name, scenario.details["loadavg_start"])
+        try:
+            if args.wait_quiet > 0:
+                scenario.details.update(wait_quiet(args.wait_quiet))
+            meter = CpuMeter({"harness": os.getpid()}, reaped_children=True)
+            functions[name](run, scenario)
+            if name == "streaming" and scenario.missed and args.profile and profile:
+                log.info("streaming: missed a target, running it again under py-spy")
+                again = Scenario(name)
+                scenario_streaming(run, again, profile=True)
+                scenario.details["profile_run"] = {
+                    "metrics": again.rows,
+                    "profile": again.details.get("profile"),
+                }
+        except BenchError as exc:
+            scenario.error = str(exc)
+            log.error("scenario %s could not run: %s", name, exc)
+        except Exception as exc:  # noqa: BLE001 - one broken scenario must not lose the rest
+            scenario.error = f"{type(exc).__name__}: {exc}"
+            log.exception("scenario %s failed", name)
+        finally:
+            run.procs.stop_all()
+        # The machine's busy time less the harness's and its (now reaped) children's.
+        if meter is not None:
+            scenario.details["background_cores"] = meter.stop()["others"]
+            scenario.metric(
+                "CPU used by other processes meanwhile",
+                None,
+                scenario.details["background_cores"],
+                "cores",
+            )
+        scenario.details["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+        for row in scenario.rows:
+            log.info(
+                "%s: %s = %s %s (target %s)",
+                name,
+                row["metric"],
+                format_value(row["value"]),
+                row["unit"],
+                row.get("target", "none"),
+            )
+    return results
 
 
 if __name__ == "__main__":

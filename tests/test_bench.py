@@ -96,3 +96,24 @@ def test_sigterm_stops_everything_the_harness_started(tmp_path):
         if harness.poll() is None:
             os.killpg(harness.pid, signal.SIGKILL)
             harness.wait()
+
+
+def test_repeated_runs_report_each_metrics_median_and_spread():
+    from bench.report import Scenario, merge, table
+
+    runs = []
+    for rss, lag in ((50.0, 3.0), (70.0, 1.0), (55.0, 2.0)):
+        scenario = Scenario("idle_memory")
+        scenario.metric("worker RSS", "idle_rss_mb", rss, "MB")
+        scenario.metric("lag", None, lag, "ms")
+        runs.append([scenario])
+    (merged,) = merge(runs)
+    rss_row, lag_row = merged.rows
+    assert (rss_row["value"], rss_row["spread"], rss_row["values"]) == (
+        55.0,
+        [50.0, 70.0],
+        [50, 70, 55],
+    )
+    assert rss_row["pass"] is True  # judged on the median, though one run missed 60 MB
+    assert lag_row["value"] == 2.0 and "pass" not in lag_row
+    assert "| idle_memory | worker RSS | 55 MB (50–70) | <= 60 MB | pass |" in table([merged])
