@@ -175,10 +175,15 @@ def compare(
     wrk: Callable[..., dict[str, Any]],
     rounds: int,
     seconds: float,
+    service_pid: int | None = None,
 ) -> dict[str, Any]:
     """Interleaved wrk rounds (64 connections, ``seconds`` each) on the service's
-    ``/v1/chat/completions`` and on each peer that starts; medians, spreads and ratios."""
-    sides: dict[str, dict[str, Any]] = {"service": {"url": service_url, "auth": None}}
+    ``/v1/chat/completions`` and on each peer that starts; medians, spreads and ratios, and
+    each side's CPU per request (µs, median of the rounds; the service's worker
+    ``service_pid``, a peer's whole process tree)."""
+    sides: dict[str, dict[str, Any]] = {
+        "service": {"url": service_url, "auth": None, "pid": service_pid}
+    }
     peers = []
     for key, start in (("naive", start_naive), ("litellm", start_litellm)):
         try:
@@ -187,22 +192,28 @@ def compare(
             sides[key] = {"error": str(exc)}
             continue
         peers.append(peer)
-        sides[key] = {"url": peer.url, "auth": peer.auth, "name": peer.name}
+        sides[key] = {"url": peer.url, "auth": peer.auth, "name": peer.name, "pid": peer.pid}
     live = {key: side for key, side in sides.items() if "url" in side}
     try:
         for side in live.values():  # warm-up: imports, pools, caches
             wrk(run, side["url"], BODY, 64, max(1.0, seconds / 2), auth=side["auth"])
         for _ in range(rounds):
             for side in live.values():
-                result = wrk(run, side["url"], BODY, 64, seconds, auth=side["auth"])
+                pids = {"side": side["pid"]} if side["pid"] else None
+                result = wrk(run, side["url"], BODY, 64, seconds, pids, auth=side["auth"])
                 side.setdefault("rps", []).append(result["rps"])
                 side["errors"] = side.get("errors", 0) + result["error_count"]
+                if pids and result["requests"]:
+                    busy = result["cpu_cores"]["side"] * result["duration_us"]
+                    side.setdefault("cpu_us", []).append(busy / result["requests"])
     finally:
         for peer in peers:
             run.procs.stop(peer.proc)
     for side in live.values():
         side["median_rps"] = round(statistics.median(side["rps"]), 1)
         side["spread_rps"] = [min(side["rps"]), max(side["rps"])]
+        if side.get("cpu_us"):
+            side["cpu_per_request_us"] = round(statistics.median(side["cpu_us"]), 1)
         side.pop("url")
     service = live["service"]["median_rps"]
     out: dict[str, Any] = {"rounds": rounds, "seconds": seconds, "sides": sides}

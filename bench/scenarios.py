@@ -501,7 +501,13 @@ def scenario_nonstream(run: Run, result: Scenario) -> None:
 
         rounds, round_seconds = run.args.peer_rounds, max(2.0, seconds / 2)
         compared = peers.compare(
-            run, service.url + ENDPOINTS[0][1], upstream.url, wrk, rounds, round_seconds
+            run,
+            service.url + ENDPOINTS[0][1],
+            upstream.url,
+            wrk,
+            rounds,
+            round_seconds,
+            service.worker,
         )
         result.details["peers"] = compared
         spread = compared["sides"]["service"]["spread_rps"]
@@ -511,6 +517,11 @@ def scenario_nonstream(run: Run, result: Scenario) -> None:
             compared["sides"]["service"]["median_rps"],
             "req/s",
         )
+        for side in ("service", "naive"):
+            cpu_us = compared["sides"].get(side, {}).get("cpu_per_request_us")
+            if cpu_us is not None:
+                label = "service's worker" if side == "service" else "naive proxy's"
+                result.metric(f"peers: {label} CPU per request, same rounds", None, cpu_us, "µs")
         for key, label in (
             ("times_litellm", "times LiteLLM's req/s"),
             ("pct_of_naive", "% of the naive Flask + urllib3 proxy's req/s"),
