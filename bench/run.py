@@ -53,7 +53,8 @@ every benchmark process ahead of other work.
 Options: ``--quick`` (short runs: 200 streams for 3 s, 2 s wrk runs, 48 tokens),
 ``--only NAME``, ``--out DIR``, ``--streams N``, ``--stream-seconds S``, ``--threads N``,
 ``--profile``/``--no-profile``, ``--wait-quiet S``, ``--nice N``, ``--strict`` (exit 1 when a
-target is missed), ``--keep`` (keep the temporary directory with every process's log);
+target is missed), ``--keep`` (keep the temporary directory with every process's log),
+``--repeat N`` (N whole runs: each metric's median and spread, min to max);
 ``--help`` lists the rest.
 
 Exit status: 0 when every scenario ran (misses are in the table), 1 with ``--strict`` and a
