@@ -217,8 +217,13 @@ def compare(
         side.pop("url")
     service = live["service"]["median_rps"]
     out: dict[str, Any] = {"rounds": rounds, "seconds": seconds, "sides": sides}
-    if "litellm" in live:
+    # A peer that served nothing (starved, or failing every request) gives no ratio.
+    if live.get("litellm", {}).get("median_rps"):
         out["times_litellm"] = round(service / live["litellm"]["median_rps"], 2)
-    if "naive" in live:
+    elif "litellm" in live:
+        sides["litellm"]["error"] = "no request answered"
+    if live.get("naive", {}).get("median_rps"):
         out["pct_of_naive"] = round(100 * service / live["naive"]["median_rps"], 1)
+    elif "naive" in live:
+        sides["naive"]["error"] = "no request answered"
     return out
