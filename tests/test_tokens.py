@@ -204,3 +204,30 @@ def test_accounting_helpers_use_the_apps_counter(make_app):
     with app.test_request_context():
         assert count_text_tokens("abcdef") == 2  # the approximation
         assert count_prompt_tokens(req) == 3 + 3 + estimate("user\nabcdef")
+
+
+def test_a_long_relayed_stream_is_counted_a_batch_of_events_at_a_time(make_app, fake, caplog):
+    from tests.fakeupstream import Reply
+
+    app = make_app(API_KEY="sk-test-configured-0001")
+    text = " ".join(f"word{i}" for i in range(600))  # about 80 KiB of events, 20 batches
+    fake.push(Reply(text=text))
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    with caplog.at_level("INFO", logger="chatservice.access"):
+        response = app.test_client().post(
+            "/api/v1/chat/completions", json=body, headers={"X-Request-ID": "long"}, buffered=True
+        )
+    assert response.status_code == 200 and response.data.count(b"word") == 600
+    line = access_lines(caplog)["long"]
+    # Counted from the relayed events' text, one estimate per batch (each rounds up once).
+    assert line["usage"] == "estimated"
+    assert estimate(text) <= line["completion_tokens"] <= estimate(text) + 25
+
+
+def test_events_text_reads_chat_and_completion_chunks_and_skips_the_rest():
+    from chatservice.models import events_text
+
+    chat = b'{"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}'
+    completion = b'{"choices":[{"index":0,"text":"lo \\ud800!","finish_reason":null}]}'
+    assert events_text([chat, completion, b'{"choices":[]}']) == "Hello \ufffd!"
+    assert events_text([chat, b"not json", chat]) == "HelHel"  # one broken event costs its own
