@@ -57,7 +57,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 MAX_MODEL_CHARS = 128
 #: Event bytes of relayed chunks a stream's record holds before it counts their tokens
 #: (bounded, since thousands of streams may be open).
-PENDING_BYTES = 4096
+PENDING_BYTES = 2048
 
 
 def init_access_log(app: Flask) -> None:

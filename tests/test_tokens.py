@@ -210,7 +210,7 @@ def test_a_long_relayed_stream_is_counted_a_batch_of_events_at_a_time(make_app, 
     from tests.fakeupstream import Reply
 
     app = make_app(API_KEY="sk-test-configured-0001")
-    text = " ".join(f"word{i}" for i in range(600))  # about 80 KiB of events, 20 batches
+    text = " ".join(f"word{i}" for i in range(600))  # about 80 KiB of events, 40 batches
     fake.push(Reply(text=text))
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
     with caplog.at_level("INFO", logger="chatservice.access"):
@@ -221,7 +221,7 @@ def test_a_long_relayed_stream_is_counted_a_batch_of_events_at_a_time(make_app, 
     line = access_lines(caplog)["long"]
     # Counted from the relayed events' text, one estimate per batch (each rounds up once).
     assert line["usage"] == "estimated"
-    assert estimate(text) <= line["completion_tokens"] <= estimate(text) + 25
+    assert estimate(text) <= line["completion_tokens"] <= estimate(text) + 50
 
 
 def test_events_text_reads_chat_and_completion_chunks_and_skips_the_rest():
