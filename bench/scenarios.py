@@ -639,7 +639,7 @@ def scenario_streaming(run: Run, result: Scenario, profile: bool = False) -> Non
             args.clients,
             start_at=start_at,
             during=lambda clients: sample_plateau(
-                service, upstream, plateau, samples, cpu, {**pids, **clients}
+                service, upstream, plateau, samples, cpu, {**pids, **clients}, streams
             ),
         )
     up = upstream.stats()
@@ -695,8 +695,10 @@ def scenario_streaming(run: Run, result: Scenario, profile: bool = False) -> Non
     result.metric("worker RSS per open stream", "rss_per_stream_kib", per_stream, "KiB")
     worker_cores = cpu.get("worker")
     per_chunk = None
-    if worker_cores is not None and in_plateau:
-        per_chunk = worker_cores * (plateau[1] - plateau[0]) / in_plateau * 1e6
+    window = cpu.get("window", list(plateau))
+    metered = in_window(received, window)
+    if worker_cores is not None and metered:
+        per_chunk = worker_cores * (window[1] - window[0]) / metered * 1e6
         result.metric("worker CPU per relayed chunk", None, per_chunk, "µs")
     result.metric(
         f"chunks relayed per second in the plateau (open streams x {1 / interval:g})",
@@ -773,10 +775,12 @@ def naive_streaming(
         opened: list[int] = []
 
         def during(_clients: dict[str, int]) -> None:
-            meter_plateau(cpu, plateau, {"worker": worker})
-            if plateau[0] <= time.time() <= plateau[1]:
-                with contextlib.suppress(OSError, http.client.HTTPException):
-                    opened.append(upstream.stats()["open_streams"])
+            now, count = time.time(), -1
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                count = upstream.stats()["open_streams"]
+            if plateau[0] <= now <= plateau[1]:
+                opened.append(count)
+            meter_plateau(cpu, plateau, {"worker": worker}, count >= streams)
 
         outcome = run_clients(
             run,
@@ -792,7 +796,8 @@ def naive_streaming(
         )
     finally:
         run.procs.stop(peer.proc)
-    steady = sum(1 for c in outcome["chunks"] if plateau[0] <= c[0] <= plateau[1])
+    window = cpu.get("window", list(plateau))
+    steady = in_window(outcome["chunks"], window)
     out: dict[str, Any] = {
         "failed_streams": outcome["failed"],
         "open_streams": statistics.median(opened) if opened else None,
@@ -800,7 +805,7 @@ def naive_streaming(
         "cpu_cores_plateau": {k: v for k, v in cpu.items() if k != "meter"},
     }
     if cpu.get("worker") is not None and steady:
-        out["cpu_per_chunk_us"] = round(cpu["worker"] * (plateau[1] - plateau[0]) / steady * 1e6, 1)
+        out["cpu_per_chunk_us"] = round(cpu["worker"] * (window[1] - window[0]) / steady * 1e6, 1)
     return out
 
 
@@ -842,27 +847,41 @@ def sample_plateau(
     samples: list[dict[str, Any]],
     cpu: dict[str, Any],
     pids: dict[str, int],
+    streams: int,
 ) -> None:
-    """Called every 0.25 s while the clients run: worker RSS, open upstream streams, CPU."""
+    """Called every 0.25 s while the clients run: worker RSS, open upstream streams, CPU
+    (once all ``streams`` are open, see :func:`meter_plateau`)."""
     now = time.time()
     try:
         open_streams = upstream.stats()["open_streams"]
     except (OSError, http.client.HTTPException):
         open_streams = -1
     samples.append({"t": now, "rss_kib": service.rss_kib(), "open_streams": open_streams})
-    meter_plateau(cpu, plateau, {**pids, "harness": os.getpid()})
+    meter_plateau(cpu, plateau, {**pids, "harness": os.getpid()}, open_streams >= streams)
 
 
-def meter_plateau(cpu: dict[str, Any], plateau: tuple[float, float], pids: dict[str, int]) -> None:
-    """Called as the clients run: a CPU meter of ``pids`` over the plateau, its cores put
-    into ``cpu`` once the plateau is over."""
+def meter_plateau(
+    cpu: dict[str, Any], plateau: tuple[float, float], pids: dict[str, int], all_open: bool
+) -> None:
+    """Called as the clients run: a CPU meter of ``pids`` from the plateau's start, or later
+    once ``all_open`` (streams still opening late cost the worker more than relaying; from
+    the plateau's middle whatever happens), to its end; its cores and ``window`` (wall-clock
+    start and end) put into ``cpu`` once the plateau is over."""
     now = time.time()
     meter = cpu.get("meter")
-    if meter is None and plateau[0] <= now < plateau[1]:
+    ready = all_open or now >= (plateau[0] + plateau[1]) / 2
+    if meter is None and plateau[0] <= now < plateau[1] and ready:
         cpu["meter"] = CpuMeter(pids)
+        cpu["window"] = [now, plateau[1]]
     elif isinstance(meter, CpuMeter) and now >= plateau[1]:
         cpu["meter"] = "done"
+        cpu["window"][1] = now
         cpu.update(meter.stop())
+
+
+def in_window(chunks: list[list[Any]], window: list[float]) -> int:
+    """How many chunks arrived within ``window`` (wall-clock start and end)."""
+    return sum(1 for c in chunks if window[0] <= c[0] <= window[1])
 
 
 def run_clients(
