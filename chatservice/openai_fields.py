@@ -7,6 +7,11 @@ string or a list of parts, ``null`` content on an assistant message that carries
 exact place (``messages[2].content``), so no backend ever sees a shape it cannot render.
 Messages are checked, not rewritten: an upstream gets them as the client sent them, and the
 embedded model converts them itself.
+
+The bodies of ``chat/completions`` (:data:`CHAT_COMPLETION`), ``completions``
+(:data:`COMPLETION`) and ``embeddings`` (:data:`EMBEDDING`) are :class:`chatservice.specs.Spec`
+tables: each field's reader (for the objects, the checks here) beside its JSON Schema, so the
+face reads the body and the OpenAPI document describes it from the same table.
 """
 
 from __future__ import annotations

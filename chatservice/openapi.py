@@ -92,7 +92,7 @@ _SPACE = specs.SPACE
 _NON_BLANK = specs.NON_BLANK
 
 
-def _seed_chunk(description: str, code: int, msg: str, finish_reason: Schema) -> Schema:
+def _wrapper_chunk(description: str, code: int, msg: str, finish_reason: Schema) -> Schema:
     """A wrapper service's face's stream event: ``{"code", "msg", "data": ChatChunk.delta()}``."""
     return {
         "type": "object",
@@ -224,7 +224,7 @@ def _schemas() -> dict[str, Schema]:
                 "current_response": {"type": "string", "description": "The answer again."},
             },
         },
-        "ApiChunk": _seed_chunk(
+        "ApiChunk": _wrapper_chunk(
             "One stream event of `POST /{ROUTE}`: the new text in `data.response`.",
             200,
             "success",
@@ -268,7 +268,7 @@ def _schemas() -> dict[str, Schema]:
                 },
             },
         },
-        "ChatChunk": _seed_chunk(
+        "ChatChunk": _wrapper_chunk(
             "One stream event of `POST /{ROUTE}/v1/chat`.", 0, "ok", finish_reason
         ),
         "ChatError": {

@@ -161,7 +161,7 @@ def test_security_follows_auth_mode() -> None:
         assert _security_of(simple, path) == [{"token": []}], path
     assert _security_of(simple, "/api/ws", "get") == [{"token": []}]
     assert _security_of(simple, "/api/v1/completions") == [{"token": []}, {"bearer": []}]
-    # Shared conversations stay open to anyone, as in the seed.
+    # Shared conversations stay open to anyone, as in Alice ChatGPT.
     assert _security_of(simple, "/api/chatgpt/share/{share_id}", "get") == []
     assert _security_of(simple, "/healthz", "get") is None
 

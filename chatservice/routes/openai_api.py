@@ -6,10 +6,11 @@ so the official SDKs and tools built on them work with ``base_url = <server>/{RO
 - ``POST chat/completions``: ``messages`` (required; OpenAI's message shapes: content strings
   or part lists, ``null`` content with ``tool_calls``, ``tool`` and ``developer`` messages),
   ``model`` (default DEFAULT_MODEL), ``stream``, ``max_tokens``/``max_completion_tokens``
-  (positive integers), and OpenAI's ranges for ``temperature``, ``top_p``, ``n``, ``stop``...
+  (positive integers), and OpenAI's ranges and shapes for ``temperature``, ``top_p``, ``n``,
+  ``stop``, ``tools``... (:data:`chatservice.openai_fields.CHAT_COMPLETION`).
 - ``POST completions``: ``prompt`` (required, a string or a list), same other fields.
 - Every other body field (``tools``, ``response_format``, unknown ones) is forwarded as is to
-  an upstream; the embedded model implements what it can and refuses the rest with 400
+  an upstream once checked; the embedded model implements what it can and refuses the rest with 400
   ``unsupported_parameter``.
 - Answers are the backend's own OpenAI-shaped bodies, passed on unchanged; a stream relays
   every chunk (the role-only first one, the usage-only last one) then ``data: [DONE]``.
