@@ -210,3 +210,13 @@ def test_readme_field_tables_match_the_specs(heading: str) -> None:
             assert default[1] == str(field.default).lower(), (heading, field.name, default[1])
     missing = {name for name, field in fields.items() if field.read} - documented
     assert not missing, f"{heading}: the README's table misses {sorted(missing)}"
+
+
+def test_null_encoding_format_counts_as_absent(client) -> None:
+    # null means absent on every field; any other value but `float`/`base64` is refused.
+    body = {"model": "text-embedding-3-small", "input": "hi"}
+    assert (
+        client.post("/api/v1/embeddings", json={**body, "encoding_format": None}).status_code == 200
+    )
+    refused = client.post("/api/v1/embeddings", json={**body, "encoding_format": 5})
+    assert refused.get_json()["error"]["code"] == "invalid_encoding_format"
