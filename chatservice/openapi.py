@@ -14,6 +14,7 @@ document lists each path once, without it.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from chatservice import openai_fields, openapi_keys, specs
@@ -1344,7 +1345,9 @@ def build_document(settings: Settings) -> dict[str, Any]:
         "tags": TAGS,
         "paths": paths,
         "components": {
-            "schemas": {**_schemas(), **openapi_keys.schemas()},
+            # A copy: the specs' schemas are module constants, and a reader of the document
+            # (schemathesis resolving references) may change what it is given.
+            "schemas": copy.deepcopy({**_schemas(), **openapi_keys.schemas()}),
             "parameters": {
                 "lang": {
                     "name": "lang",
