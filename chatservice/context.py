@@ -1,7 +1,7 @@
 """Context windows, and fitting a history into one: the pipeline's context step.
 
-A request that keeps history (a conversation's turn, a chat-room turn, the seed face's
-``continuous`` dialogue, and the OpenAI-compatible face with TRIM_OPENAI_FACE) loses its
+A request that keeps history (a conversation's turn, a chat-room turn, the Docker ChatGPT API
+platform's ``continuous`` dialogue, and the OpenAI-compatible face with TRIM_OPENAI_FACE) loses its
 oldest turns, one at a time, until its prompt plus ``max_tokens`` fits the model's context
 window. The system prompt and the newest turn are never dropped; when even they do not fit,
 the request is refused with a 400 ``context_length_exceeded`` before any upstream call. At

@@ -7,14 +7,20 @@ string or a list of parts, ``null`` content on an assistant message that carries
 exact place (``messages[2].content``), so no backend ever sees a shape it cannot render.
 Messages are checked, not rewritten: an upstream gets them as the client sent them, and the
 embedded model converts them itself.
+
+The bodies of ``chat/completions`` (:data:`CHAT_COMPLETION`), ``completions``
+(:data:`COMPLETION`) and ``embeddings`` (:data:`EMBEDDING`) are :class:`chatservice.specs.Spec`
+tables: each field's reader (for the objects, the checks here) beside its JSON Schema, so the
+face reads the body and the OpenAPI document describes it from the same table.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from chatservice import validation
+from chatservice import specs, validation
 from chatservice.errors import BadRequest
+from chatservice.specs import BodyField, Schema, Spec
 
 #: Roles OpenAI accepts (``function`` is the deprecated form of ``tool``).
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -24,18 +30,13 @@ _PART_TYPES = {
     "assistant": ("text", "refusal"),
 }
 _TEXT_ONLY = ("text",)
-#: ``(name, minimum, maximum)`` of OpenAI's numeric ranges.
-_NUMBERS = (
-    ("temperature", 0, 2),
-    ("top_p", 0, 1),
-    ("frequency_penalty", -2, 2),
-    ("presence_penalty", -2, 2),
-)
-MAX_STOP = 4
-MAX_N = 128
-MAX_TOP_LOGPROBS = 20
 TOOL_CHOICES = ("none", "auto", "required")
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+ENCODING_FORMATS = ("float", "base64")
+
+
+def _read_messages(body: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    return check_messages(body.get(name))
 
 
 def check_messages(messages: Any) -> list[dict[str, Any]]:
@@ -117,38 +118,8 @@ def _check_tool_calls(calls: Any, where: str) -> None:
             raise BadRequest("invalid_tool_calls", field=f"{where}[{index}]")
 
 
-def check_fields(body: dict[str, Any]) -> None:
-    """OpenAI's types and ranges for the optional fields a chat or completion request shares.
-
-    ``temperature`` 0..2, ``top_p`` 0..1, penalties -2..2, ``n`` 1..128, at most 4 ``stop``
-    strings, ``seed`` an integer, ``logprobs`` a boolean (``top_logprobs`` 0..20 with it), and
-    the shapes of ``response_format``, ``tools``, ``tool_choice``, ``stream_options`` and
-    ``user``. Raises ``BadRequest`` naming the field.
-    """
-    for name, minimum, maximum in _NUMBERS:
-        validation.number(body, name, minimum, maximum)
-    validation.integer(body, "n", 1, MAX_N)
-    validation.stop_sequences(body, "stop", MAX_STOP)
-    validation.integer(body, "seed", -(2**63), 2**63 - 1)
-    validation.boolean(body, "logprobs", False)
-    validation.integer(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
-    validation.string(body, "user")
-    _check_object(body, "logit_bias")
-    options = _check_object(body, "stream_options")
-    if options is not None:
-        validation.boolean(options, "include_usage", False)
-    _check_response_format(body.get("response_format"))
-    _check_tools(body.get("tools"), body.get("tool_choice"))
-
-
-def _check_object(body: dict[str, Any], name: str) -> dict[str, Any] | None:
+def _check_response_format(body: dict[str, Any], name: str) -> None:
     value = body.get(name)
-    if value is not None and not isinstance(value, dict):
-        raise BadRequest("not_an_object", field=name)
-    return value
-
-
-def _check_response_format(value: Any) -> None:
     if value is None:
         return
     kind = value.get("type") if isinstance(value, dict) else None
@@ -167,8 +138,8 @@ def _check_response_format(value: Any) -> None:
         validation.boolean(spec, "strict", False)
 
 
-def _check_tools(tools: Any, choice: Any) -> None:
-    names = set()
+def _check_tools(body: dict[str, Any], name: str) -> None:
+    tools = body.get(name)
     if tools is not None:
         if not isinstance(tools, list):
             raise BadRequest("not_a_list", field="tools")
@@ -183,11 +154,269 @@ def _check_tools(tools: Any, choice: Any) -> None:
                 or not isinstance(function.get("description", ""), str)
             ):
                 raise BadRequest("invalid_tool", field=f"tools[{index}]")
-            names.add(function["name"])
+
+
+def _check_tool_choice(body: dict[str, Any], name: str) -> None:
+    """``tool_choice``, naming one of ``tools`` (checked before it, in the table's order)."""
+    choice = body.get(name)
     if choice is None or choice in TOOL_CHOICES:
         return
+    names = {tool["function"]["name"] for tool in body.get("tools") or ()}
     function = choice.get("function") if isinstance(choice, dict) else None
     if not isinstance(function, dict) or not isinstance(function.get("name"), str):
         raise BadRequest("invalid_tool_choice", field="tool_choice")
     if function["name"] not in names:
         raise BadRequest("unknown_tool", field="tool_choice", name=function["name"])
+
+
+def _check_stream_options(body: dict[str, Any], name: str) -> dict[str, Any] | None:
+    options = validation.json_object(body, name)
+    if options is not None:
+        validation.boolean(options, "include_usage", False)
+    return options
+
+
+def _prompt(body: dict[str, Any], name: str) -> str | list[Any]:
+    prompt = body.get(name)
+    if prompt is None:
+        raise BadRequest("missing_field", field=name)
+    # A list may hold strings or token ids (OpenAI accepts both): the backend judges the items.
+    if not isinstance(prompt, str | list):
+        raise BadRequest("invalid_prompt", field=name)
+    return prompt
+
+
+def _embedding_input(body: dict[str, Any], name: str) -> Any:
+    """OpenAI's input shapes: a non-empty string, or a non-empty list of non-empty strings,
+    of token ids, or of non-empty lists of token ids."""
+    value = body.get(name)
+    if value is None:
+        raise BadRequest("missing_field", field=name)
+
+    def token_ids(item: Any) -> bool:
+        return isinstance(item, list) and bool(item) and all(_token(t) for t in item)
+
+    if isinstance(value, str):
+        valid = bool(value)
+    elif not isinstance(value, list) or not value:
+        valid = False
+    else:
+        valid = (
+            all(isinstance(item, str) and item for item in value)
+            or token_ids(value)
+            or all(token_ids(item) for item in value)
+        )
+    if not valid:
+        raise BadRequest("invalid_embedding_input", field=name)
+    return value
+
+
+def _token(value: Any) -> bool:
+    # JSON Schema (and the other faces) count 5.0 as the integer 5.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _encoding_format(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if value is None:
+        return ENCODING_FORMATS[0]
+    # Any other value, a non-string too, is this field's own error (as OpenAI words it).
+    if value not in ENCODING_FORMATS:
+        raise BadRequest("invalid_encoding_format", field=name)
+    return value
+
+
+# --- the request specs (reading and the OpenAPI schemas) ---------------------------------------
+
+#: ``components/schemas/ChatMessage``: the message shapes every backend takes. Roles ``tool``
+#: and ``function``, and parts other than text, are accepted by :func:`check_messages` but
+#: left out here: the embedded model refuses some (400 ``unsupported_parameter``), and a tool
+#: message needs a call before it.
+MESSAGE: Schema = {
+    "type": "object",
+    "description": "An OpenAI message: `content` a string or a list of parts (`text`; "
+    "on user messages also `image_url`, `input_audio`, `file`), `developer` read as "
+    "`system`, `null` content on an assistant message with `tool_calls`, and `tool` "
+    "messages with `tool_call_id`. Anything else is a 400 naming the field "
+    "(`messages[2].content`).",
+    "required": ["role", "content"],
+    "properties": {
+        "role": {"enum": [role for role in CHAT_ROLES if role not in ("tool", "function")]},
+        "content": {
+            "oneOf": [
+                {"type": "string"},
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "text"],
+                        "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+                    },
+                },
+            ]
+        },
+        "name": {"type": ["string", "null"]},
+    },
+}
+
+_RESPONSE_FORMAT: Schema = {
+    "oneOf": [
+        {"type": "null"},
+        {
+            "type": "object",
+            "required": ["type"],
+            "properties": {"type": {"enum": [*RESPONSE_FORMATS[:2]]}},
+        },
+        {
+            "type": "object",
+            "required": ["type", "json_schema"],
+            "properties": {
+                "type": {"const": RESPONSE_FORMATS[2]},
+                "json_schema": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "schema": {"type": ["object", "null"]},
+                        "strict": {"type": ["boolean", "null"]},
+                    },
+                },
+            },
+        },
+    ]
+}
+_TOOLS: Schema = {
+    "type": ["array", "null"],
+    "items": {
+        "type": "object",
+        "required": ["type", "function"],
+        "properties": {
+            "type": {"const": "function"},
+            "function": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "description": {"type": "string"},
+                    "parameters": {"type": "object"},
+                },
+            },
+        },
+    },
+}
+# A named function is valid only with the matching tool, which JSON Schema cannot say: the
+# schema lists the strings, the description the object.
+_TOOL_CHOICE: Schema = {"enum": [*TOOL_CHOICES, None]}
+
+#: Fields a chat and a completion request share, checked in this order as OpenAI checks them.
+SHARED: tuple[BodyField, ...] = (
+    BodyField("temperature", "number", minimum=0, maximum=2),
+    BodyField("top_p", "number", minimum=0, maximum=1),
+    BodyField("frequency_penalty", "number", minimum=-2, maximum=2),
+    BodyField("presence_penalty", "number", minimum=-2, maximum=2),
+    BodyField("n", "integer", minimum=1, maximum=128),
+    BodyField("stop", "stop", max_items=4),
+    BodyField("seed", "integer", minimum=-(2**63), maximum=2**63 - 1),
+    BodyField("logprobs", "boolean", default=False),
+    BodyField("top_logprobs", "integer", minimum=0, maximum=20),
+    BodyField("user", "string"),
+    BodyField("logit_bias", "object"),
+    BodyField(
+        "stream_options",
+        "custom",
+        reader=_check_stream_options,
+        json_schema={
+            "type": ["object", "null"],
+            "properties": {"include_usage": {"type": ["boolean", "null"]}},
+        },
+    ),
+    BodyField(
+        "response_format", "custom", reader=_check_response_format, json_schema=_RESPONSE_FORMAT
+    ),
+    BodyField("tools", "custom", reader=_check_tools, json_schema=_TOOLS),
+    BodyField(
+        "tool_choice",
+        "custom",
+        reader=_check_tool_choice,
+        json_schema=_TOOL_CHOICE,
+        description='`none`, `auto`, `required`, or `{"type": "function", "function": '
+        '{"name": ...}}` naming one of `tools`.',
+    ),
+)
+#: The fields the request itself carries (after :data:`SHARED`; ``max_completion_tokens``
+#: goes upstream under its own name, checked here).
+OWN: tuple[BodyField, ...] = (
+    specs.MODEL,
+    specs.STREAM,
+    BodyField("max_tokens", "positive_integer"),
+    BodyField("max_completion_tokens", "positive_integer"),
+    specs.LANG,
+)
+
+#: ``POST /{ROUTE}/v1/chat/completions``.
+CHAT_COMPLETION = Spec(
+    (
+        BodyField(
+            "messages",
+            "custom",
+            required=True,
+            reader=_read_messages,
+            json_schema={
+                "type": "array",
+                "minItems": 1,
+                "items": {"$ref": "#/components/schemas/ChatMessage"},
+            },
+        ),
+        *SHARED,
+        *OWN,
+    )
+)
+#: ``POST /{ROUTE}/v1/completions`` (OpenAI's legacy completions).
+COMPLETION = Spec(
+    (
+        BodyField(
+            "prompt",
+            "custom",
+            required=True,
+            reader=_prompt,
+            json_schema={"type": ["string", "array"]},
+            description="A string, or a list of strings or token ids.",
+        ),
+        *SHARED,
+        *OWN,
+    )
+)
+_TOKEN_IDS: Schema = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
+#: ``POST /{ROUTE}/v1/embeddings``; other fields are forwarded unchecked.
+EMBEDDING = Spec(
+    (
+        BodyField(
+            "input",
+            "custom",
+            required=True,
+            reader=_embedding_input,
+            json_schema={
+                "anyOf": [
+                    {"type": "string", "minLength": 1},
+                    {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+                    _TOKEN_IDS,
+                    {"type": "array", "minItems": 1, "items": _TOKEN_IDS},
+                ],
+            },
+            description="A non-empty string, or a non-empty list of non-empty strings, of token "
+            "ids, or of lists of token ids (token ids go to an upstream only: the embedded model "
+            "takes text).",
+        ),
+        BodyField("model", "string", required=True, non_empty=True),
+        BodyField(
+            "encoding_format",
+            "custom",
+            reader=_encoding_format,
+            json_schema={"enum": [*ENCODING_FORMATS, None]},
+            default=ENCODING_FORMATS[0],
+        ),
+        specs.LANG,
+    )
+)

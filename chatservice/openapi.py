@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from chatservice import openapi_keys, specs
+from chatservice import openai_fields, openapi_keys, specs
 from chatservice.settings import Settings
 
 OPENAPI_VERSION = "3.1.0"
@@ -93,7 +93,7 @@ _SPACE = specs.SPACE
 _NON_BLANK = specs.NON_BLANK
 
 
-def _seed_chunk(description: str, code: int, msg: str, finish_reason: Schema) -> Schema:
+def _wrapper_chunk(description: str, code: int, msg: str, finish_reason: Schema) -> Schema:
     """A wrapper service's face's stream event: ``{"code", "msg", "data": ChatChunk.delta()}``."""
     return {
         "type": "object",
@@ -118,17 +118,6 @@ def _seed_chunk(description: str, code: int, msg: str, finish_reason: Schema) ->
 
 def _ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _or_null(schema: Schema) -> Schema:
-    """``schema`` that also accepts ``null``: the faces read a null field as an absent one."""
-    schema = copy.deepcopy(schema)
-    kind = schema.get("type")
-    if isinstance(kind, str):
-        schema["type"] = [kind, "null"]
-    elif isinstance(kind, list) and "null" not in kind:
-        schema["type"] = [*kind, "null"]
-    return schema
 
 
 def _content(media: str, schema: Schema, example: Any = None) -> dict[str, Any]:
@@ -175,16 +164,6 @@ def _error_responses(media: str, schema: Schema, statuses: tuple[int, ...]) -> d
     return responses
 
 
-def _alias(first: str, second: str, schema: Schema) -> Schema:
-    """``second`` must match ``schema`` unless ``first`` is present and not null
-    (``validation._get``: the first present, non-null spelling wins).
-    """
-    return {
-        "if": {"required": [first], "properties": {first: {"not": {"type": "null"}}}},
-        "else": {"properties": {second: schema}},
-    }
-
-
 def _lang_parameter() -> dict[str, Any]:
     return {"$ref": "#/components/parameters/lang"}
 
@@ -194,7 +173,6 @@ def _lang_parameter() -> dict[str, Any]:
 
 def _schemas() -> dict[str, Schema]:
     """``components.schemas``: request bodies, envelopes and stream events of every face."""
-    lang = specs.LANG.schema()
     usage = {
         "type": ["object", "null"],
         "description": "Token counts as the backend reported them.",
@@ -204,8 +182,6 @@ def _schemas() -> dict[str, Schema]:
             "total_tokens": {"type": "integer"},
         },
     }
-    token_ids = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
-    model = specs.MODEL.schema()
     message = {
         "type": "object",
         "description": "One turn of a conversation; other fields are ignored.",
@@ -249,7 +225,7 @@ def _schemas() -> dict[str, Schema]:
                 "current_response": {"type": "string", "description": "The answer again."},
             },
         },
-        "ApiChunk": _seed_chunk(
+        "ApiChunk": _wrapper_chunk(
             "One stream event of `POST /{ROUTE}`: the new text in `data.response`.",
             200,
             "success",
@@ -293,7 +269,7 @@ def _schemas() -> dict[str, Schema]:
                 },
             },
         },
-        "ChatChunk": _seed_chunk(
+        "ChatChunk": _wrapper_chunk(
             "One stream event of `POST /{ROUTE}/v1/chat`.", 0, "ok", finish_reason
         ),
         "ChatError": {
@@ -312,173 +288,23 @@ def _schemas() -> dict[str, Schema]:
             },
         },
         # --- OpenAI-compatible
-        "ChatCompletionRequest": {
-            "type": "object",
-            "description": "OpenAI's chat completion request, checked as OpenAI checks it "
+        "ChatCompletionRequest": openai_fields.CHAT_COMPLETION.schema(
+            "OpenAI's chat completion request, checked as OpenAI checks it "
             "whatever the backend (message shapes, the ranges below). An upstream gets every "
             "field as sent; the embedded model implements `response_format` (`json_object`, "
             "`json_schema`), `n`, `seed`, `stream_options.include_usage` and `tools` / "
             "`tool_choice` (a named function, `required` with one tool, `auto` unstreamed) and "
             "refuses the rest (`logprobs`, images, unknown fields) with 400 "
-            "`unsupported_parameter` naming the field.",
-            "required": ["messages"],
-            "properties": {
-                "messages": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": _ref("ChatMessage"),
-                },
-                "model": model,
-                "stream": {"type": ["boolean", "null"], "default": False},
-                "max_tokens": {"type": ["integer", "null"], "minimum": 1},
-                "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
-                "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
-                "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-                "frequency_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
-                "presence_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
-                "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 128},
-                "stop": {
-                    "oneOf": [
-                        {"type": "string"},
-                        {"type": "array", "maxItems": 4, "items": {"type": "string"}},
-                        {"type": "null"},
-                    ]
-                },
-                "seed": {
-                    "type": ["integer", "null"],
-                    "minimum": -(2**63),
-                    "maximum": 2**63 - 1,
-                },
-                "user": {"type": ["string", "null"]},
-                "stream_options": {
-                    "type": ["object", "null"],
-                    "properties": {"include_usage": {"type": ["boolean", "null"]}},
-                },
-                "response_format": {
-                    "oneOf": [
-                        {"type": "null"},
-                        {
-                            "type": "object",
-                            "required": ["type"],
-                            "properties": {"type": {"enum": ["text", "json_object"]}},
-                        },
-                        {
-                            "type": "object",
-                            "required": ["type", "json_schema"],
-                            "properties": {
-                                "type": {"const": "json_schema"},
-                                "json_schema": {
-                                    "type": "object",
-                                    "required": ["name"],
-                                    "properties": {
-                                        "name": {"type": "string"},
-                                        "schema": {"type": ["object", "null"]},
-                                        "strict": {"type": ["boolean", "null"]},
-                                    },
-                                },
-                            },
-                        },
-                    ]
-                },
-                "tools": {
-                    "type": ["array", "null"],
-                    "items": {
-                        "type": "object",
-                        "required": ["type", "function"],
-                        "properties": {
-                            "type": {"const": "function"},
-                            "function": {
-                                "type": "object",
-                                "required": ["name"],
-                                "properties": {
-                                    "name": {"type": "string"},
-                                    "description": {"type": "string"},
-                                    "parameters": {"type": "object"},
-                                },
-                            },
-                        },
-                    },
-                },
-                "tool_choice": {
-                    "description": '`none`, `auto`, `required`, or `{"type": "function", '
-                    '"function": {"name": ...}}` naming one of `tools`.',
-                    "enum": ["none", "auto", "required", None],
-                },
-                "lang": lang,
-            },
-        },
-        "ChatMessage": {
-            "type": "object",
-            "description": "An OpenAI message: `content` a string or a list of parts (`text`; "
-            "on user messages also `image_url`, `input_audio`, `file`), `developer` read as "
-            "`system`, `null` content on an assistant message with `tool_calls`, and `tool` "
-            "messages with `tool_call_id`. Anything else is a 400 naming the field "
-            "(`messages[2].content`).",
-            "required": ["role", "content"],
-            "properties": {
-                "role": {"enum": ["system", "developer", "user", "assistant"]},
-                "content": {
-                    "oneOf": [
-                        {"type": "string"},
-                        {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["type", "text"],
-                                "properties": {
-                                    "type": {"const": "text"},
-                                    "text": {"type": "string"},
-                                },
-                            },
-                        },
-                    ]
-                },
-                "name": {"type": ["string", "null"]},
-            },
-        },
-        "CompletionRequest": {
-            "type": "object",
-            "description": "OpenAI's (legacy) completion request; fields other than those "
-            "below are forwarded unchanged.",
-            "required": ["prompt"],
-            "properties": {
-                "prompt": {
-                    "type": ["string", "array"],
-                    "description": "A string, or a list of strings or token ids.",
-                },
-                "model": model,
-                "stream": {"type": ["boolean", "null"], "default": False},
-                "max_tokens": {"type": ["integer", "null"], "minimum": 1},
-                "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
-                "lang": lang,
-            },
-        },
-        "EmbeddingRequest": {
-            "type": "object",
-            "description": "OpenAI's embeddings request; fields other than `input`, `model` "
-            "and `lang` (`encoding_format`, `dimensions`, `user`) are forwarded unchanged.",
-            "required": ["input", "model"],
-            "properties": {
-                "input": {
-                    "description": "A non-empty string, or a non-empty list of non-empty "
-                    "strings, of token ids, or of lists of token ids (token ids go to an "
-                    "upstream only: the embedded model takes text).",
-                    "anyOf": [
-                        {"type": "string", "minLength": 1},
-                        {
-                            "type": "array",
-                            "minItems": 1,
-                            "items": {"type": "string", "minLength": 1},
-                        },
-                        token_ids,
-                        {"type": "array", "minItems": 1, "items": token_ids},
-                    ],
-                },
-                "model": {"type": "string", "pattern": _NON_BLANK},
-                "encoding_format": {"type": "string", "enum": ["float", "base64"]},
-                "lang": lang,
-            },
-        },
+            "`unsupported_parameter` naming the field."
+        ),
+        "ChatMessage": openai_fields.MESSAGE,
+        "CompletionRequest": openai_fields.COMPLETION.schema(
+            "OpenAI's (legacy) completion request; other fields are forwarded unchanged."
+        ),
+        "EmbeddingRequest": openai_fields.EMBEDDING.schema(
+            "OpenAI's embeddings request; fields other than `input`, `model` "
+            "and `lang` (`encoding_format`, `dimensions`, `user`) are forwarded unchanged."
+        ),
         "EmbeddingList": {
             "type": "object",
             "description": "OpenAI's `list` of `embedding` objects: the upstream's answer as "
@@ -620,26 +446,7 @@ def _schemas() -> dict[str, Schema]:
             },
         },
         # --- chat room (ChatGPT-API on gin)
-        "RoomTurn": {
-            "type": "object",
-            "required": ["content"],
-            "properties": {
-                "role": {
-                    "enum": ["system", "user", "assistant", None],
-                    "default": "user",
-                },
-                "content": {
-                    "type": "string",
-                    "pattern": _NON_BLANK,
-                    "description": "The message; not blank.",
-                },
-                "name": {
-                    "type": ["string", "null"],
-                    "pattern": _NON_BLANK,
-                    "description": "The speaker's name, forwarded to the model; not blank.",
-                },
-            },
-        },
+        "RoomTurn": specs.ROOM_TURN.schema(),
         "RoomSuccess": {
             "type": "object",
             "required": ["code", "msg", "data"],
@@ -660,58 +467,10 @@ def _schemas() -> dict[str, Schema]:
             },
         },
         # --- conversations (Alice ChatGPT)
-        "TurboCreate": {
-            "type": "object",
-            "properties": {
-                "prompt": {"type": ["string", "null"], "description": "The system prompt."},
-                "stream": {
-                    "type": ["boolean", "null"],
-                    "default": False,
-                    "description": "Answer `chat` and `regenerate` as Server-Sent Events.",
-                },
-            },
-        },
-        "RolePlayCreate": {
-            "type": "object",
-            "required": ["human_name", "ai_name", "prompt"],
-            "properties": {
-                "human_name": _ref("RoleName"),
-                "ai_name": _ref("RoleName"),
-                "prompt": {
-                    "type": "string",
-                    "pattern": _NON_BLANK,
-                    "description": "The scene; not blank.",
-                },
-            },
-        },
-        "RoleName": {
-            "type": "string",
-            "description": "1 to 64 characters once trimmed, without line breaks or `:`.",
-            "pattern": f"^[{_SPACE}]*[^{_SPACE}:](?:[^\\r\\n:]{{0,62}}[^{_SPACE}:])?[{_SPACE}]*$",
-        },
-        "QuickAnswer": {
-            "type": "object",
-            "required": ["question"],
-            "properties": {
-                "question": {
-                    "type": "string",
-                    "pattern": _NON_BLANK,
-                    "description": "Not blank.",
-                },
-                "prompt": {"type": ["string", "null"]},
-                "examples": {
-                    "type": ["array", "null"],
-                    "items": {"type": "string"},
-                    "description": "Questions and answers alternating: an even number.",
-                },
-                "convType": {
-                    "enum": ["", "turbo", "gpt3", "gpt4", None],
-                    "description": "`gpt3`: the transcript preset (COMPLETION_MODEL); `turbo` "
-                    "or empty: TURBO_MODEL; `gpt4`: GPT4_MODEL.",
-                },
-                "stream": {"type": ["boolean", "null"], "default": False},
-            },
-        },
+        "TurboCreate": specs.TURBO_CREATE.schema(),
+        "RolePlayCreate": specs.ROLE_PLAY_CREATE.schema(),
+        "RoleName": specs.ROLE_NAME,
+        "QuickAnswer": specs.QUICK_ANSWER.schema(),
         "SharedConversation": {
             "type": "object",
             "required": ["Id", "Prompt", "SentenceList"],
@@ -1586,7 +1345,9 @@ def build_document(settings: Settings) -> dict[str, Any]:
         "tags": TAGS,
         "paths": paths,
         "components": {
-            "schemas": {**_schemas(), **openapi_keys.schemas()},
+            # A copy: the specs' schemas are module constants, and a reader of the document
+            # (schemathesis resolving references) may change what it is given.
+            "schemas": copy.deepcopy({**_schemas(), **openapi_keys.schemas()}),
             "parameters": {
                 "lang": {
                     "name": "lang",

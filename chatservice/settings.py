@@ -491,9 +491,10 @@ class Settings:
 
     @property
     def accepts_client_keys(self) -> bool:
-        """Whether a key a client brings (``Authorization: Bearer sk-...``, a seed face's
-        ``api_key``) is used for the upstream: CLIENT_KEYS on/off, or with ``auto`` only when
-        an upstream other than OpenAI's API or a key (API_KEY, KEY_FILE) is configured.
+        """Whether a key a client brings (``Authorization: Bearer sk-...``, the ``api_key``
+        field of the Docker ChatGPT API platform's face) is used for the upstream: CLIENT_KEYS
+        on/off, or with ``auto`` only when an upstream other than OpenAI's API or a key
+        (API_KEY, KEY_FILE) is configured.
         Otherwise the placeholder ``sk-xxx`` that tools insist on would reach OpenAI's API on a
         keyless install.
         """

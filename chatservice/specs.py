@@ -2,30 +2,37 @@
 body (:meth:`BodyField.value`) and the body's JSON Schema in the OpenAPI document
 (:meth:`Spec.schema`).
 
-A face reads each field with ``spec[name].value(body)``, in the order its checks need. A
-:class:`BodyField` names a field, its kind (``string``, ``boolean``, ``integer``,
-``number``, ``messages``, ``stop``), its other spellings, whether it is required, its range
-and default, and its description. The rules are :mod:`chatservice.validation`'s, which does
-the reading: the first present, non-null spelling wins; null means absent; an error is a
-:class:`~chatservice.errors.BadRequest` whose key is stable and localized and whose
-parameters name the field. Rules that span fields (the chat face's "``query`` or
-``messages``") stay with the face, which adds their schema with ``extra``.
+A face reads each field with ``spec[name].value(body)`` in the order its checks need, or all
+of them in the table's order with :meth:`Spec.read`. A :class:`BodyField` names a field, its
+kind (``string``, ``choice``, ``boolean``, ``integer``, ``positive_integer``, ``number``,
+``messages``, ``stop``, ``object``, or ``custom``: a reader with its JSON Schema beside it),
+its other spellings, whether it is required, its range and default, and its description. The
+rules are :mod:`chatservice.validation`'s, which does the reading: the first present, non-null
+spelling wins; null means absent; an error is a :class:`~chatservice.errors.BadRequest` whose
+key is stable and localized and whose parameters name the field. Rules that span fields (the
+chat face's "``query`` or ``messages``") stay with the face, which adds their schema with
+``extra``.
 
-The Docker ChatGPT API platform's ``POST /{ROUTE}`` (:data:`API`) and chatgpt-service's
-``POST /{ROUTE}/v1/chat`` (:data:`CHAT`) are described here; the OpenAI face, the chat room,
-the conversations' plain-text bodies and WebSocket frames are still read and documented by
-hand.
+The Docker ChatGPT API platform's ``POST /{ROUTE}`` (:data:`API`), chatgpt-service's
+``POST /{ROUTE}/v1/chat`` (:data:`CHAT`), ChatGPT-API on gin's chat-room turn
+(:data:`ROOM_TURN`) and Alice ChatGPT's JSON bodies (:data:`TURBO_CREATE`,
+:data:`ROLE_PLAY_CREATE`, :data:`QUICK_ANSWER`) are described here, OpenAI's bodies next to
+their checks in :mod:`chatservice.openai_fields`. The conversations' plain-text bodies and the
+WebSocket frames are read and documented by hand.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from chatservice import validation
+from chatservice import conversations, validation
+from chatservice.errors import BadRequest
 
 Schema = dict[str, Any]
+#: A ``custom`` field's reader: ``(body, name) -> value``, raising ``BadRequest``.
+Reader = Callable[[dict[str, Any], str], Any]
 
 #: The JSON Schema of one conversation turn (``components/schemas/Message``).
 MESSAGE_REF: Schema = {"$ref": "#/components/schemas/Message"}
@@ -41,9 +48,11 @@ class BodyField:
     """One field of a JSON body (see the module docstring).
 
     ``minimum``/``maximum`` bound integers and numbers; ``max_items`` bounds ``stop`` lists;
-    ``default`` is the value of an absent boolean or integer; ``alias_description`` documents
-    the other spellings; ``extra`` adds JSON Schema keywords (``pattern``, ``writeOnly``,
-    ``examples``); ``read`` false: documented here, read elsewhere (``lang``).
+    ``default`` is the value of an absent field; ``choices`` are a ``choice`` string's values
+    (another string is a ``choice_error``); a ``custom`` field is read by ``reader`` and
+    documented by ``json_schema``; ``alias_description`` documents the other spellings;
+    ``extra`` adds JSON Schema keywords (``pattern``, ``writeOnly``, ``examples``); ``read``
+    false: documented here, read elsewhere (``lang``).
     """
 
     name: str
@@ -59,6 +68,10 @@ class BodyField:
     alias_description: str = ""
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     read: bool = True
+    choices: tuple[str, ...] = ()
+    choice_error: str = "invalid_choice"
+    reader: Reader | None = None
+    json_schema: Mapping[str, Any] | None = None
 
     def value(self, body: dict[str, Any]) -> Any:
         """The field's value in ``body`` (``None`` or ``default`` when absent).
@@ -66,16 +79,29 @@ class BodyField:
         Raises :class:`~chatservice.errors.BadRequest` naming the field.
         """
         names = (self.name, *self.aliases)
-        if self.kind == "string":
-            return validation.string(body, *names, required=self.required, non_empty=self.non_empty)
+        if self.kind in ("string", "choice"):
+            value = validation.string(
+                body, *names, required=self.required, non_empty=self.non_empty
+            )
+            if value is None:
+                return self.default
+            if self.kind == "choice" and value not in self.choices:
+                raise BadRequest(self.choice_error, field=self.name)
+            return value
         if self.kind == "boolean":
             return validation.boolean(body, self.name, self.default)
         if self.kind == "integer":
             return validation.integer(
                 body, self.name, int(self.minimum), int(self.maximum), default=self.default
             )
+        if self.kind == "positive_integer":
+            return validation.positive_integer(body, self.name)
         if self.kind == "number":
             return validation.number(body, self.name, self.minimum, self.maximum)
+        if self.kind == "object":
+            return validation.json_object(body, self.name)
+        if self.kind == "custom" and self.reader is not None:
+            return self.reader(body, self.name)
         if self.kind == "messages":
             return validation.messages(body, *names)
         if self.kind == "stop":
@@ -89,6 +115,8 @@ class BodyField:
             schema = {"type": "string" if self.required else ["string", "null"]}
             if self.non_empty:
                 schema["pattern"] = NON_BLANK
+        elif self.kind == "choice":
+            schema = {"enum": [*self.choices] if self.required else [*self.choices, None]}
         elif self.kind in ("boolean", "integer", "number"):
             schema = {"type": [self.kind, "null"]}
             if self.minimum is not None:
@@ -101,8 +129,12 @@ class BodyField:
                 "items": {"type": "string"},
                 "maxItems": self.max_items,
             }
+        elif self.kind == "positive_integer":
+            schema = {"type": ["integer", "null"], "minimum": 1}
+        elif self.kind == "object":
+            schema = {"type": ["object", "null"]}
         else:
-            schema = {}
+            schema = dict(self.json_schema or {})
         return schema
 
     def schema(self) -> Schema:
@@ -130,10 +162,19 @@ class Spec:
                 return field
         raise KeyError(name)
 
-    def schema(self) -> Schema:
+    def read(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Every read field's value (``None`` or its default when absent), checked in the
+        table's order, by name. Raises :class:`~chatservice.errors.BadRequest` naming the
+        first bad field."""
+        return {field.name: field.value(body) for field in self.fields if field.read}
+
+    def schema(self, description: str | None = None) -> Schema:
         """The body's JSON Schema: ``required``, each spelling's property, and an ``if/else``
-        per other spelling, which is checked only when the earlier ones are absent or null."""
+        per other spelling, which is checked only when the earlier ones are absent or null.
+        ``description`` (if given) describes the body."""
         schema: Schema = {"type": "object", **self.extra}
+        if description is not None:
+            schema["description"] = description
         required = [field.name for field in self.fields if field.required]
         if required:
             schema["required"] = required
@@ -265,4 +306,114 @@ CHAT = Spec(
             },
         ],
     },
+)
+
+#: ``POST /{ROUTE}/chat-room`` (and ``/stream``) of ChatGPT-API on gin: one turn.
+ROOM_TURN = Spec(
+    (
+        BodyField(
+            "role",
+            "choice",
+            non_empty=True,
+            choices=validation.ROLES,
+            choice_error="invalid_turn_role",
+            default="user",
+        ),
+        BodyField(
+            "content",
+            "string",
+            required=True,
+            non_empty=True,
+            description="The message; not blank.",
+        ),
+        BodyField(
+            "name",
+            "string",
+            non_empty=True,
+            description="The speaker's name, forwarded to the model; not blank.",
+        ),
+    )
+)
+
+
+def _role_name_schema() -> Schema:
+    """``conversations.check_name``'s rule: 1..NAME_MAX characters once trimmed, no line
+    break or ``:``."""
+    inner = conversations.NAME_MAX - 2
+    return {
+        "type": "string",
+        "description": f"1 to {conversations.NAME_MAX} characters once trimmed, without line "
+        "breaks or `:`.",
+        "pattern": f"^[{SPACE}]*[^{SPACE}:](?:[^\\r\\n:]{{0,{inner}}}[^{SPACE}:])?[{SPACE}]*$",
+    }
+
+
+#: A role-play name (``components/schemas/RoleName``).
+ROLE_NAME: Schema = _role_name_schema()
+ROLE_NAME_REF: Schema = {"$ref": "#/components/schemas/RoleName"}
+
+#: Alice ChatGPT's ``POST /{ROUTE}/chatgpt/createTurbo`` when the body is JSON.
+TURBO_CREATE = Spec(
+    (
+        BodyField("prompt", "string", description="The system prompt."),
+        BodyField(
+            "stream",
+            "boolean",
+            default=False,
+            description="Answer `chat` and `regenerate` as Server-Sent Events.",
+        ),
+    )
+)
+
+#: Alice ChatGPT's ``POST /{ROUTE}/chatgpt/createRolePlay``.
+ROLE_PLAY_CREATE = Spec(
+    (
+        BodyField(
+            "human_name",
+            "custom",
+            required=True,
+            reader=conversations.check_name,
+            json_schema=ROLE_NAME_REF,
+        ),
+        BodyField(
+            "ai_name",
+            "custom",
+            required=True,
+            reader=conversations.check_name,
+            json_schema=ROLE_NAME_REF,
+        ),
+        BodyField(
+            "prompt", "string", required=True, non_empty=True, description="The scene; not blank."
+        ),
+    )
+)
+
+
+def _examples(body: dict[str, Any], name: str) -> tuple[conversations.Turn, ...]:
+    return tuple(conversations.iter_examples(body.get(name)))
+
+
+#: Alice ChatGPT's ``POST /{ROUTE}/chatgpt/quickAnswer``.
+QUICK_ANSWER = Spec(
+    (
+        BodyField("question", "string", required=True, non_empty=True, description="Not blank."),
+        BodyField(
+            "convType",
+            "choice",
+            choices=tuple(conversations.QUICK_TYPES),
+            choice_error="invalid_conv_type",
+            default="",
+            description="`gpt3`: the transcript preset (COMPLETION_MODEL); `turbo` or empty: "
+            "TURBO_MODEL; `gpt4`: GPT4_MODEL.",
+        ),
+        BodyField("prompt", "string"),
+        BodyField(
+            "examples",
+            "custom",
+            reader=_examples,
+            json_schema={"type": ["array", "null"], "items": {"type": "string"}},
+            description="Questions and answers alternating: an even number.",
+        ),
+        STREAM,
+    )
 )

@@ -70,6 +70,27 @@ def integer(
     return value
 
 
+def positive_integer(body: dict[str, Any], name: str) -> int | None:
+    """An integer of at least 1 (no upper bound), or ``None`` when absent; a float with an
+    integral value is accepted (JSON Schema counts 5.0 as the integer 5)."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadRequest("not_a_positive_integer", field=name)
+    return value
+
+
+def json_object(body: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """A JSON object field, or ``None`` when absent."""
+    value = body.get(name)
+    if value is not None and not isinstance(value, dict):
+        raise BadRequest("not_an_object", field=name)
+    return value
+
+
 def number(body: dict[str, Any], name: str, minimum: float, maximum: float) -> float | None:
     """A finite number in ``[minimum, maximum]``, or ``None`` when absent."""
     value = body.get(name)

@@ -2,7 +2,8 @@
 
 gunicorn rejects a malformed request line (400), a request line over its limit (414) or too
 many or too large headers (431) before any WSGI app runs, with an HTML page. This worker
-sends the service's own JSON envelope instead (the seed face's, the default of every path),
+sends the service's own JSON envelope instead (the Docker ChatGPT API platform's, the
+default of every path),
 with the stable key and the English message: the request never got far enough to choose a
 language. Everything else -- status, logging, closing the connection -- stays gunicorn's.
 

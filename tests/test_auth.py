@@ -229,7 +229,7 @@ def test_openai_face_bearer_challenge(app_for):
     wrong = face.call(client, {"Authorization": "Bearer sk-not-the-token"})
     assert_refused(face, wrong, "auth_failed")
     assert wrong.headers["WWW-Authenticate"] == 'Bearer realm="chatservice", error="invalid_token"'
-    # Other faces have no standard scheme for the seed's "token" header: no challenge.
+    # Other faces have no standard scheme for Alice ChatGPT's "token" header: no challenge.
     assert "WWW-Authenticate" not in FACES[0].call(client).headers
 
 

@@ -48,7 +48,7 @@ def test_identical_deterministic_requests_hit(make_app, fake):
     assert third.headers["X-Cache"] == "MISS" and chat_calls(fake) == 2
 
 
-def test_the_seed_face_and_chat_room_use_it_too(make_app, fake):
+def test_the_platform_face_and_chat_room_use_it_too(make_app, fake):
     client = make_app(API_KEY=KEY, CACHE_URL="memory://", CHAT_TEMPERATURE="0").test_client()
     for _ in range(2):
         client.post("/api/chat-room/reset", headers={"X-Room-Id": "r"})
@@ -95,10 +95,10 @@ def test_per_request_keys_never_read_each_others_answers(make_app, fake):
     assert client.post(CHAT, json=body()).headers["X-Cache"] == "MISS"  # the service's keys
     assert client.post(CHAT, json=body(), headers=alice).headers["X-Cache"] == "HIT"
     assert chat_calls(fake) == 3
-    # The seed face's per-request api_key is an owner too.
-    seed = {"user_content": "x", "api_key": "sk-carol-0000000001"}
-    client.post("/api", json=seed)
-    assert "X-Cache" not in client.post("/api", json=seed).headers  # no temperature: no cache
+    # The Docker ChatGPT API platform's per-request api_key is an owner too.
+    own_key = {"user_content": "x", "api_key": "sk-carol-0000000001"}
+    client.post("/api", json=own_key)
+    assert "X-Cache" not in client.post("/api", json=own_key).headers  # no temperature: no cache
 
 
 def test_a_streamed_hit_replays_the_same_stream(make_app, fake):

@@ -48,7 +48,7 @@ def room(make_app):
     return make_app(API_KEY="sk-x", UPSTREAM_RETRIES="0").test_client()
 
 
-def test_one_turn_answers_in_the_seed_envelope(room, fake):
+def test_one_turn_answers_in_the_gin_envelope(room, fake):
     response = room.post("/api/chat-room", json={"role": "user", "content": "hi"})
     assert response.status_code == 200
     assert response.get_json() == {"code": 200, "msg": "success", "data": "echo: hi"}
@@ -209,7 +209,7 @@ def test_a_stream_failing_before_the_first_event_is_a_json_error(room, fake):
     }
 
 
-def test_seed_settings_reach_the_upstream(make_app, fake):
+def test_chat_settings_reach_the_upstream(make_app, fake):
     client = make_app(
         API_KEY="sk-x",
         CHAT_MODEL="gpt-4o-mini",
@@ -232,7 +232,7 @@ def test_seed_settings_reach_the_upstream(make_app, fake):
         assert sent.json["messages"][0] == {"role": "system", "content": "You are Alice."}
 
 
-def test_unset_seed_settings_are_not_sent(room, fake):
+def test_unset_chat_settings_are_not_sent(room, fake):
     room.post("/api/chat-room", json={"content": "hi"})
     sent = fake.received[0].json
     assert sent["model"] == "gpt-3.5-turbo"

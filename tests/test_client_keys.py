@@ -88,7 +88,7 @@ def test_key_lifecycle_through_the_admin_api(keyed, fake):
     assert by_name["id"] == key_id and by_name["key"] == listed[0]["key"]
 
     assert chat(client, key).status_code == 200
-    # The seed faces take the key in the token header too.
+    # The wrapper services' faces take the key in the token header too.
     r = client.post("/api", json={"user_content": "hi", "model": "gpt-4o"}, headers={"token": key})
     assert r.status_code == 200, r.get_json()
 

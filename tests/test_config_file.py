@@ -64,7 +64,7 @@ def test_bad_config_file_stops_startup_with_one_line(tmp_path, text, message):
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_seed_001_chat_variables():
+def test_chatgpt_api_on_gin_chat_variables():
     settings = load(
         {
             "CHAT_PORT": "8091",

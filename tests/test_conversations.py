@@ -81,10 +81,10 @@ def client(app):
     return app.test_client()
 
 
-# --- the seed's documented calls, in order -----------------------------------------------------
+# --- Alice ChatGPT's documented calls, in order ------------------------------------------------
 
 
-def test_the_seeds_calls_in_order(client, fake):
+def test_alice_chatgpts_calls_in_order(client, fake):
     conv = created(post(client, "create"))
     fake.push(Reply(text=" one"), Reply(text=" two\n"), Reply(text=" two again"))
     assert text_of(post(client, "chat", "q1", conv)) == "one"
@@ -104,7 +104,7 @@ def test_the_seeds_calls_in_order(client, fake):
     # The shared copy outlives the conversation.
     assert client.get(f"{BASE}/share/{conv}").status_code == 200
 
-    # What reached the upstream: the transcript through /completions with the seed's settings.
+    # What reached the upstream: the transcript through /completions with Alice ChatGPT's settings.
     assert [r.path for r in fake.received] == ["/v1/completions"] * 3
     first = sent(fake, 0)
     assert first["model"] == "gpt-3.5-turbo-instruct"

@@ -112,7 +112,7 @@ def test_chat_success_shape_with_query(client, fake):
     assert fake.received[0].json["messages"] == [{"role": "user", "content": "讲个故事"}]
 
 
-def test_chat_seed_messages_example(client, fake):
+def test_chat_documented_messages_example(client, fake):
     messages = [
         {"role": "system", "content": "AI只能用中文回复\n这是Human和AI之间的对话"},
         {"role": "user", "content": "你是哪里人？"},
@@ -161,7 +161,7 @@ def test_chat_openai_parameter_false_sends_given_parameters(client, fake):
     assert "best_of" not in sent  # chat models have no best_of
 
 
-def test_chat_openai_parameter_false_fills_seed_defaults(client, fake):
+def test_chat_openai_parameter_false_fills_documented_defaults(client, fake):
     client.post("/api/v1/chat", json={"query": "q", "openai_parameter": False})
     sent = fake.received[0].json
     assert sent["temperature"] == 0.0 and sent["top_p"] == 1

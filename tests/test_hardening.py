@@ -262,11 +262,11 @@ def test_a_share_id_shows_the_copy_but_never_opens_the_conversation(live_server,
     for view in ("chat", "context", "contextArray", "finish", "store", "regenerate"):
         r = requests.post(f"{base}/{view}", data="q", headers={"conversation": share_id})
         assert r.status_code == 404, (view, r.text)
-    # The seed's form still works by default.
+    # Alice ChatGPT's form still works by default.
     assert requests.get(f"{base}/share/{conv}").json()["Id"] == conv
 
 
-def test_operators_can_turn_the_seeds_share_form_off(live_server, upstream):
+def test_operators_can_turn_alice_chatgpts_share_form_off(live_server, upstream):
     server = live_server(API_KEY="sk-x", SHARE_BY_CONVERSATION_ID="0")
     base = server.url + "/api/chatgpt"
     conv = requests.post(base + "/createTurbo", data="p", timeout=10).text

@@ -79,7 +79,7 @@ def test_max_tokens_reaches_the_model(local_client):
 
 
 def test_stop_reaches_the_model(local_client):
-    full = ask(local_client)["response"]  # temperature 0 (seed default): repeatable
+    full = ask(local_client)["response"]  # temperature 0 (chatgpt-service's default): repeatable
     word = full.split()[4]
     data = ask(local_client, stop=[word])
     assert data["finish_reason"] == "stop"
@@ -90,7 +90,7 @@ def test_temperature_top_p_and_penalties_reach_the_model(local_client):
     # top_p this small keeps only the most likely token: greedy whatever the temperature.
     greedy = ask(local_client, temperature=1.5, top_p=0.0001)["response"]
     assert ask(local_client, temperature=0.7, top_p=0.0001)["response"] == greedy
-    # temperature 0 (the seed's default here) samples with a fixed seed: repeatable.
+    # temperature 0 (chatgpt-service's default here) samples with a fixed seed: repeatable.
     zero = ask(local_client)["response"]
     assert ask(local_client)["response"] == zero
     penalized = ask(

@@ -207,7 +207,7 @@ def test_context_overflow_uses_openai_wording(make_app):
     assert found and 128 <= int(found[1]) < int(found[2])
 
 
-def test_seed_faces_send_the_embedded_model_a_chat_not_a_transcript(local):
+def test_wrapper_faces_send_the_embedded_model_a_chat_not_a_transcript(local):
     # Its id contains "instruct", which names completion models upstream; as a transcript
     # prompt ("Human: ...\nAI:") it wrote the next turns of the transcript.
     seed = local.post(

@@ -1,4 +1,5 @@
-"""The seeds' own client scripts and example requests work unchanged against a live server."""
+"""The wrapper services' own client scripts and example requests (the Docker ChatGPT API
+platform's scripts, chatgpt-service's README requests) work unchanged against a live server."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def test_single_question_script_with_embedded_model(live_server):
     assert answer.strip()
 
 
-def test_seed_000_example_requests(live_server, upstream):
+def test_chatgpt_service_example_requests(live_server, upstream):
     server = live_server(API_KEY="sk-configured")
     story = requests.post(
         server.url + "/api/v1/chat",

@@ -33,7 +33,7 @@ def assert_fits(sent: dict, max_tokens: int) -> None:
     assert counted(sent["messages"]) + max_tokens <= WINDOW
 
 
-def test_seed_face_continuous_history_is_trimmed(make_app, fake):
+def test_platform_face_continuous_history_is_trimmed(make_app, fake):
     client = make_app(API_KEY=KEY, CONTEXT_WINDOWS=f"gpt-3.5-turbo={WINDOW}").test_client()
     earlier = history(10)
     body = {

@@ -167,7 +167,7 @@ def test_bad_frames_get_one_400_each_and_the_socket_keeps_serving(live_server, u
         (json.dumps({"seq": "d", "data": "hi"}), "ws_invalid_data", "d"),
         (json.dumps({"seq": "e", "data": {}}), "query_or_messages", "e"),
         (json.dumps({"seq": "t", "data": {"query": "hi", "temperature": 5}}), "out_of_range", "t"),
-        # eval-only syntax: the seed would have run it; here it is just not JSON.
+        # eval-only syntax: chatgpt-websocket would have run it; here it is just not JSON.
         ("{'seq': 'x', 'data': {'query': __import__('os').getcwd()}}", "ws_invalid_frame", ""),
     ]
     for raw, key, seq in cases:

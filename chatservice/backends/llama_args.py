@@ -34,7 +34,8 @@ HANDLED = (
     "top_logprobs",
 )
 #: Fields that describe the request without changing the answer: accepted and not used.
-#: ``best_of`` (completions only) is sent by the seed chat face and means one try here.
+#: ``best_of`` (completions only) is sent by chatgpt-service's ``/v1/chat`` and means one try
+#: here.
 INFORMATIONAL = ("user", "metadata", "store", "service_tier", "parallel_tool_calls", "best_of")
 #: A tool result reaches the model as a user turn: the GGUF templates know no ``tool`` role.
 TOOL_RESULT = "Result of the function call {id}:\n{content}"
@@ -83,13 +84,14 @@ def plan(req: ChatRequest, model_id: str, context_tokens: int) -> LlamaCall:
         raise _unsupported("logprobs" if params.get("logprobs") else "top_logprobs", model_id)
     kwargs = {name: params[name] for name in PASSED if params.get(name) is not None}
     max_tokens = req.max_tokens or params.get("max_completion_tokens")
-    # A bound beyond the context (the seed clients send 3000) means "until the context is
-    # full", which is llama-cpp-python's None.
+    # A bound beyond the context (the Docker ChatGPT API platform's published clients send
+    # 3000) means "until the context is full", which is llama-cpp-python's None.
     if max_tokens is not None and max_tokens <= context_tokens:
         kwargs["max_tokens"] = max_tokens
     call = LlamaCall(
-        # The seed faces turn a chat into a transcript prompt for completion models, and the
-        # embedded model's id contains "instruct": it is a chat model, so the chat stays one.
+        # The wrapper services' faces turn a chat into a transcript prompt for completion
+        # models, and the embedded model's id contains "instruct": it is a chat model, so the
+        # chat stays one.
         chat=req.kind == "chat" or bool(req.messages),
         kwargs=kwargs,
         n=params.get("n") or 1,

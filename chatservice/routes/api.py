@@ -1,10 +1,11 @@
 """The ``POST /{ROUTE}`` face of the Docker ChatGPT API platform.
 
-Body: ``user_content`` (required), ``system_content`` or ``sys_content``,
-``continuous_dialogue`` or ``continuous`` (earlier turns), ``model``, ``api_key`` (this
-request only), ``max_tokens`` (1..4096, default 100), ``stream``, ``lang``. The platform's README
-documents ``sys_content`` and ``data.response``; its client scripts send ``system_content``
-and read ``current_response`` and ``result``: both spellings work.
+Body: :data:`chatservice.specs.API` (its fields, ranges and defaults): ``user_content``
+(required), ``system_content`` or ``sys_content``, ``continuous_dialogue`` or ``continuous``
+(earlier turns), ``model``, ``api_key`` (this request only), ``max_tokens``, ``stream``,
+``lang``. The platform's README documents ``sys_content`` and ``data.response``; its client
+scripts send ``system_content`` and read ``current_response`` and ``result``: both spellings
+work.
 
 Success: ``{"code":200,"msg":"success","data":{"response":..},"result":[..],
 "current_response":..}``; failure: HTTP status equal to ``code``, ``{"code":..,

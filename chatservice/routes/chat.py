@@ -1,14 +1,13 @@
 """The ``POST /{ROUTE}/v1/chat`` face of chatgpt-service.
 
-Body: ``query`` and/or ``messages`` (at least one), ``model`` (default DEFAULT_MODEL),
-``openai_parameter`` (default true), ``temperature`` (0..2), ``top_p`` (0..1), ``max_tokens``
-(1..4096, default 500), ``frequency_penalty``/``presence_penalty`` (-2..2), ``best_of``
-(1..20, completion models only), ``stop`` (a string or up to 4), ``stream``, ``lang``.
+Body: :data:`chatservice.specs.CHAT` (its fields, ranges and defaults): ``query`` and/or
+``messages`` (at least one), ``model``, ``openai_parameter``, the sampling fields, ``stop``,
+``stream``, ``lang``.
 
 With ``openai_parameter`` true only the model, the input and ``max_tokens`` go upstream, so
-the upstream's own sampling defaults apply; with false every given parameter goes, with the
-seed's documented defaults for the rest (temperature 0.0, top_p 1, penalties 0, and
-``stop: ["Human:"]`` for completion models). The original validated these and, by a typo, never
+the upstream's own sampling defaults apply; with false every given parameter goes, with
+chatgpt-service's documented defaults for the rest (temperature 0.0, top_p 1, penalties 0,
+and ``stop: ["Human:"]`` for completion models). The original validated these and, by a typo, never
 sent them; here they are sent.
 
 Success: ``{"code":0,"msg":"ok","data":{"response","finish_reason","usage","model"}}``;
@@ -38,7 +37,12 @@ from chatservice.settings import Settings
 from chatservice.web import read_json_object
 
 #: chatgpt-service's documented defaults, sent when ``openai_parameter`` is false.
-SEED_DEFAULTS = {"temperature": 0.0, "top_p": 1, "frequency_penalty": 0, "presence_penalty": 0}
+DOCUMENTED_DEFAULTS = {
+    "temperature": 0.0,
+    "top_p": 1,
+    "frequency_penalty": 0,
+    "presence_penalty": 0,
+}
 #: Only this exact path is the face: ``/v1/chat/completions`` below it is another face's.
 EXACT = True
 
@@ -70,7 +74,7 @@ def build_request(body: dict[str, Any], settings: Settings) -> ChatRequest:
     model = spec["model"].value(body) or settings.default_model
     openai_parameter = spec["openai_parameter"].value(body)
     max_tokens = spec["max_tokens"].value(body)
-    sampling = {name: spec[name].value(body) for name in SEED_DEFAULTS}
+    sampling = {name: spec[name].value(body) for name in DOCUMENTED_DEFAULTS}
     best_of = spec["best_of"].value(body)
     stop = spec["stop"].value(body)
     stream = spec["stream"].value(body)
@@ -86,7 +90,7 @@ def build_request(body: dict[str, Any], settings: Settings) -> ChatRequest:
         req.prompt = query if not turns else flatten_messages(messages)
     if not openai_parameter:
         req.params = {
-            name: SEED_DEFAULTS[name] if value is None else value
+            name: DOCUMENTED_DEFAULTS[name] if value is None else value
             for name, value in sampling.items()
         }
         if stop is not None:

@@ -43,7 +43,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from chatservice import validation
+from chatservice import specs
 from chatservice.conversations import LOCK_TTL, renew_lock
 from chatservice.errors import BadRequest, ServiceError, UpstreamError
 from chatservice.models import ChatChunk, ChatRequest, for_model
@@ -193,18 +193,12 @@ def current_room() -> Room:
 def read_turn(body: dict[str, Any]) -> dict[str, str]:
     """Validate the body into one message ``{"role", "content"[, "name"]}``.
 
-    ``role`` defaults to ``user``; ``content`` must be a non-empty string; ``name`` (an
-    optional non-empty string) is forwarded to the model. Raises ``BadRequest``.
+    As :data:`chatservice.specs.ROOM_TURN` says: ``role`` defaults to ``user``; ``content``
+    must be a non-empty string; ``name`` (an optional non-empty string) is forwarded to the
+    model. Raises ``BadRequest``.
     """
-    role = validation.string(body, "role", non_empty=True) or "user"
-    if role not in validation.ROLES:
-        raise BadRequest("invalid_turn_role", field="role")
-    content = validation.string(body, "content", required=True, non_empty=True)
-    name = validation.string(body, "name", non_empty=True)
-    turn = {"role": role, "content": content}
-    if name is not None:
-        turn["name"] = name
-    return turn
+    fields = specs.ROOM_TURN.read(body)
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def build_request(

@@ -50,7 +50,7 @@ from typing import Any, Protocol
 
 from flask import Blueprint, Response, jsonify, request
 
-from chatservice import validation
+from chatservice import specs
 from chatservice.auth import exempt
 from chatservice.conversations import (
     CONTEXT_RETRIES,
@@ -62,9 +62,7 @@ from chatservice.conversations import (
     Exchange,
     Summary,
     Turn,
-    check_name,
     is_valid_id,
-    iter_examples,
 )
 from chatservice.errors import BadRequest, NotFound, ServiceError, UpstreamError
 from chatservice.models import ChatChunk, ChatRequest
@@ -350,9 +348,9 @@ def create_turbo() -> Response:
     body = read_text()
     stream = False
     if request.is_json or body.lstrip().startswith("{"):
-        fields = read_json_object()
-        body = validation.string(fields, "prompt") or ""
-        stream = validation.boolean(fields, "stream", False)
+        fields = specs.TURBO_CREATE.read(read_json_object())
+        body = fields["prompt"] or ""
+        stream = fields["stream"]
     prompt = body if body.strip() else preset.default_prompt
     return _create(Conversation.start(preset, prompt, stream=stream))
 
@@ -368,11 +366,11 @@ def create_role_play() -> Response:
     """POST createRolePlay: a transcript conversation between two named roles. Body: JSON
     ``{"human_name", "ai_name", "prompt"}``, all required and non-empty. Answers the id.
     """
-    fields = read_json_object()
-    human = check_name(fields, "human_name")
-    ai = check_name(fields, "ai_name")
-    prompt = validation.string(fields, "prompt", required=True, non_empty=True) or ""
-    return _create(Conversation.start(PRESETS["roleplay"], prompt, human=human, ai=ai))
+    fields = specs.ROLE_PLAY_CREATE.read(read_json_object())
+    conv = Conversation.start(
+        PRESETS["roleplay"], fields["prompt"], human=fields["human_name"], ai=fields["ai_name"]
+    )
+    return _create(conv)
 
 
 def chat() -> Response:
@@ -452,24 +450,18 @@ def quick_answer() -> Response:
     ``examples`` (questions and answers alternating), ``convType`` (``gpt3``: the default
     transcript preset; ``turbo`` or empty: TURBO_MODEL; ``gpt4``: GPT4_MODEL), ``stream``.
     """
-    fields = read_json_object()
-    question = validation.string(fields, "question", required=True, non_empty=True) or ""
-    conv_type = validation.string(fields, "convType") or ""
-    if conv_type not in QUICK_TYPES:
-        raise BadRequest("invalid_conv_type", field="convType")
-    preset = PRESETS[QUICK_TYPES[conv_type]]
-    prompt = validation.string(fields, "prompt") or ""
-    examples = tuple(iter_examples(fields.get("examples")))
-    stream = validation.boolean(fields, "stream", False)
+    fields = specs.QUICK_ANSWER.read(read_json_object())
+    preset = PRESETS[QUICK_TYPES[fields["convType"]]]
+    prompt = fields["prompt"] or ""
     exchange = Exchange(
         preset,
         prompt if prompt.strip() else preset.default_prompt,
         preset.human,
         preset.ai,
-        examples,
-        question,
+        fields["examples"],
+        fields["question"],
     )
-    if stream:
+    if fields["stream"]:
         return stream_of(exchange)
     return plain(answer_of(exchange))
 

@@ -6,10 +6,11 @@ so the official SDKs and tools built on them work with ``base_url = <server>/{RO
 - ``POST chat/completions``: ``messages`` (required; OpenAI's message shapes: content strings
   or part lists, ``null`` content with ``tool_calls``, ``tool`` and ``developer`` messages),
   ``model`` (default DEFAULT_MODEL), ``stream``, ``max_tokens``/``max_completion_tokens``
-  (positive integers), and OpenAI's ranges for ``temperature``, ``top_p``, ``n``, ``stop``...
+  (positive integers), and OpenAI's ranges and shapes for ``temperature``, ``top_p``, ``n``,
+  ``stop``, ``tools``... (:data:`chatservice.openai_fields.CHAT_COMPLETION`).
 - ``POST completions``: ``prompt`` (required, a string or a list), same other fields.
 - Every other body field (``tools``, ``response_format``, unknown ones) is forwarded as is to
-  an upstream; the embedded model implements what it can and refuses the rest with 400
+  an upstream once checked; the embedded model implements what it can and refuses the rest with 400
   ``unsupported_parameter``.
 - Answers are the backend's own OpenAI-shaped bodies, passed on unchanged; a stream relays
   every chunk (the role-only first one, the usage-only last one) then ``data: [DONE]``.
@@ -33,8 +34,8 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from chatservice import auth, openai_fields, validation
-from chatservice.errors import BadRequest, NotFound, ServiceError, UpstreamError
+from chatservice import auth, openai_fields
+from chatservice.errors import NotFound, ServiceError, UpstreamError
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, Kind
 from chatservice.pipeline import answer, respond
 from chatservice.routes import add_post_rule
@@ -130,60 +131,29 @@ def client_key() -> Secret | None:
 def build_request(kind: Kind, body: dict[str, Any], settings: Settings) -> ChatRequest:
     """Validate an OpenAI request body and build the model request (raises ``BadRequest``).
 
-    The messages and OpenAI's documented fields are checked as OpenAI checks them
-    (:mod:`chatservice.openai_fields`), whatever the backend; unknown fields are the
-    backend's to judge.
+    The messages and OpenAI's documented fields are checked as OpenAI checks them, whatever
+    the backend, by the face's spec (:mod:`chatservice.openai_fields`); unknown fields are
+    the backend's to judge.
     """
-    if kind == "chat":
-        messages = openai_fields.check_messages(body.get("messages"))
-        prompt: Any = ""
-    else:
-        messages = []
-        prompt = _prompt(body)
-    openai_fields.check_fields(body)
-    model = validation.string(body, "model", non_empty=True) or settings.default_model
-    stream = validation.boolean(body, "stream", False)
-    max_tokens = _positive_integer(body, "max_tokens")
+    spec = openai_fields.CHAT_COMPLETION if kind == "chat" else openai_fields.COMPLETION
+    fields = spec.read(body)
     params = {name: value for name, value in body.items() if name not in OWN_FIELDS}
-    # The newer name stays in params (the upstream gets it under that name), checked here so
-    # a bad value is our 400, and as an integer (5.0 becomes 5, as for max_tokens).
-    max_completion_tokens = _positive_integer(body, "max_completion_tokens")
-    if max_completion_tokens is not None:
-        params["max_completion_tokens"] = max_completion_tokens
+    # The newer name stays in params (the upstream gets it under that name), checked as an
+    # integer (5.0 becomes 5, as for max_tokens).
+    if fields["max_completion_tokens"] is not None:
+        params["max_completion_tokens"] = fields["max_completion_tokens"]
     return ChatRequest(
         kind=kind,
-        model=model,
-        max_tokens=max_tokens,
-        messages=messages,
-        prompt=prompt,
+        model=fields["model"] or settings.default_model,
+        max_tokens=fields["max_tokens"],
+        messages=fields.get("messages") or [],
+        prompt=fields.get("prompt", ""),
         params=params,
-        stream=stream,
+        stream=fields["stream"],
         api_key=client_key(),
         relay=True,
         trim=settings.trim_openai_face and kind == "chat",
     )
-
-
-def _prompt(body: dict[str, Any]) -> str | list[Any]:
-    prompt = body.get("prompt")
-    if prompt is None:
-        raise BadRequest("missing_field", field="prompt")
-    # A list may hold strings or token ids (OpenAI accepts both): the backend judges the items.
-    if not isinstance(prompt, str | list):
-        raise BadRequest("invalid_prompt", field="prompt")
-    return prompt
-
-
-def _positive_integer(body: dict[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    # JSON Schema (and the other faces) count 5.0 as the integer 5.
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BadRequest("not_a_positive_integer", field=name)
-    return value
 
 
 def chat_completions() -> Response:
@@ -209,50 +179,16 @@ def embeddings() -> Response:
 
 def build_embedding_request(body: dict[str, Any]) -> ChatRequest:
     """Validate an OpenAI embeddings body into an ``embedding`` request (raises ``BadRequest``)."""
-    value = body.get("input")
-    if value is None:
-        raise BadRequest("missing_field", field="input")
-    if not _embedding_input(value):
-        raise BadRequest("invalid_embedding_input", field="input")
-    model = validation.string(body, "model", required=True, non_empty=True)
-    encoding = body.get("encoding_format", "float")
-    if encoding not in ("float", "base64"):
-        raise BadRequest("invalid_encoding_format", field="encoding_format")
+    fields = openai_fields.EMBEDDING.read(body)
     params = {name: value for name, value in body.items() if name not in ("input", "model")}
     return ChatRequest(
         kind="embedding",
-        model=model,
+        model=fields["model"],
         max_tokens=None,
-        prompt=value,
+        prompt=fields["input"],
         params=params,
         api_key=client_key(),
     )
-
-
-def _embedding_input(value: Any) -> bool:
-    """OpenAI's input shapes: a non-empty string, or a non-empty list of non-empty strings,
-    of token ids, or of non-empty lists of token ids.
-    """
-
-    def token_ids(item: Any) -> bool:
-        return isinstance(item, list) and bool(item) and all(_token(t) for t in item)
-
-    if isinstance(value, str):
-        return bool(value)
-    if not isinstance(value, list) or not value:
-        return False
-    return (
-        all(isinstance(item, str) and item for item in value)
-        or token_ids(value)
-        or all(token_ids(item) for item in value)
-    )
-
-
-def _token(value: Any) -> bool:
-    # JSON Schema (and the other faces) count 5.0 as the integer 5.
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def render_result(result: ChatResult) -> dict[str, Any]:
