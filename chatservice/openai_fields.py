@@ -121,9 +121,10 @@ def check_fields(body: dict[str, Any]) -> None:
     """OpenAI's types and ranges for the optional fields a chat or completion request shares.
 
     ``temperature`` 0..2, ``top_p`` 0..1, penalties -2..2, ``n`` 1..128, at most 4 ``stop``
-    strings, ``seed`` an integer, ``logprobs`` a boolean (``top_logprobs`` 0..20 with it), and
-    the shapes of ``response_format``, ``tools``, ``tool_choice``, ``stream_options`` and
-    ``user``. Raises ``BadRequest`` naming the field.
+    strings, ``seed`` an integer, ``logprobs`` a boolean (``top_logprobs`` 0..20 only with
+    ``logprobs: true``, else ``requires_field``), and the shapes of ``response_format``,
+    ``tools``, ``tool_choice``, ``stream_options`` and ``user``. Raises ``BadRequest``
+    naming the field.
     """
     for name, minimum, maximum in _NUMBERS:
         validation.number(body, name, minimum, maximum)
@@ -132,6 +133,9 @@ def check_fields(body: dict[str, Any]) -> None:
     validation.integer(body, "seed", -(2**63), 2**63 - 1)
     validation.boolean(body, "logprobs", False)
     validation.integer(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    if body.get("top_logprobs") is not None and body.get("logprobs") is not True:
+        # OpenAI answers 400 too: "only allowed when 'logprobs' is enabled".
+        raise BadRequest("requires_field", field="top_logprobs", required="logprobs")
     validation.string(body, "user")
     _check_object(body, "logit_bias")
     options = _check_object(body, "stream_options")

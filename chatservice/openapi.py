@@ -317,9 +317,11 @@ def _schemas() -> dict[str, Schema]:
             "description": "OpenAI's chat completion request, checked as OpenAI checks it "
             "whatever the backend (message shapes, the ranges below). An upstream gets every "
             "field as sent; the embedded model implements `response_format` (`json_object`, "
-            "`json_schema`), `n`, `seed`, `stream_options.include_usage` and `tools` / "
+            "`json_schema`), `n`, `seed`, `stream_options.include_usage`, `logprobs` / "
+            "`top_logprobs` (each choice's, or each streamed chunk's, `logprobs.content`: the "
+            "model's log-probabilities before temperature; not with `tools`) and `tools` / "
             "`tool_choice` (a named function, `required` with one tool, `auto` unstreamed) and "
-            "refuses the rest (`logprobs`, images, unknown fields) with 400 "
+            "refuses the rest (`logit_bias`, images, unknown fields) with 400 "
             "`unsupported_parameter` naming the field.",
             "required": ["messages"],
             "properties": {
@@ -350,6 +352,14 @@ def _schemas() -> dict[str, Schema]:
                     "maximum": 2**63 - 1,
                 },
                 "user": {"type": ["string", "null"]},
+                "logprobs": {"type": ["boolean", "null"], "default": False},
+                "top_logprobs": {
+                    "type": ["integer", "null"],
+                    "minimum": 0,
+                    "maximum": 20,
+                    "description": "Alternatives per token; only with `logprobs: true` (else "
+                    "400 `requires_field`).",
+                },
                 "stream_options": {
                     "type": ["object", "null"],
                     "properties": {"include_usage": {"type": ["boolean", "null"]}},
