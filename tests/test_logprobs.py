@@ -166,3 +166,24 @@ def test_values_match_llama_cpp_python_with_logits_all():
             alternatives = {alt["token"]: alt["logprob"] for alt in entry["top_logprobs"]}
             # llama-cpp-python adds the chosen token to its top dictionary.
             assert alternatives == pytest.approx({k: top[k] for k in alternatives}, abs=1e-5)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_token_cut_by_a_stop_string_is_given_whole(keyless, stream):
+    # "a" ends the answer inside a word: " cat" is written " c" and given whole.
+    answer = ask(keyless, logprobs=True, stop=["a"], temperature=0.01, seed=3, stream=stream)
+    if stream:
+        chunks = [chunk.choices[0] for chunk in answer]
+        finish = chunks[-1].finish_reason
+        chunks = [choice for choice in chunks if choice.delta.content]
+        content = "".join(choice.delta.content for choice in chunks)
+        entries = [entry for choice in chunks for entry in choice.logprobs.content]
+    else:
+        finish = answer.choices[0].finish_reason
+        content = answer.choices[0].message.content
+        entries = answer.choices[0].logprobs.content
+    assert finish == "stop" and "a" not in content
+    written = b"".join(bytes(entry.bytes) for entry in entries)
+    assert written.startswith(content.encode())
+    # Every entry starts within the content: at most the last one reaches past it.
+    assert not entries or len(written) - len(entries[-1].bytes) < len(content.encode())
