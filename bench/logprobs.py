@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         "tokens": tokens,
         "cpu_ms_per_token_best": {name: round(min(ms), 3) for name, ms in runs.items()},
         "cpu_ms_per_token_runs": {name: [round(m, 3) for m in ms] for name, ms in runs.items()},
+        # llama-cpp-python's logits array: n_batch rows without logits_all.
+        "scores_array_mib": round(llama.scores.nbytes / 2**20, 1),
         "rss_kib": {
             "before_load": before,
             "loaded": loaded,
@@ -107,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         result["logits_all"] = {
             "tokens": count,
             "cpu_ms_per_token": round((time.process_time() - cpu) / count * 1000, 3),
-            # Resident pages only: its scores array is n_ctx x vocabulary floats of address
-            # space (384 MiB at 2,048 tokens), a row becoming resident once written.
+            # n_ctx rows: resident as they are written, so all of it once a context is full.
+            "scores_array_mib": round(full.scores.nbytes / 2**20, 1),
+            # After the first model was freed (the allocator keeps some of its memory).
             "rss_kib_added_by_model_and_answer": rss_kib() - start,
         }
     json.dump(result, sys.stdout, indent=2)
