@@ -324,6 +324,9 @@ def _schemas() -> dict[str, Schema]:
             "refuses the rest (`logit_bias`, images, unknown fields) with 400 "
             "`unsupported_parameter` naming the field.",
             "required": ["messages"],
+            # OpenAI's rule: top_logprobs only with logprobs true (else 400 requires_field).
+            "if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
+            "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}},
             "properties": {
                 "messages": {
                     "type": "array",
