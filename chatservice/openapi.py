@@ -325,7 +325,10 @@ def _schemas() -> dict[str, Schema]:
             "`unsupported_parameter` naming the field.",
             "required": ["messages"],
             # OpenAI's rule: top_logprobs only with logprobs true (else 400 requires_field).
-            "if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
+            "if": {
+                "required": ["top_logprobs"],
+                "properties": {"top_logprobs": {"type": "integer"}},
+            },
             "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}},
             "properties": {
                 "messages": {
