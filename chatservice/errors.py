@@ -75,6 +75,7 @@ ERRORS: dict[str, int | None] = {
     "invalid_tool": 400,
     "invalid_tool_choice": 400,
     "unknown_tool": 400,
+    "requires_field": 400,
     "unsupported_parameter": 400,
     "invalid_key_name": 400,
     "invalid_model_patterns": 400,

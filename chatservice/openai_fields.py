@@ -33,6 +33,9 @@ _TEXT_ONLY = ("text",)
 TOOL_CHOICES = ("none", "auto", "required")
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 ENCODING_FORMATS = ("float", "base64")
+#: Alternatives per token: chat's ``top_logprobs``, the legacy completions' ``logprobs``.
+MAX_TOP_LOGPROBS = 20
+MAX_LEGACY_LOGPROBS = 5
 
 
 def _read_messages(body: dict[str, Any], name: str) -> list[dict[str, Any]]:
@@ -174,6 +177,14 @@ def _check_stream_options(body: dict[str, Any], name: str) -> dict[str, Any] | N
     if options is not None:
         validation.boolean(options, "include_usage", False)
     return options
+
+
+def _top_logprobs(body: dict[str, Any], name: str) -> int | None:
+    count = validation.integer(body, name, 0, MAX_TOP_LOGPROBS)
+    if count is not None and body.get("logprobs") is not True:
+        # OpenAI answers 400 too: "only allowed when 'logprobs' is enabled".
+        raise BadRequest("requires_field", field=name, required="logprobs")
+    return count
 
 
 def _prompt(body: dict[str, Any], name: str) -> str | list[Any]:
@@ -319,8 +330,6 @@ SHARED: tuple[BodyField, ...] = (
     BodyField("n", "integer", minimum=1, maximum=128),
     BodyField("stop", "stop", max_items=4),
     BodyField("seed", "integer", minimum=-(2**63), maximum=2**63 - 1),
-    BodyField("logprobs", "boolean", default=False),
-    BodyField("top_logprobs", "integer", minimum=0, maximum=20),
     BodyField("user", "string"),
     BodyField("logit_bias", "object"),
     BodyField(
@@ -370,8 +379,22 @@ CHAT_COMPLETION = Spec(
             },
         ),
         *SHARED,
+        BodyField("logprobs", "boolean", default=False),
+        BodyField(
+            "top_logprobs",
+            "custom",
+            reader=_top_logprobs,
+            json_schema={"type": ["integer", "null"], "minimum": 0, "maximum": MAX_TOP_LOGPROBS},
+            description="Alternatives per token; only with `logprobs: true` (else 400 "
+            "`requires_field`).",
+        ),
         *OWN,
-    )
+    ),
+    # OpenAI's rule: top_logprobs only with logprobs true (else 400 requires_field).
+    extra={
+        "if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
+        "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}},
+    },
 )
 #: ``POST /{ROUTE}/v1/completions`` (OpenAI's legacy completions).
 COMPLETION = Spec(
@@ -385,6 +408,8 @@ COMPLETION = Spec(
             description="A string, or a list of strings or token ids.",
         ),
         *SHARED,
+        # The legacy API's logprobs: how many alternatives per token, 0..5.
+        BodyField("logprobs", "integer", minimum=0, maximum=MAX_LEGACY_LOGPROBS),
         *OWN,
     )
 )

@@ -292,9 +292,11 @@ def _schemas() -> dict[str, Schema]:
             "OpenAI's chat completion request, checked as OpenAI checks it "
             "whatever the backend (message shapes, the ranges below). An upstream gets every "
             "field as sent; the embedded model implements `response_format` (`json_object`, "
-            "`json_schema`), `n`, `seed`, `stream_options.include_usage` and `tools` / "
+            "`json_schema`), `n`, `seed`, `stream_options.include_usage`, `logprobs` / "
+            "`top_logprobs` (each choice's, or each streamed chunk's, `logprobs.content`: the "
+            "model's log-probabilities before temperature; not with `tools`) and `tools` / "
             "`tool_choice` (a named function, `required` with one tool, `auto` unstreamed) and "
-            "refuses the rest (`logprobs`, images, unknown fields) with 400 "
+            "refuses the rest (`logit_bias`, images, unknown fields) with 400 "
             "`unsupported_parameter` naming the field."
         ),
         "ChatMessage": openai_fields.MESSAGE,

@@ -179,9 +179,11 @@ def test_openai_refuses_what_the_embedded_model_cannot_do(keyless):
     client = sdk(keyless)
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(
-            model=LOCAL_ID, messages=[{"role": "user", "content": "hi"}], logprobs=True
+            model=LOCAL_ID,
+            messages=[{"role": "user", "content": "hi"}],
+            logit_bias={"50256": -100},
         )
-    assert (caught.value.code, caught.value.param) == ("unsupported_parameter", "logprobs")
+    assert (caught.value.code, caught.value.param) == ("unsupported_parameter", "logit_bias")
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(

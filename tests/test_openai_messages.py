@@ -89,6 +89,8 @@ REFUSED = [
     ({"presence_penalty": -3}, "out_of_range", "presence_penalty"),
     ({"logprobs": "yes"}, "not_a_boolean", "logprobs"),
     ({"top_logprobs": 21}, "out_of_range", "top_logprobs"),
+    ({"top_logprobs": 2}, "requires_field", "top_logprobs"),
+    ({"top_logprobs": 0, "logprobs": False}, "requires_field", "top_logprobs"),
     ({"seed": 1.5}, "not_an_integer", "seed"),
     ({"user": 5}, "not_a_string", "user"),
     ({"stream_options": []}, "not_an_object", "stream_options"),
@@ -133,8 +135,7 @@ def test_embedded_model_reads_content_parts_tool_turns_and_developer(local):
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        ({"logprobs": True}, "logprobs"),
-        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": True, "tools": [TOOL], "tool_choice": "required"}, "logprobs"),
         ({"logit_bias": {"50256": -100}}, "logit_bias"),
         ({"frobnicate": 1}, "frobnicate"),
         ({"messages": ACCEPTED[3]}, "messages[0].content[0]"),

@@ -50,6 +50,7 @@ class LlamaCall:
     :ivar n: choices to generate, one generation each.
     :ivar include_usage: a stream ends with a usage-only chunk (``stream_options``).
     :ivar tools: answer through llama-cpp-python's ChatML function-calling format.
+    :ivar top_logprobs: alternatives per token when ``logprobs`` is asked (0..20), else None.
     """
 
     chat: bool
@@ -57,6 +58,7 @@ class LlamaCall:
     n: int = 1
     include_usage: bool = False
     tools: bool = False
+    top_logprobs: int | None = None
     base_seed: int = dataclasses.field(default_factory=lambda: random.getrandbits(31))
 
     def for_choice(self, index: int) -> dict[str, Any]:
@@ -71,17 +73,13 @@ class LlamaCall:
 
 def plan(req: ChatRequest, model_id: str, context_tokens: int) -> LlamaCall:
     """The llama-cpp-python calls for ``req``. Raises ``BadRequest``:
-    ``unsupported_parameter`` (logprobs, logit_bias, an image, a streamed ``auto`` tool
-    choice, an unknown field...).
+    ``unsupported_parameter`` (logit_bias, an image, a streamed ``auto`` tool choice,
+    logprobs of a completion or of tool calls, an unknown field...).
     """
     params = req.params
     for name in params:
         if name not in PASSED + HANDLED + INFORMATIONAL:
             raise _unsupported(name, model_id)
-    # llama.cpp computes every token's probabilities only with logits_all, which costs the
-    # context size times the vocabulary (400 MB here) in every worker.
-    if params.get("logprobs") or params.get("top_logprobs"):
-        raise _unsupported("logprobs" if params.get("logprobs") else "top_logprobs", model_id)
     kwargs = {name: params[name] for name in PASSED if params.get(name) is not None}
     max_tokens = req.max_tokens or params.get("max_completion_tokens")
     # A bound beyond the context (the Docker ChatGPT API platform's published clients send
@@ -99,6 +97,14 @@ def plan(req: ChatRequest, model_id: str, context_tokens: int) -> LlamaCall:
             req.stream and (params.get("stream_options") or {}).get("include_usage")
         ),
     )
+    # Chat's logprobs is a boolean; the legacy completions' an integer 0..5 (0 included).
+    logprobs = params.get("logprobs")
+    if logprobs is True if call.chat else logprobs is not None:
+        # The legacy completions' logprobs have another shape, and the function-calling
+        # format answers with several generations: neither is written per token here.
+        if not call.chat or (params.get("tools") and params.get("tool_choice") != "none"):
+            raise _unsupported("logprobs", model_id)
+        call.top_logprobs = params.get("top_logprobs") or 0
     if not call.chat:
         kwargs["prompt"] = req.prompt
         return call

@@ -112,10 +112,13 @@ class LocalBackend:
         bodies = []
         with self._slot():
             for index in range(call.n):
-                body, guard = self._run(self._start, call, index, False, None)
+                body, guard, logprobs = self._run(self._start, call, index, False, None)
+                choice = body["choices"][0]
                 if guard is not None and guard.fired:
                     kept = self._run(_detokenize, self._llama, guard.kept)
-                    _cut_loop(body["choices"][0], kept)
+                    _cut_loop(choice, kept)
+                if logprobs is not None:
+                    logprobs.fill(choice, choice_text(choice, delta=False), delta=False)
                 bodies.append(body)
         body = llama_args.merge_choices(bodies)
         body["model"] = self.model_id  # llama-cpp-python names the file path here
@@ -129,9 +132,10 @@ class LocalBackend:
         )
 
     def stream(self, req: ChatRequest) -> Iterator[ChatChunk]:
-        """Chunks as the model writes them (choice after choice when ``n`` > 1), then the
-        usage chunk when ``stream_options.include_usage`` asks for it; closing the iterator
-        stops the generation.
+        """Chunks as the model writes them (choice after choice when ``n`` > 1; with
+        ``logprobs``, each content chunk's entries for its own tokens), then the usage chunk
+        when ``stream_options.include_usage`` asks for it; closing the iterator stops the
+        generation.
         """
         call = self._plan(req)
         tally = llama_args.TokenTally() if call.include_usage else None
@@ -158,7 +162,7 @@ class LocalBackend:
     ) -> Iterator[dict[str, Any]]:
         """One generation's parts, handed over in batches of BATCH_SECONDS; the last one says
         ``length`` when the loop guard ended it."""
-        parts, guard = self._run(self._start, call, index, True, tally)
+        parts, guard, logprobs = self._run(self._start, call, index, True, tally)
         try:
             done = False
             while not done:
@@ -168,6 +172,8 @@ class LocalBackend:
                     choice = part["choices"][0]
                     if choice.get("finish_reason") and guard is not None and guard.fired:
                         choice["finish_reason"] = "length"
+                    if logprobs is not None:
+                        logprobs.fill(choice, choice_text(choice, delta=True), delta=True)
                     yield part
         finally:
             self._run(parts.close)
@@ -246,10 +252,11 @@ class LocalBackend:
     def _load(self) -> Any:
         if self._llama is None:
             try:
-                from llama_cpp import Llama  # heavy native import: only when the model is used
+                # Heavy native imports (llama.cpp, NumPy): only when the model is used.
+                from chatservice.backends.logprobs import ObservedLlama
 
                 path = self.model_file()
-                self._llama = Llama(
+                self._llama = ObservedLlama(
                     model_path=path,
                     n_ctx=self._context_tokens,
                     n_threads=self._threads,
@@ -281,25 +288,34 @@ class LocalBackend:
         index: int,
         stream: bool,
         tally: llama_args.TokenTally | None,
-    ) -> tuple[Any, LoopGuard | None]:
-        """The ``index``-th generation (a body, or an iterator of parts) and its loop guard,
-        if on. Runs on the model's thread."""
+    ) -> tuple[Any, LoopGuard | None, Any]:
+        """The ``index``-th generation (a body, or an iterator of parts), its loop guard, if
+        on, and its :class:`~chatservice.backends.logprobs.TokenLogprobs` when ``logprobs``
+        is asked. Runs on the model's thread."""
         from llama_cpp import LogitsProcessorList
+
+        from chatservice.backends.logprobs import TokenLogprobs
 
         llama = self._load()
         kwargs = call.for_choice(index)
         guard = LoopGuard(llama.token_eos()) if self._defaults.loop_guard else None
-        processors = [p for p in (tally, guard) if p is not None]
+        logprobs = None
+        if call.top_logprobs is not None:
+            logprobs = TokenLogprobs(llama, call.top_logprobs)
+        # The recorder first: the loop guard rewrites the scores it is given.
+        processors = [p for p in (logprobs, tally, guard) if p is not None]
         if processors:
             kwargs["logits_processor"] = LogitsProcessorList(processors)
         with _context_errors(self._context_tokens):
             if call.tools:
                 from llama_cpp.llama_chat_format import chatml_function_calling
 
-                return chatml_function_calling(llama=llama, stream=stream, **kwargs), guard
-            if call.chat:
-                return llama.create_chat_completion(stream=stream, **kwargs), guard
-            return llama.create_completion(stream=stream, **kwargs), guard
+                answer = chatml_function_calling(llama=llama, stream=stream, **kwargs)
+            elif call.chat:
+                answer = llama.create_chat_completion(stream=stream, **kwargs)
+            else:
+                answer = llama.create_completion(stream=stream, **kwargs)
+        return answer, guard, logprobs
 
 
 def _next_parts(
