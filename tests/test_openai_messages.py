@@ -122,6 +122,22 @@ def test_malformed_messages_and_fields_are_a_400_naming_the_field(
     assert fake.received == []  # OpenAI's ranges apply before any backend
 
 
+@pytest.mark.parametrize(
+    ("logprobs", "code"), [(3, None), (0, None), (6, "out_of_range"), (True, "not_an_integer")]
+)
+def test_legacy_completions_take_logprobs_as_an_integer(client, fake, logprobs, code):
+    # OpenAI's legacy completions API: logprobs is how many alternatives per token, 0..5.
+    body = {"model": "gpt-3.5-turbo-instruct", "prompt": "hi", "logprobs": logprobs}
+    r = client.post("/api/v1/completions", json=body)
+    if code is None:
+        assert r.status_code == 200, r.get_json()
+        assert fake.received[-1].json["logprobs"] == logprobs
+    else:
+        assert r.status_code == 400
+        assert (r.get_json()["error"]["code"], r.get_json()["error"]["param"]) == (code, "logprobs")
+        assert fake.received == []
+
+
 # --- the embedded model ---------------------------------------------------------------------
 
 
@@ -149,6 +165,15 @@ def test_embedded_model_refuses_what_it_cannot_do(local, fields, param):
     error = r.get_json()["error"]
     assert (error["code"], error["param"]) == ("unsupported_parameter", param)
     assert LOCAL_ID in error["message"]
+
+
+@pytest.mark.parametrize("logprobs", [0, 2])
+def test_embedded_model_refuses_the_legacy_completions_logprobs(local, logprobs):
+    body = {"model": LOCAL_ID, "prompt": "hi", "max_tokens": 2, "logprobs": logprobs}
+    r = local.post("/api/v1/completions", json=body)
+    assert r.status_code == 400
+    error = r.get_json()["error"]
+    assert (error["code"], error["param"]) == ("unsupported_parameter", "logprobs")
 
 
 def test_embedded_model_answers_n_choices(local):
