@@ -18,9 +18,9 @@ The standard design: every process writes the files itself, and one process rota
   regular file whole at the current end, so lines of several workers never interleave and
   none is lost, and nothing sits in a buffer: a worker's last line is on disk when it exits,
   so ``nohup python3 app.py >/dev/null 2>&1 &`` leaves complete logs. gevent never patches
-  ``os.write`` or ``os.stat``: a greenlet cannot yield half-way through a record, whatever
-  kind of lock the handler holds (gevent swaps the locks of handlers that exist when it patches
-  for its own); real threads (the embedded model's pool) are ordered by that lock.
+  ``os.write`` or ``os.stat``: a greenlet cannot yield half-way through a record. The
+  handler's lock stays a native one (:class:`AppendFileHandler`), which orders real threads
+  (the embedded model's pool) and never makes a greenlet wait for another.
 - **Rotating.** Only the gunicorn master (``python3 app.py``) rotates, with the standard
   library's :class:`logging.handlers.TimedRotatingFileHandler` (:func:`file_handler`): at the
   first record after midnight, or from a timer thread (:class:`LogFiles`) when the master has
@@ -41,10 +41,17 @@ The standard design: every process writes the files itself, and one process rota
 
 Why not a single writer: until this design, the master ran a log hub (a Unix socket server
 reading every worker's records as JSON frames and writing the files alone, with fork hooks and
-drain-on-exit, about 350 lines). Every test of the log files (two workers' 200 concurrent
-requests each logged once and whole, rotation and retention, the master's and workers' last
-lines after SIGTERM under nohup, a 100 KiB record between rotations) passes with the direct
-writes above, so the hub guaranteed nothing that ``O_APPEND`` does not.
+drain-on-exit, about 350 lines). Every test of the log files passes with the direct writes
+above: two workers' 200 concurrent requests each logged once and whole; three gevent-patched
+processes (two greenlets and a real thread each, 100 KiB lines among 3 KB ones) appending across
+three rotations, no line lost, torn or doubled; rotation and retention, also with no record to
+trigger it; the master's and the workers' last lines after SIGTERM under nohup. So the hub
+guaranteed nothing that ``O_APPEND`` does not. Measured with ``bench/log_rate.py`` (100,000
+access lines, 2 shared cores, three runs each): one worker writes 27,000 to 31,000 lines per CPU
+second here against 28,000 to 35,000 with the hub, which then spent another 0.9 master CPU
+second per worker CPU second decoding and writing them (in all, about 45% less CPU per line now); a
+worker's private memory is 0.3 MB smaller, and a real worker's resident memory after 500
+requests is the same (56.9 MB) in both designs.
 """
 
 from __future__ import annotations
