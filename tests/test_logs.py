@@ -613,3 +613,74 @@ def test_nohup_with_output_discarded_leaves_complete_logs(tmp_path, upstream):
     assert PROMPT in app_log and CONFIGURED_KEY not in app_log
     assert "Worker exiting" in app_log
     assert app_log.splitlines()[-1].endswith("Shutting down: Master")
+
+
+def ids_in(path: Path) -> dict[str, int]:
+    """request id -> pid of every access line in ``path`` so far (a line being written is
+    skipped)."""
+    found = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        with contextlib.suppress(ValueError):
+            fields = json.loads(line)
+            found[fields["request_id"]] = fields["pid"]
+    return found
+
+
+def until_both_workers_wrote(server: Any, path: Path, prefix: str) -> set[str]:
+    """Ask ``/healthz`` (ids ``prefix-0``, ...) until lines of two processes are in ``path``;
+    the ids asked."""
+    asked: set[str] = set()
+    deadline = time.monotonic() + 60
+    while len({pid for rid, pid in ids_in(path).items() if rid.startswith(prefix)}) < 2:
+        assert time.monotonic() < deadline, f"no lines of two workers in {path}"
+        rid = f"{prefix}-{len(asked)}"
+        # Long: after a reload, new workers answer once they have booted.
+        requests.get(server.url + "/healthz", headers={"X-Request-ID": rid}, timeout=30)
+        asked.add(rid)
+    return asked
+
+
+def test_bare_gunicorn_workers_write_log_dir_and_follow_a_logrotate(live_server, tmp_path):
+    """``gunicorn -k gevent app:app`` has no master of ours: its workers write LOG_DIR and
+    nothing here rotates; after logrotate's rename each worker writes the new file."""
+    log_dir = tmp_path / "logs"
+    server = live_server(
+        "-m", "gunicorn", "-k", "gevent", "-w", "2", "-b", "127.0.0.1:{port}", "app:app",
+        LOG_DIR=str(log_dir), LOG_FORMAT="json",
+    )  # fmt: skip
+    current = log_dir / "access.log"
+    before = until_both_workers_wrote(server, current, "before")
+    current.rename(log_dir / "access.log.1")  # logrotate's default: rename, then a new file
+    after = until_both_workers_wrote(server, current, "after")
+    server.stop()
+    old_ids = [line["request_id"] for line in read_lines(log_dir / "access.log.1")]
+    new_ids = [line["request_id"] for line in read_lines(current)]
+    assert sorted(rid for rid in old_ids if rid.startswith("before")) == sorted(before)
+    assert sorted(new_ids) == sorted(after)
+
+
+def test_reload_moving_log_dir_sends_new_lines_to_the_new_folder(tmp_path, upstream):
+    from tests.test_reload import EnvFileServer
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    folder = tmp_path / "service"
+    folder.mkdir()
+    base = {"UPSTREAM_BASE_URL": upstream.url, "STORE_URL": "memory://", "LOG_FORMAT": "json"}
+    server = EnvFileServer(folder, {**base, "LOG_DIR": str(first), "WORKERS": "2"})
+    try:
+        server.wait_ready()
+        before = until_both_workers_wrote(server, first / "access.log", "before")
+        server.write_env({**base, "LOG_DIR": str(second), "WORKERS": "2"})
+        server.hang_up()
+        # The old workers may answer a little longer (into the first folder); then new ones.
+        after = until_both_workers_wrote(server, second / "access.log", "after")
+    finally:
+        server.stop()
+    in_first = {line["request_id"] for line in read_lines(first / "access.log")}
+    in_second = {line["request_id"] for line in read_lines(second / "access.log")}
+    assert before <= in_first
+    # Every answered request has its line, in one folder only (old workers: the first).
+    assert (before | after) <= (in_first | in_second) and not in_first & in_second
+    messages = [line["message"] for line in read_lines(second / "app.log")]
+    assert "configuration reloaded; new workers use it" in messages  # the master's line
+    assert any(m.startswith("Booting worker with pid:") for m in messages)  # a new worker's
