@@ -101,8 +101,8 @@ COPY deploy/healthcheck.py ./deploy/
 # What the service writes: the conversation store (the default STORE_URL,
 # sqlite:///data/chatservice.db, is /app/data/chatservice.db) and, with LOG_DIR=/app/data/logs,
 # its log files. A volume there survives the container; Docker gives a new named volume this
-# directory's owner and mode. The Prometheus multi-process folder and the log hub's socket go to
-# /tmp, which every user can write.
+# directory's owner and mode. The Prometheus multi-process folder goes to /tmp, which every user
+# can write.
 RUN mkdir -p /app/data \
     && chown 10001:0 /app/data \
     && chmod 2770 /app/data

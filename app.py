@@ -27,9 +27,9 @@ _app: Any = None
 class Server(BaseApplication):
     """gunicorn with gevent workers, bound to HOST:PORT, WORKERS processes.
 
-    The master also runs the log hub when LOG_DIR is set (:mod:`chatservice.logs`: one writer
-    for the log files, fed by the workers) and reloads the configuration on SIGHUP
-    (:meth:`refresh_settings`, as ChatGPT-API on gin watched its config file).
+    The master also rotates the log files when LOG_DIR is set (:mod:`chatservice.logs`: every
+    process appends its own lines, the master alone rotates) and reloads the configuration on
+    SIGHUP (:meth:`refresh_settings`, as ChatGPT-API on gin watched its config file).
 
     :param settings: the configuration the first workers use.
     :param overrides: the command-line flags' variables, which keep winning on a reload.
@@ -220,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         Server(settings, overrides).run()
     finally:
-        # The master writes out its workers' last records and closes the log files; a
-        # worker (gunicorn's fork returns here when it exits) closes its sender.
+        # The master stops rotating and closes the log files; a worker (gunicorn's fork
+        # returns here when it exits) closes its own.
         logs.shutdown()
     return 0
 

@@ -1,12 +1,13 @@
 """The access log and the log files in LOG_DIR.
 
 Flask's test client for the access record's fields; the standard library's handlers for
-rotation and retention; the log hub with real senders; and real ``python3 app.py`` servers for
-the files one and two gevent workers leave in LOG_DIR.
+rotation and retention; processes appending across the master's rotations; and real
+``python3 app.py`` servers for the files one and two gevent workers leave in LOG_DIR.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -275,53 +276,133 @@ def test_file_rotates_when_the_date_changes_and_keeps_retention_days(tmp_path):
     assert json.loads(current.read_text())["message"] == "line 5"
 
 
-# --- one writer: the log hub ------------------------------------------------------------------
+# --- every process appends, the master rotates ------------------------------------------------
+
+#: A worker of the test below: gevent-patched like a gunicorn worker, two greenlets and one real
+#: thread (as the embedded model's pool) appending access records with the writing-only handler
+#: until the stop file exists; every 50th record is 100 KiB. Prints how many each one wrote.
+WRITER = """
+import sys
+from gevent import monkey
+monkey.patch_all()
+import gevent, logging, os
+from chatservice import logs
+log_dir, stop, name = sys.argv[1:]
+files = logs.LogFiles.open(log_dir, 10, True, rotate=False)
+counts = {}
+
+def write(who, pause):
+    n = 0
+    while not os.path.exists(stop):
+        pad = "y" * (100 * 1024 if n % 50 == 0 else 3000)
+        record = logging.LogRecord("chatservice.access", logging.INFO, "f", 1, "x", None, None)
+        record.access = {"request_id": f"{name}-{who}-{n}", "pad": pad}
+        files.access.handle(record)
+        n += 1
+        pause()
+    counts[who] = n
+
+workers = [gevent.spawn(write, w, lambda: gevent.sleep(0)) for w in ("g1", "g2")]
+pool = gevent.get_hub().threadpool
+thread = pool.spawn(write, "t", lambda: None)
+gevent.joinall(workers)
+thread.get()
+files.close()
+print(" ".join(f"{who}={n}" for who, n in counts.items()))
+"""
 
 
-def test_hub_writes_every_record_of_concurrent_senders_whole(tmp_path):
-    hub = logs.LogHub()
-    hub.configure(str(tmp_path), retention_days=3, json_lines=True)
-    senders = [logs.HubSender(hub.address) for _ in range(4)]
-    filler = "x" * 3000  # long lines: a torn write would show
+def writers_seen(path: Path) -> set[str]:
+    """The writers (``w0``...) with a line in ``path`` so far (a line being written is skipped:
+    a reader may see part of a write in progress)."""
+    seen = set()
+    for line in path.read_text().splitlines() if path.exists() else []:
+        with contextlib.suppress(ValueError):
+            seen.add(json.loads(line)["request_id"][:2])
+    return seen
 
-    def send(index: int) -> None:
-        sender = senders[index % 4]
-        for n in range(250):
-            name = access_log.ACCESS_LOGGER if n % 2 else "chatservice.test"
-            record = logging.LogRecord(name, logging.INFO, "f", 1, "%s", (f"{index}-{n}",), None)
-            if n % 2:
-                record.access = {"request_id": f"{index}-{n}", "pad": filler}
-            sender.handle(record)
 
+def test_workers_appending_across_rotations_lose_and_tear_no_line(tmp_path):
+    """Three processes append (greenlets and a real thread each) while this one, as the
+    master, rotates three times: every line is whole and in exactly one file."""
+    log_dir, stop = tmp_path / "logs", tmp_path / "stop"
+    log_dir.mkdir()
+    rotator = logs.file_handler(str(log_dir), "access.log", retention_days=10, json_lines=True)
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(log_dir), str(stop), f"w{i}"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    day, now = 86400, int(time.time())
     try:
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(send, range(8)))
+        for rotation in range(3):
+            # Rotate once the current file has lines of every writer: rotations happen while
+            # they write. Each rotation is dated another day, as if a day had gone by.
+            deadline = time.monotonic() + 60
+            while len(writers_seen(log_dir / "access.log")) < 3:
+                assert time.monotonic() < deadline, "the writers did not write"
+                assert all(w.poll() is None for w in writers)
+                time.sleep(0.05)
+            rotator.rolloverAt = now - (4 - rotation) * day
+            rotator.rotate_if_due()
+        deadline = time.monotonic() + 60
+        while len(writers_seen(log_dir / "access.log")) < 3:
+            assert time.monotonic() < deadline, "a writer did not reopen the new file"
+            time.sleep(0.05)
     finally:
-        for sender in senders:
-            sender.close()
-        hub.close()  # writes what was sent, then closes
-    access_lines = (tmp_path / "access.log").read_text().splitlines()
-    app_lines = (tmp_path / "app.log").read_text().splitlines()
-    assert len(access_lines) == len(app_lines) == 8 * 125
-    ids = {json.loads(line)["request_id"] for line in access_lines}
-    assert ids == {f"{i}-{n}" for i in range(8) for n in range(1, 250, 2)}
-    assert {json.loads(line)["message"] for line in app_lines} == {
-        f"{i}-{n}" for i in range(8) for n in range(0, 250, 2)
-    }
-    assert not Path(hub.address).exists()
+        stop.touch()
+        outputs = [w.communicate(timeout=60)[0] for w in writers]
+        rotator.close()
+    assert [w.returncode for w in writers] == [0, 0, 0]
+    files = sorted(log_dir.glob("access.log*"))
+    assert len(files) == 4  # access.log and three rotated days
+    seen: list[str] = []
+    for path in files:
+        seen += [line["request_id"] for line in read_lines(path)]  # a torn line fails here
+    expected = [
+        f"w{i}-{who}-{n}"
+        for i, output in enumerate(outputs)
+        for who, count in (item.split("=") for item in output.split())
+        for n in range(int(count))
+    ]
+    assert len(expected) > 4 * 3 * 3
+    assert sorted(seen) == sorted(expected)  # each line once: none lost, none doubled
 
 
-def test_hub_refuses_an_unusable_log_dir_and_keeps_its_files(tmp_path):
-    hub = logs.LogHub()
+def test_master_rotates_at_midnight_without_writing(tmp_path):
+    """The master's timer rotates a file last written before midnight (a restart the next
+    day, or a master with nothing to say) without waiting for the master's next line."""
+    (tmp_path / "access.log").write_text('{"message": "yesterday"}\n')
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(tmp_path / "access.log", (two_days_ago, two_days_ago))
+    files = logs.LogFiles.open(str(tmp_path), retention_days=3, json_lines=True, rotate=True)
+    rotated = tmp_path / ("access.log." + time.strftime("%Y-%m-%d", time.localtime(two_days_ago)))
     try:
-        hub.configure(str(tmp_path / "logs"), retention_days=3, json_lines=False)
+        deadline = time.monotonic() + 15
+        while not rotated.exists():
+            assert time.monotonic() < deadline, "no rotation"
+            time.sleep(0.05)
+    finally:
+        files.close()
+    assert read_lines(rotated) == [{"message": "yesterday"}]
+    assert (tmp_path / "access.log").read_text() == ""
+
+
+def test_unusable_log_dir_is_refused_and_the_open_files_stay(tmp_path):
+    files = logs.LogFiles.open(str(tmp_path / "logs"), 3, json_lines=False, rotate=True)
+    try:
         blocker = tmp_path / "file"
         blocker.write_text("")
-        with pytest.raises(logs.ConfigError, match="^LOG_DIR: "):
-            hub.configure(str(blocker / "logs"), retention_days=3, json_lines=False)
-        hub.write(logging.makeLogRecord({"name": "chatservice.t", "msg": "still here"}))
+        for rotate in (True, False):
+            with pytest.raises(logs.ConfigError, match="^LOG_DIR: "):
+                logs.LogFiles.open(str(blocker / "logs"), 3, json_lines=False, rotate=rotate)
+        files.app.handle(logging.makeLogRecord({"name": "chatservice.t", "msg": "still here"}))
     finally:
-        hub.close()
+        files.close()
     assert "still here" in (tmp_path / "logs" / "app.log").read_text()
 
 
@@ -532,3 +613,74 @@ def test_nohup_with_output_discarded_leaves_complete_logs(tmp_path, upstream):
     assert PROMPT in app_log and CONFIGURED_KEY not in app_log
     assert "Worker exiting" in app_log
     assert app_log.splitlines()[-1].endswith("Shutting down: Master")
+
+
+def ids_in(path: Path) -> dict[str, int]:
+    """request id -> pid of every access line in ``path`` so far (a line being written is
+    skipped)."""
+    found = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        with contextlib.suppress(ValueError):
+            fields = json.loads(line)
+            found[fields["request_id"]] = fields["pid"]
+    return found
+
+
+def until_both_workers_wrote(server: Any, path: Path, prefix: str) -> set[str]:
+    """Ask ``/healthz`` (ids ``prefix-0``, ...) until lines of two processes are in ``path``;
+    the ids asked."""
+    asked: set[str] = set()
+    deadline = time.monotonic() + 60
+    while len({pid for rid, pid in ids_in(path).items() if rid.startswith(prefix)}) < 2:
+        assert time.monotonic() < deadline, f"no lines of two workers in {path}"
+        rid = f"{prefix}-{len(asked)}"
+        # Long: after a reload, new workers answer once they have booted.
+        requests.get(server.url + "/healthz", headers={"X-Request-ID": rid}, timeout=30)
+        asked.add(rid)
+    return asked
+
+
+def test_bare_gunicorn_workers_write_log_dir_and_follow_a_logrotate(live_server, tmp_path):
+    """``gunicorn -k gevent app:app`` has no master of ours: its workers write LOG_DIR and
+    nothing here rotates; after logrotate's rename each worker writes the new file."""
+    log_dir = tmp_path / "logs"
+    server = live_server(
+        "-m", "gunicorn", "-k", "gevent", "-w", "2", "-b", "127.0.0.1:{port}", "app:app",
+        LOG_DIR=str(log_dir), LOG_FORMAT="json",
+    )  # fmt: skip
+    current = log_dir / "access.log"
+    before = until_both_workers_wrote(server, current, "before")
+    current.rename(log_dir / "access.log.1")  # logrotate's default: rename, then a new file
+    after = until_both_workers_wrote(server, current, "after")
+    server.stop()
+    old_ids = [line["request_id"] for line in read_lines(log_dir / "access.log.1")]
+    new_ids = [line["request_id"] for line in read_lines(current)]
+    assert sorted(rid for rid in old_ids if rid.startswith("before")) == sorted(before)
+    assert sorted(new_ids) == sorted(after)
+
+
+def test_reload_moving_log_dir_sends_new_lines_to_the_new_folder(tmp_path, upstream):
+    from tests.test_reload import EnvFileServer
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    folder = tmp_path / "service"
+    folder.mkdir()
+    base = {"UPSTREAM_BASE_URL": upstream.url, "STORE_URL": "memory://", "LOG_FORMAT": "json"}
+    server = EnvFileServer(folder, {**base, "LOG_DIR": str(first), "WORKERS": "2"})
+    try:
+        server.wait_ready()
+        before = until_both_workers_wrote(server, first / "access.log", "before")
+        server.write_env({**base, "LOG_DIR": str(second), "WORKERS": "2"})
+        server.hang_up()
+        # The old workers may answer a little longer (into the first folder); then new ones.
+        after = until_both_workers_wrote(server, second / "access.log", "after")
+    finally:
+        server.stop()
+    in_first = {line["request_id"] for line in read_lines(first / "access.log")}
+    in_second = {line["request_id"] for line in read_lines(second / "access.log")}
+    assert before <= in_first
+    # Every answered request has its line, in one folder only (old workers: the first).
+    assert (before | after) <= (in_first | in_second) and not in_first & in_second
+    messages = [line["message"] for line in read_lines(second / "app.log")]
+    assert "configuration reloaded; new workers use it" in messages  # the master's line
+    assert any(m.startswith("Booting worker with pid:") for m in messages)  # a new worker's
