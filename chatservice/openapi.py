@@ -485,14 +485,32 @@ def _schemas() -> dict[str, Schema]:
         # --- admin and operations
         "KeyList": {
             "type": "object",
-            "required": ["keys"],
+            "required": ["keys", "upstreams"],
             "properties": {
+                "upstreams": {
+                    "type": "object",
+                    "description": "Upstream name -> its keys (the `keys` rows without "
+                    "`upstream`); `default` without `[[upstreams]]`.",
+                    "additionalProperties": {"type": "array", "items": {"type": "object"}},
+                },
                 "keys": {
                     "type": "array",
                     "items": {
                         "type": "object",
-                        "required": ["key", "id", "state", "cooldown_until", "failures"],
+                        "required": [
+                            "upstream",
+                            "key",
+                            "id",
+                            "state",
+                            "cooldown_until",
+                            "failures",
+                        ],
                         "properties": {
+                            "upstream": {
+                                "type": "string",
+                                "description": "The upstream's name; the same key at two "
+                                "upstreams has a row (and a state) at each.",
+                            },
                             "key": {"type": "string", "description": "Masked: `sk-...abcd`."},
                             "id": {"type": "string"},
                             "state": {"enum": ["usable", "cooling", "disabled"]},
@@ -504,7 +522,7 @@ def _schemas() -> dict[str, Schema]:
                             "last_error": {"type": ["string", "null"]},
                         },
                     },
-                }
+                },
             },
         },
         "UpstreamList": {
@@ -553,11 +571,19 @@ def _schemas() -> dict[str, Schema]:
                 "checks": {
                     "type": "object",
                     "description": "Each check's result: `ok` or a stable reason "
-                    "(`unavailable`, `no_usable_key`, `model_missing`, `llama_cpp_missing`).",
+                    "(`unavailable`, `no_usable_key`, `no_usable_upstream`, `model_missing`, "
+                    "`llama_cpp_missing`).",
                     "additionalProperties": {"type": "string"},
                     "examples": [{"store": "ok", "shared_state": "ok", "backend": "ok"}],
                 },
                 "failing": {"type": "array", "items": {"type": "string"}},
+                "upstreams": {
+                    "type": "object",
+                    "description": "With `[[upstreams]]` only: each upstream's check by name "
+                    "(`ok`, `breaker_open`, `no_usable_key`, `model_missing`, "
+                    "`llama_cpp_missing`); ready while at least one is `ok`.",
+                    "additionalProperties": {"type": "string"},
+                },
             },
         },
         "Status": {
@@ -1142,7 +1168,7 @@ def _other_operations(settings: Settings) -> dict[str, dict[str, Any]]:
             "get": _op(
                 TAG_ADMIN,
                 "admin_keys",
-                "The upstream key pool, masked",
+                "Every upstream's key pool, masked",
                 {
                     "200": {
                         "description": "Every key, masked, with its state.",

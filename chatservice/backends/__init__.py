@@ -67,7 +67,7 @@ class Backends:
             upstreams = _configured(settings, state, self.local)
             self.router = Router(upstreams, settings.upstream_fallbacks)
             remote = [u.route.backend for u in upstreams if not u.spec.local]
-            #: The first remote upstream (the admin key view, /readyz, the key metrics).
+            #: The first remote upstream (the key metrics; :meth:`remote` lists them all).
             self.upstream = remote[0] if remote else UpstreamBackend(settings, state)
             self._local_route = Route("local", self.local, "local")
             self._upstream_route = Route("upstream", self.upstream)
@@ -84,6 +84,12 @@ class Backends:
                 0,
                 select=self.select,
             )
+
+    def remote(self) -> list[Upstream]:
+        """Every upstream reached over HTTP (not the embedded model), in configuration
+        order: the ``[[upstreams]]`` entries, or the one ``default`` upstream without a list.
+        """
+        return [u for u in self.router.upstreams if not u.route.embedded]
 
     def select(self, model: str, api_key: object | None) -> Route:
         """The route for a request naming ``model`` (already resolved by the model policy)

@@ -21,7 +21,11 @@ After an ambiguous refusal the next key is tried once; when that one refuses too
 request itself is the problem and the client gets the upstream's own status (4xx), not 503.
 
 The marks live in the shared state (memory per worker, or Redis across workers and
-machines), under an id derived from a hash of the key, never the key itself.
+machines), under an id derived from a hash of the key, never the key itself, and under the
+upstream's name: the same key at two providers (an OpenAI key used directly and through a
+second base URL) has two states, and one provider refusing it leaves the other using it.
+The single upstream without ``[[upstreams]]`` (``default``) keeps the names it had before
+upstreams were named (``key:<id>:...``), so its marks survive an upgrade.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ KEY_FAULT_CODES = frozenset(
 #: Seconds an ambiguously refused key stays out while its background probe runs; a probe
 #: that cannot reach the upstream leaves the key to come back by itself after this.
 SUSPEND_SECONDS = 60.0
+#: The upstream whose marks keep their names from before upstreams were named.
+DEFAULT_UPSTREAM = "default"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,16 +148,26 @@ class KeyPool:
     :param keys: the keys, in configuration order (duplicates dropped).
     :param state: where the marks live; its ``clock`` (epoch seconds) times the cool-downs.
     :param auto_remove: disable keys the upstream rejects (AUTO_REMOVE_KEYS).
+    :param upstream: the name of the upstream the keys are for: their marks' namespace.
     """
 
-    def __init__(self, keys: list[Secret], state: KeyValueStore, auto_remove: bool) -> None:
+    def __init__(
+        self,
+        keys: list[Secret],
+        state: KeyValueStore,
+        auto_remove: bool,
+        upstream: str = DEFAULT_UPSTREAM,
+    ) -> None:
         unique = {key_id(key): key for key in keys}
         self._keys = list(unique.values())
         # Hashed once here: calls look keys up by id on every request.
         self._id = {key: ident for ident, key in unique.items()}
+        # Upstream names are letters, digits, ".", "_" and "-": no ":" to collide with.
+        self._prefix = "key:" if upstream == DEFAULT_UPSTREAM else f"key:{upstream}:"
         # And each key's four marks' names, read together on every request.
         self._marks = {
-            key: tuple(f"key:{ident}:{mark}" for mark in _MARKS) for ident, key in unique.items()
+            key: tuple(f"{self._prefix}{ident}:{mark}" for mark in _MARKS)
+            for ident, key in unique.items()
         }
         self._state = state
         self._auto_remove = auto_remove
@@ -168,6 +184,9 @@ class KeyPool:
         if settings.key_file:
             keys.extend(read_key_file(settings.key_file))
         return cls(keys, state, settings.auto_remove_keys)
+
+    def _mark_name(self, ident: str, field: str) -> str:
+        return f"{self._prefix}{ident}:{field}"
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -199,7 +218,7 @@ class KeyPool:
             return
         self._striking.discard(key)
         with contextlib.suppress(ServiceError):  # best effort, see _statuses
-            self._state.delete(f"key:{self._id[key]}:strikes")
+            self._state.delete(self._mark_name(self._id[key], "strikes"))
 
     def failed(
         self,
@@ -223,25 +242,27 @@ class KeyPool:
         self, key: Secret, refusal: Refusal, probe: Callable[[Secret], int | None] | None
     ) -> None:
         ident, reason = self._id[key], refusal.reason
-        self._state.incr(f"key:{ident}:failures")
-        self._state.set(f"key:{ident}:last_error", reason)
+        self._state.incr(self._mark_name(ident, "failures"))
+        self._state.set(self._mark_name(ident, "last_error"), reason)
         if reason in DISABLING:
             if not self._auto_remove:
                 return
             if refusal.definite or probe is None:
-                self._state.set(f"key:{ident}:disabled", "1")
+                self._state.set(self._mark_name(ident, "disabled"), "1")
                 log.warning("upstream key %s disabled (%s)", key.masked(), reason)
                 return
-            self._state.set(f"key:{ident}:suspended", "1", ttl=SUSPEND_SECONDS)
+            self._state.set(self._mark_name(ident, "suspended"), "1", ttl=SUSPEND_SECONDS)
             log.warning("upstream key %s suspended (%s); re-checking it", key.masked(), reason)
             threading.Thread(target=self._recheck, args=(key, probe), daemon=True).start()
             return
-        strikes = self._state.incr(f"key:{ident}:strikes")
+        strikes = self._state.incr(self._mark_name(ident, "strikes"))
         retry_after = refusal.retry_after
         seconds = (
             retry_after if retry_after else min(BACKOFF_MAX, BACKOFF_START * 2 ** (strikes - 1))
         )
-        self._state.set(f"key:{ident}:cooldown", str(self._clock() + seconds), ttl=seconds)
+        self._state.set(
+            self._mark_name(ident, "cooldown"), str(self._clock() + seconds), ttl=seconds
+        )
         log.warning("upstream key %s cooling down for %.0f s", key.masked(), seconds)
 
     def _recheck(self, key: Secret, probe: Callable[[Secret], int | None]) -> None:
@@ -250,11 +271,11 @@ class KeyPool:
         try:
             status = probe(key)
             if status in (401, 403):
-                self._state.set(f"key:{ident}:disabled", "1")
-                self._state.delete(f"key:{ident}:suspended")
+                self._state.set(self._mark_name(ident, "disabled"), "1")
+                self._state.delete(self._mark_name(ident, "suspended"))
                 log.warning("upstream key %s disabled (/models probe: %s)", key.masked(), status)
             elif status == 200:
-                self._state.delete(f"key:{ident}:suspended")
+                self._state.delete(self._mark_name(ident, "suspended"))
                 log.info("upstream key %s is fine (/models probe); back in use", key.masked())
         except Exception:  # a background thread: log, never die silently
             log.exception("re-checking upstream key %s failed", key.masked())
@@ -272,8 +293,8 @@ class KeyPool:
                     "id": ident,
                     "state": state,
                     "cooldown_until": until,
-                    "failures": int(self._state.get(f"key:{ident}:failures") or 0),
-                    "last_error": self._state.get(f"key:{ident}:last_error"),
+                    "failures": int(self._state.get(self._mark_name(ident, "failures")) or 0),
+                    "last_error": self._state.get(self._mark_name(ident, "last_error")),
                 }
             )
         return rows

@@ -114,7 +114,7 @@ class UpstreamBackend:
         keys = list(spec.api_keys)
         if spec.key_file:
             keys.extend(read_key_file(spec.key_file))
-        self.pool = KeyPool(keys, state, settings.auto_remove_keys)
+        self.pool = KeyPool(keys, state, settings.auto_remove_keys, spec.name)
         self._model_map = dict(spec.model_map)
         self._client_keys = spec.client_keys
         self._headers = dict(spec.headers)

@@ -65,10 +65,17 @@ def require_admin() -> None:
 
 
 def keys() -> ResponseReturnValue:
-    """``{"keys": [{"key": "sk-...abcd", "id", "state", "cooldown_until", "failures",
-    "last_error"}]}``.
+    """Every upstream's keys, masked: ``{"keys": [{"upstream", "key": "sk-...abcd", "id",
+    "state", "cooldown_until", "failures", "last_error"}], "upstreams": {name: [the same
+    rows without "upstream"]}}`` (every remote upstream, keyless ones with ``[]``; the same
+    key at two upstreams has a state at each).
     """
-    return jsonify(keys=current_service().backends.upstream.pool.snapshot())
+    grouped = {
+        upstream.name: upstream.route.backend.pool.snapshot()
+        for upstream in current_service().backends.remote()
+    }
+    rows = [{"upstream": name, **row} for name, pool in grouped.items() for row in pool]
+    return jsonify(keys=rows, upstreams=grouped)
 
 
 def upstreams() -> ResponseReturnValue:

@@ -7,7 +7,11 @@
   and chat rooms, answers) and ``backend`` (the default backend can answer: a usable upstream
   key, or a keyless upstream with BACKEND=openai, or, when the embedded model answers by
   default, its GGUF file present and llama-cpp-python installed, checked without loading
-  anything). Each value is ``ok`` or a stable reason; never a URL, a path or a key.
+  anything). With ``[[upstreams]]``, ``backend`` is ``ok`` when at least one upstream can
+  answer (else ``no_usable_upstream``) and ``upstreams`` gives each one's check by name
+  (``ok``, ``breaker_open``, ``no_usable_key``, ``model_missing``, ``llama_cpp_missing``):
+  the body says which upstreams are out while the others keep the instance ready. Each
+  value is ``ok`` or a stable reason; never a URL, a path or a key.
 - ``GET /metrics``: Prometheus text (OpenMetrics when the scraper asks for it), see
   :mod:`chatservice.metrics`.
 """
@@ -21,7 +25,9 @@ from pathlib import Path
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from chatservice.backends.keypool import KeyPool
 from chatservice.backends.local import LocalBackend
+from chatservice.backends.router import Upstream
 from chatservice.errors import ServiceError
 from chatservice.metrics import current_metrics
 from chatservice.service import Service, current_service
@@ -52,13 +58,22 @@ def readyz() -> ResponseReturnValue:
     checks = {
         "store": store_check(service.conversation_store),
         "shared_state": store_check(service.shared_state),
-        "backend": backend_check(service),
     }
+    extra = {}
+    if service.backends.configured:
+        upstreams = {
+            u.name: upstream_check(u, service.backends.local)
+            for u in service.backends.router.upstreams
+        }
+        checks["backend"] = OK if OK in upstreams.values() else "no_usable_upstream"
+        extra["upstreams"] = upstreams
+    else:
+        checks["backend"] = backend_check(service)
     failing = [name for name, result in checks.items() if result != OK]
     if failing:
         log.warning("not ready: %s", ", ".join(f"{name}={checks[name]}" for name in failing))
-        return jsonify(status="not_ready", checks=checks, failing=failing), 503
-    return jsonify(status="ready", checks=checks)
+        return jsonify(status="not_ready", checks=checks, failing=failing, **extra), 503
+    return jsonify(status="ready", checks=checks, **extra)
 
 
 def metrics() -> Response:
@@ -87,14 +102,34 @@ def backend_check(service: Service) -> str:
     upstream = backends.upstream
     if not backends.upstream_answers(None):
         return local_model_check(backends.local)
-    if not upstream.has_default_key:
-        return OK  # BACKEND=openai with no key: a keyless upstream (Ollama, vLLM)
+    # BACKEND=openai with no key: a keyless upstream (Ollama, vLLM), which pool_check passes.
+    return pool_check(upstream.pool)
+
+
+def upstream_check(upstream: Upstream, local: LocalBackend) -> str:
+    """Whether one ``[[upstreams]]`` entry can answer: ``ok``; ``breaker_open`` while its
+    circuit breaker skips it; ``no_usable_key`` when every key it has is disabled or
+    cooling down (a keyless one counts as usable); for the embedded model, as
+    :func:`local_model_check`.
+    """
+    if upstream.breaker is not None and upstream.breaker.fresh().status()[0] == "open":
+        return "breaker_open"
+    if upstream.route.embedded:
+        return local_model_check(local)
+    return pool_check(upstream.route.backend.pool)
+
+
+def pool_check(pool: KeyPool) -> str:
+    """``ok`` when ``pool`` is empty (a keyless upstream) or has a usable key, else
+    ``no_usable_key``; with the marks' store down the pool tries every key, so ``ok``.
+    """
+    if not len(pool):
+        return OK
     try:
         # The snapshot, not usable(): a probe must not move the keys' round-robin turn.
-        rows = upstream.pool.snapshot()
+        rows = pool.snapshot()
     except ServiceError:
-        # The marks' store is down (shared_state names it): the pool then tries every key.
-        return OK
+        return OK  # the marks' store is down (shared_state names it)
     return OK if any(row["state"] == "usable" for row in rows) else "no_usable_key"
 
 
