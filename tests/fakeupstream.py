@@ -68,6 +68,8 @@ class Received:
     started: float
     finished: float | None = None
     client_gone: bool = False
+    #: The service's end of the connection (host, port): which keep-alive connection it used.
+    peer: tuple[str, int] | None = None
 
 
 def answer_for(path: str, body: Any) -> str:
@@ -205,6 +207,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = None
         item = Received("POST", self.path, dict(self.headers.items()), body, time.monotonic())
+        item.peer = self.client_address[:2]
         self.fake.record(item)
         token = self.headers.get("Authorization", "").removeprefix("Bearer ")
         content = answer_for(self.path, body if isinstance(body, dict) else {})

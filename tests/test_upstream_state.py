@@ -177,3 +177,19 @@ def test_readyz_counts_the_embedded_model_as_one_upstream(routed, fakes, tmp_pat
     body = client.get("/readyz").get_json()
     assert body["status"] == "ready"
     assert body["upstreams"] == {"remote": "ok", "local": "model_missing"}
+
+
+# --- connections ------------------------------------------------------------------------------
+
+
+def test_upstreams_on_one_host_share_its_keep_alive_connections(routed, fakes):
+    a, _ = fakes
+    client = routed(
+        entry("account-1", a, api_key=SHARED_KEY),
+        entry("account-2", a, api_key=OTHER_KEY),
+    ).test_client()
+    for _ in range(6):
+        assert ask(client).status_code == 200
+    received = a.wait_for(6)
+    assert {bearer(item) for item in received} == {SHARED_KEY, OTHER_KEY}  # both took turns
+    assert len({item.peer for item in received}) == 1  # one after the other, on one connection

@@ -10,6 +10,7 @@ from typing import Literal, Protocol
 from chatservice.backends.breaker import Breaker
 from chatservice.backends.local import LocalBackend
 from chatservice.backends.modelpolicy import ModelPolicy
+from chatservice.backends.pool import SharedPools
 from chatservice.backends.router import Router, Upstream
 from chatservice.backends.upstream import UpstreamBackend, default_spec
 from chatservice.models import ChatChunk, ChatRequest, ChatResult
@@ -131,6 +132,7 @@ def _configured(settings: Settings, state: KeyValueStore, local: LocalBackend) -
             UpstreamSpec(name="local", type="local", models=(local.model_id,), priority=lowest)
         )
     upstreams = []
+    pools = SharedPools(settings.upstream_pool_size, len(specs))
     for spec in specs:
         probe_ttl = (spec.connect_timeout or settings.upstream_connect_timeout) + (
             spec.read_timeout or settings.upstream_read_timeout
@@ -147,7 +149,7 @@ def _configured(settings: Settings, state: KeyValueStore, local: LocalBackend) -
             upstreams.append(Upstream(spec, route, breaker, settings.upstream_models_ttl))
             continue
         try:
-            backend = UpstreamBackend(settings, state, spec)
+            backend = UpstreamBackend(settings, state, spec, pools)
         except ConfigError as exc:  # an unreadable key_file
             raise ConfigError(f"UPSTREAMS: {spec.name}: key_file: {exc}") from None
         upstreams.append(

@@ -1,4 +1,5 @@
-"""urllib3's pool manager for upstream calls, with connections that write a request at once.
+"""urllib3's pool managers for upstream calls, with connections that write a request at once,
+shared by the upstreams on one host (:class:`SharedPools`).
 
 urllib3 writes a request's head and its body with two ``send`` calls. On a keep-alive
 connection to a fast upstream that costs a second system call and, worse, a second wake-up
@@ -76,10 +77,39 @@ def opener(manager: urllib3.PoolManager, base_url: str) -> Callable[..., Any]:
     return lambda method, path, **kwargs: pool.urlopen(method, prefix + path, **kwargs)
 
 
-def pool_manager(proxy: str | None, maxsize: int) -> urllib3.PoolManager:
+def pool_manager(proxy: str | None, maxsize: int, hosts: int = 1) -> urllib3.PoolManager:
     """A pool manager (a proxy manager with ``proxy``) keeping up to ``maxsize`` idle
-    connections per host; never blocks waiting for a free one."""
-    args: dict[str, Any] = {"num_pools": 2, "maxsize": maxsize, "block": False}
+    connections per host, for up to ``hosts`` hosts; never blocks waiting for a free one.
+
+    Beyond ``hosts`` + 1 hosts urllib3 would close the least recently used host's pool,
+    which an :func:`opener` still holds: size it for every host it will reach.
+    """
+    args: dict[str, Any] = {"num_pools": hosts + 1, "maxsize": maxsize, "block": False}
     manager = urllib3.ProxyManager(proxy, **args) if proxy else urllib3.PoolManager(**args)
     manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
     return manager
+
+
+class SharedPools:
+    """The pool managers of one app's upstreams, one per proxy (``None``: direct).
+
+    Upstreams on the same host (two accounts at one provider, or one key through two base
+    URLs) share that host's keep-alive connections: one warm set, sized for the worker's
+    concurrency, instead of one set per upstream, each opened (TLS handshakes included)
+    and kept on its own.
+
+    :param maxsize: idle connections kept per host (UPSTREAM_POOL_SIZE).
+    :param hosts: at most how many hosts the upstreams reach (their number will do).
+    """
+
+    def __init__(self, maxsize: int, hosts: int) -> None:
+        self._maxsize = maxsize
+        self._hosts = hosts
+        self._managers: dict[str | None, urllib3.PoolManager] = {}
+
+    def manager(self, proxy: str | None) -> urllib3.PoolManager:
+        """The pool manager for calls through ``proxy`` (or direct), created on first use."""
+        manager = self._managers.get(proxy)
+        if manager is None:
+            manager = self._managers[proxy] = pool_manager(proxy, self._maxsize, self._hosts)
+        return manager

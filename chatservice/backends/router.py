@@ -26,7 +26,7 @@ import logging
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
@@ -202,13 +202,11 @@ class Router:
         """
         if self._select is not None:
             route = self._select(model, api_key)
-            only = [self._by_route[id(route)]]
-            return Attempts(self, only, 0, only)
+            return Attempts(self, [[self._by_route[id(route)]]], 0)
         groups = self._candidates(model)
         if not groups:
             raise NotFound("model_not_found", field="model", model=model)
-        candidates = [u for group in groups for u in group]
-        return Attempts(self, self._ordered(groups), self._fallbacks, candidates)
+        return Attempts(self, groups, self._fallbacks)
 
     def upstream_of(self, route: Route) -> Upstream:
         """The upstream ``route`` belongs to."""
@@ -239,16 +237,21 @@ class Router:
         self._groups[model] = (now, groups)
         return groups
 
-    def _ordered(self, groups: list[list[Upstream]]) -> list[Upstream]:
-        ordered: list[Upstream] = []
+    def ordered(self, groups: list[list[Upstream]]) -> Iterator[Upstream]:
+        """``groups``' healthy members in the order they are tried: per group, the weighted
+        choice, then the rest by weight. Lazy: most calls take the first one only, so the
+        rest of the order (and the other groups' health) is worked out on a fallback only.
+        """
         for group in groups:
+            if len(group) == 1:
+                yield group[0]  # its breaker is asked once, by Attempts, when it is reached
+                continue
             healthy = [u for u in group if u.breaker is None or u.breaker.available()]
             if not healthy:
                 continue
             first = self._pick(healthy)
-            rest = sorted((u for u in healthy if u is not first), key=lambda u: -u.spec.weight)
-            ordered += [first, *rest]
-        return ordered
+            yield first
+            yield from sorted((u for u in healthy if u is not first), key=lambda u: -u.spec.weight)
 
     def _pick(self, members: list[Upstream]) -> Upstream:
         if len(members) == 1:
@@ -266,17 +269,11 @@ class Router:
 class Attempts:
     """One call's way through its candidates (used by the pipeline, one per call)."""
 
-    def __init__(
-        self,
-        router: Router,
-        ordered: list[Upstream],
-        fallbacks: int,
-        candidates: list[Upstream],
-    ) -> None:
+    def __init__(self, router: Router, groups: list[list[Upstream]], fallbacks: int) -> None:
         self._router = router
-        self._queue = deque(ordered)
+        self._groups = groups
+        self._queue = router.ordered(groups)
         self._left = fallbacks
-        self._candidates = candidates
 
     def first(self) -> Route:
         """The first route whose breaker admits the call. Raises ``ServiceError``
@@ -284,9 +281,7 @@ class Attempts:
         """
         route = self._next()
         if route is None:
-            raise ServiceError(
-                "upstreams_unavailable", headers=self._retry_after_header()
-            )
+            raise ServiceError("upstreams_unavailable", headers=self._retry_after_header())
         return route
 
     def failed(self, route: Route, err: BaseException, seconds: float) -> Route | None:
@@ -327,8 +322,7 @@ class Attempts:
             upstream.breaker.failed()
 
     def _next(self) -> Route | None:
-        while self._queue:
-            upstream = self._queue.popleft()
+        for upstream in self._queue:
             if upstream.breaker is None or upstream.breaker.admit():
                 return upstream.route
         return None
@@ -336,7 +330,8 @@ class Attempts:
     def _retry_after_header(self) -> dict[str, str] | None:
         ends = [
             until
-            for u in self._candidates
+            for group in self._groups
+            for u in group
             if u.breaker is not None
             for state, until in [u.breaker.status()]
             if until is not None

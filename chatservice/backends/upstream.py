@@ -1,7 +1,8 @@
 """The client of an OpenAI-compatible upstream (OpenAI, DeepSeek, vLLM, Ollama, LiteLLM).
 
-urllib3's connection pool, called directly: one pool per app, hence per worker, sized for
-the worker's concurrency (UPSTREAM_POOL_SIZE). Every call has three time limits: connecting
+urllib3's connection pool, called directly: one pool per host per app, hence per worker,
+sized for the worker's concurrency (UPSTREAM_POOL_SIZE) and shared by the upstreams on that
+host (:class:`~chatservice.backends.pool.SharedPools`). Every call has three time limits: connecting
 (UPSTREAM_CONNECT_TIMEOUT), the first byte of the answer (UPSTREAM_READ_TIMEOUT), and the
 silence between two chunks of a stream (UPSTREAM_STREAM_IDLE_TIMEOUT); a silent upstream
 always ends in a 504 or an error event. Connection failures (refused, or accepted and closed
@@ -47,7 +48,7 @@ from urllib3.util.retry import Retry
 
 from chatservice.backends.hangup import abort_on_hang_up
 from chatservice.backends.keypool import Failover, KeyPool, classify, read_key_file
-from chatservice.backends.pool import opener, pool_manager
+from chatservice.backends.pool import SharedPools, opener
 from chatservice.errors import (
     BadRequest,
     NotFound,
@@ -100,7 +101,11 @@ class UpstreamBackend:
     """
 
     def __init__(
-        self, settings: Settings, state: KeyValueStore, spec: UpstreamSpec | None = None
+        self,
+        settings: Settings,
+        state: KeyValueStore,
+        spec: UpstreamSpec | None = None,
+        pools: SharedPools | None = None,
     ) -> None:
         spec = spec or default_spec(settings)
         self.name = spec.name
@@ -141,7 +146,8 @@ class UpstreamBackend:
         # Proxies come from the settings (which read the standard variables too); urllib3
         # reads nothing else from the environment.
         proxy = spec.proxy or outbound_proxy(settings, spec.base_url)
-        self._http = pool_manager(proxy, settings.upstream_pool_size)
+        pools = pools or SharedPools(settings.upstream_pool_size, 1)
+        self._http = pools.manager(proxy)
         self._open = opener(self._http, self._base_url)
 
     @property
@@ -150,7 +156,7 @@ class UpstreamBackend:
         return len(self.pool) > 0
 
     def close(self) -> None:
-        """Close pooled connections."""
+        """Close pooled connections (those it shares with upstreams on its host too)."""
         self._http.clear()
 
     def list_models(self, api_key: Secret | None = None) -> dict[str, Any]:
