@@ -28,6 +28,7 @@ TARGETS = {
     "idle_rss_mb": ("<=", 60.0),
     "tokens_ratio_pct": (">=", 95.0),
     "upstreams_ratio_pct": (">=", 95.0),
+    "upstreams_cpu_pct": ("<=", 105.0),
 }
 
 

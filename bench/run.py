@@ -24,7 +24,11 @@ Scenarios (``--only NAME``, repeatable; targets are for ONE worker on a 2-core m
 ``upstreams``
     The same throughput (OpenAI face, 64 connections) with three ``[[upstreams]]`` of equal
     priority and weight, naming the same upstream, against the one-upstream service, in
-    alternating rounds (medians): >= 95 % of the one-upstream figure.
+    interleaved rounds (``--latency-rounds``), both sides back to back in each, alternating
+    which goes first: each side's median req/s and worker CPU time per request with their
+    spreads, and the medians of the rounds' ratios: throughput >= 95 % and CPU per request
+    <= 105 % of the one-upstream figures (the CPU ratio is the one to trust on a busy
+    machine).
 ``streaming``
     2,000 concurrent streams of 10 s, one chunk every 200 ms (10,000 chunks/s), from two
     gevent client processes (``bench/streamclient.py``) through the service to the gevent

@@ -486,7 +486,7 @@ def scenario_nonstream(run: Run, result: Scenario) -> None:
         result.metric(f"{path}: added latency p50, 1 connection", "added_p50_ms", added_p50, "ms")
         result.metric(f"{path}: added latency p99, 1 connection", "added_p99_ms", added_p99, "ms")
         # CPU per request depends much less than req/s on what else runs on the machine.
-        cpu_us = busy["cpu_cores"]["worker"] * busy["duration_us"] / max(1, busy["requests"])
+        cpu_us = worker_cpu_us(busy)
         result.metric(f"{path}: worker CPU per request, 64 connections", None, cpu_us, "µs")
         errors = busy["error_count"] + single["error_count"] + alone["error_count"]
         result.metric(f"{path}: wrk errors (socket, non-2xx)", "errors", errors, "")
@@ -544,11 +544,18 @@ def scenario_nonstream(run: Run, result: Scenario) -> None:
 
 
 def scenario_upstreams(run: Run, result: Scenario) -> None:
-    """Non-streaming throughput (OpenAI face, 64 connections) with three ``[[upstreams]]``
-    (equal priority and weight, so every call goes through the weighted choice and the
-    breakers) against one upstream (no list), in alternating rounds: medians of the rounds.
-    The three entries name the same upstream process, so the upstream's own speed is the
-    same in both and only the service's routing differs.
+    """Non-streaming throughput and worker CPU per request (OpenAI face, 64 connections)
+    with three ``[[upstreams]]`` against one upstream (no list), in interleaved rounds.
+
+    The three entries have equal priority and weight (every call goes through the weighted
+    choice and a breaker), one key each like the one-upstream service's API_KEY, and name
+    the same upstream process, as the one upstream does: the upstream's own speed and the
+    connections the service keeps to it (one host: one shared keep-alive set, the same pool
+    size) are the same on both sides, and only the routing differs. Each round runs both
+    sides back to back, alternating which goes first; the ratios are the medians of the
+    rounds' own ratios (a burst of other work spoils one pair, not one side), with their
+    spread. CPU per request, from the worker's /proc/<pid>/stat, depends far less than req/s
+    on what else runs on the machine.
     """
     if shutil.which("nginx") and run.args.upstream != "gevent":
         upstream: NginxUpstream | GeventUpstream = NginxUpstream(run)
@@ -577,19 +584,64 @@ def scenario_upstreams(run: Run, result: Scenario) -> None:
         order = list(services.items())
         for label, service in order if index % 2 == 0 else order[::-1]:
             pids = {"worker": service.worker, "upstream": upstream.proc.pid}
-            runs[label].append(wrk(run, service.url + path, body, 64, seconds, pids))
-    rps = {}
+            measured = wrk(run, service.url + path, body, 64, seconds, pids)
+            measured["cpu_us_per_request"] = round(worker_cpu_us(measured), 1)
+            runs[label].append(measured)
     for label, measured in runs.items():
-        rps[label] = sorted(r["rps"] for r in measured)[len(measured) // 2]
+        rps = [r["rps"] for r in measured]
+        cpu = [r["cpu_us_per_request"] for r in measured]
+        spread = f"{min(rps):g}-{max(rps):g}"
+        result.metric(
+            f"{path}: throughput, {label}, median of {rounds} (spread {spread})",
+            None,
+            statistics.median(rps),
+            "req/s",
+        )
+        result.metric(
+            f"{path}: worker CPU per request, {label}, median (spread {min(cpu):g}-{max(cpu):g})",
+            None,
+            statistics.median(cpu),
+            "µs",
+        )
         errors = sum(r["error_count"] for r in measured)
-        result.metric(f"{path}: throughput, {label}, 64 connections", None, rps[label], "req/s")
         result.metric(f"{path}: wrk errors, {label}", "errors", errors, "")
-    ratio = 100.0 * rps["three upstreams"] / max(1.0, rps["one upstream"])
-    result.metric("three upstreams vs one: throughput", "upstreams_ratio_pct", ratio, "%")
+    one, three = runs["one upstream"], runs["three upstreams"]
+    rps_ratios = [100.0 * t["rps"] / max(1.0, o["rps"]) for o, t in zip(one, three, strict=True)]
+    cpu_ratios = [
+        100.0 * t["cpu_us_per_request"] / max(1.0, o["cpu_us_per_request"])
+        for o, t in zip(one, three, strict=True)
+    ]
+    result.metric(
+        "three upstreams vs one: throughput, median of the rounds' ratios "
+        f"(spread {min(rps_ratios):.1f}-{max(rps_ratios):.1f})",
+        "upstreams_ratio_pct",
+        statistics.median(rps_ratios),
+        "%",
+    )
+    result.metric(
+        "three upstreams vs one: worker CPU per request, median of the rounds' ratios "
+        f"(spread {min(cpu_ratios):.1f}-{max(cpu_ratios):.1f})",
+        "upstreams_cpu_pct",
+        statistics.median(cpu_ratios),
+        "%",
+    )
     result.details["rounds"] = runs
+    result.details["ratios_pct"] = {"throughput": rps_ratios, "cpu_per_request": cpu_ratios}
+    if result.missed and run.args.profile:
+        for label, service in services.items():
+            pids = {"worker": service.worker, "upstream": upstream.proc.pid}
+            with py_spy(run, service.worker, seconds, "upstreams-" + label.split()[0]) as profile:
+                profile["run"] = wrk(run, service.url + path, body, 64, seconds, pids)
+            result.details.setdefault("profiles", {})[label] = profile
     for service in services.values():
         service.stop()
     upstream.stop()
+
+
+def worker_cpu_us(measured: dict[str, Any]) -> float:
+    """The worker's CPU time per request (µs) in one :func:`wrk` run metering ``worker``."""
+    seconds = measured["cpu_cores"]["worker"] * measured["duration_us"] / 1e6
+    return seconds * 1e6 / max(1, measured["requests"])
 
 
 def scenario_streaming(run: Run, result: Scenario, profile: bool = False) -> None:

@@ -38,8 +38,9 @@ Exported, every name prefixed ``chatservice_``:
   attempt on one upstream and an ``ok`` on the next.
 - ``streams_in_flight``: ``text/event-stream`` responses started and not yet closed (gauge,
   summed over live workers).
-- ``upstream_keys{state}``: configured upstream keys by state (``usable``, ``cooling``,
-  ``disabled``), computed at scrape time from the key pool's snapshot; never a key or its id.
+- ``upstream_keys{upstream, state}``: each upstream's configured keys by state (``usable``,
+  ``cooling``, ``disabled``; ``upstream`` as above, ``default`` without ``[[upstreams]]``),
+  computed at scrape time from the key pools' snapshots; never a key or its id.
   The marks live in SHARED_STATE_URL's store, so with ``memory://`` and several workers
   this is the scraping worker's view; with Redis it is everyone's.
 - ``client_key_requests_total{key, outcome}`` and ``client_key_tokens_total{key,
@@ -172,9 +173,10 @@ class Metrics:
         )
         self._key_states: KeyStates | None = None
 
-    def watch_keys(self, pool: Any) -> None:
-        """Export ``pool``'s key states (a :class:`~chatservice.backends.keypool.KeyPool`)."""
-        self._key_states = KeyStates(pool)
+    def watch_keys(self, pools: dict[str, Any]) -> None:
+        """Export the key states of ``pools`` (upstream name -> its
+        :class:`~chatservice.backends.keypool.KeyPool`)."""
+        self._key_states = KeyStates(pools)
         if self.registry is not None:
             self.registry.register(self._key_states)
 
@@ -227,31 +229,36 @@ class Metrics:
 
 
 class KeyStates:
-    """A collector: the pool's keys by state, read from its snapshot at scrape time."""
+    """A collector: each upstream's keys by state, read from its pool's snapshot at scrape
+    time."""
 
-    def __init__(self, pool: Any) -> None:
-        self._pool = pool
+    def __init__(self, pools: dict[str, Any]) -> None:
+        self._pools = pools
 
     def describe(self) -> list[GaugeMetricFamily]:
         """The family without samples, so registering does not read the store."""
         return [self._family()]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        """One sample per state; nothing when the store holding the marks is down."""
-        try:
-            rows = self._pool.snapshot()
-        except ServiceError:
-            log.warning("key states not exported: the shared state is unavailable")
-            return
+        """One sample per upstream and state; nothing when the store holding the marks is
+        down."""
         family = self._family()
-        for state in KEY_STATES:
-            family.add_metric([state], sum(1 for row in rows if row["state"] == state))
+        for name, pool in self._pools.items():
+            try:
+                rows = pool.snapshot()
+            except ServiceError:
+                log.warning("key states not exported: the shared state is unavailable")
+                return
+            for state in KEY_STATES:
+                family.add_metric([name, state], sum(1 for row in rows if row["state"] == state))
         yield family
 
     @staticmethod
     def _family() -> GaugeMetricFamily:
         return GaugeMetricFamily(
-            "chatservice_upstream_keys", "Configured upstream keys by state.", labels=["state"]
+            "chatservice_upstream_keys",
+            "Configured upstream keys by upstream and state.",
+            labels=["upstream", "state"],
         )
 
 
@@ -371,7 +378,7 @@ def init_app(app: Flask, service: Any) -> Metrics:
     metrics = Metrics(multiprocess=multiprocess_enabled())
     app.extensions[EXTENSION] = metrics
     service.pipeline.observe(BackendMetrics(metrics))
-    metrics.watch_keys(service.backends.upstream.pool)
+    metrics.watch_keys({u.name: u.route.backend.pool for u in service.backends.remote()})
 
     @app.before_request
     def start_timer() -> None:

@@ -216,19 +216,25 @@ def test_key_states_are_exported_without_the_keys(make_app, fake, tmp_path):
     client = make_app(KEY_FILE=key_file(tmp_path, KEY_A, KEY_B)).test_client()
     keys = "chatservice_upstream_keys"
     samples = scrape(client)
-    assert [value(samples, keys, state=s) for s in ("usable", "cooling", "disabled")] == [2, 0, 0]
+    assert [
+        value(samples, keys, upstream="default", state=s) for s in ("usable", "cooling", "disabled")
+    ] == [2, 0, 0]
 
     fake.revoked = {KEY_A}
     assert ask(client).status_code == 200  # A refused and disabled, B answered
     samples = scrape(client)
-    assert [value(samples, keys, state=s) for s in ("usable", "cooling", "disabled")] == [1, 0, 1]
+    assert [
+        value(samples, keys, upstream="default", state=s) for s in ("usable", "cooling", "disabled")
+    ] == [1, 0, 1]
 
     rate_limited = {"error": {"code": "rate_limit_exceeded"}}
     fake.push(Reply(status=429, body=rate_limited, headers={"Retry-After": "30"}))
     assert ask(client).status_code == 429  # B cools down; the client gets the upstream's 429
     response = client.get("/metrics")
     samples = parse(response.get_data(as_text=True))
-    assert [value(samples, keys, state=s) for s in ("usable", "cooling", "disabled")] == [0, 1, 1]
+    assert [
+        value(samples, keys, upstream="default", state=s) for s in ("usable", "cooling", "disabled")
+    ] == [0, 1, 1]
     text = response.get_data(as_text=True)
     for key in (KEY_A, KEY_B):
         assert key not in text and key_id(Secret(key)) not in text
@@ -295,7 +301,7 @@ def test_metrics_add_up_across_workers(live_server, upstream, tmp_path):
     def total() -> float:
         response = requests.get(server.url + "/metrics", timeout=10)
         samples = parse(response.text)
-        assert value(samples, "chatservice_upstream_keys", state="usable") == 1
+        assert value(samples, "chatservice_upstream_keys", upstream="default", state="usable") == 1
         return value(samples, "chatservice_requests_total", face="api", route="/api", status="200")
 
     # Whichever worker answers the scrape, it reports everyone's requests.

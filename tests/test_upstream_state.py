@@ -1,5 +1,6 @@
-"""Per-upstream state: key marks namespaced by upstream, /readyz and /admin/keys over every
-upstream, through the app and real fake upstreams on loopback.
+"""Per-upstream state: key marks namespaced by upstream, /readyz, /admin/keys and the key
+metrics over every upstream, shared connections to one host, through the app and real fake
+upstreams on loopback.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from flask import Flask
 from chatservice.backends.keypool import key_id
 from chatservice.settings import Secret
 from tests.fakeupstream import FakeUpstream, Reply
+from tests.test_ops import parse, value
 
 ADMIN = {"Authorization": "Bearer admin-secret-token"}
 SHARED_KEY = "sk-shared-by-two-providers-5555eeee"
@@ -88,16 +90,44 @@ def test_the_default_upstream_still_reads_marks_written_before_upstreams_had_nam
     assert app.test_client().get("/readyz").get_json()["checks"]["backend"] == "no_usable_key"
 
 
+def test_key_metrics_count_each_upstreams_keys_apart(routed, fakes):
+    a, b = fakes
+    client = routed(
+        entry("direct", a, api_key=SHARED_KEY, priority=1),
+        entry("second-base-url", b, api_key=[SHARED_KEY, OTHER_KEY]),
+    ).test_client()
+    a.revoked = {SHARED_KEY}
+    assert ask(client).status_code == 200
+    text = client.get("/metrics").get_data(as_text=True)
+    samples = parse(text)
+    counts = {
+        (name, state): value(samples, "chatservice_upstream_keys", upstream=name, state=state)
+        for name in ("direct", "second-base-url")
+        for state in ("usable", "disabled")
+    }
+    assert counts == {
+        ("direct", "usable"): 0,
+        ("direct", "disabled"): 1,
+        ("second-base-url", "usable"): 2,
+        ("second-base-url", "disabled"): 0,
+    }
+    assert SHARED_KEY not in text and key_id(Secret(SHARED_KEY)) not in text
+
+
 # --- /admin/keys ------------------------------------------------------------------------------
 
 
 def test_admin_keys_lists_every_upstream_grouped_by_name_and_masked(routed, fakes):
     a, b = fakes
-    response = routed(
-        entry("openai", a, api_key=SHARED_KEY),
-        entry("deepseek", b, api_key=[SHARED_KEY, OTHER_KEY]),
-        entry("ollama", b),
-    ).test_client().get("/api/admin/keys", headers=ADMIN)
+    response = (
+        routed(
+            entry("openai", a, api_key=SHARED_KEY),
+            entry("deepseek", b, api_key=[SHARED_KEY, OTHER_KEY]),
+            entry("ollama", b),
+        )
+        .test_client()
+        .get("/api/admin/keys", headers=ADMIN)
+    )
     assert response.status_code == 200
     text = response.get_data(as_text=True)
     assert SHARED_KEY not in text and OTHER_KEY not in text and "5555eeee" not in text

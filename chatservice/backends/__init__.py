@@ -68,7 +68,7 @@ class Backends:
             upstreams = _configured(settings, state, self.local)
             self.router = Router(upstreams, settings.upstream_fallbacks)
             remote = [u.route.backend for u in upstreams if not u.spec.local]
-            #: The first remote upstream (the key metrics; :meth:`remote` lists them all).
+            #: The first remote upstream (:meth:`remote` lists them all).
             self.upstream = remote[0] if remote else UpstreamBackend(settings, state)
             self._local_route = Route("local", self.local, "local")
             self._upstream_route = Route("upstream", self.upstream)
