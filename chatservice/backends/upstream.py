@@ -2,8 +2,8 @@
 
 urllib3's connection pool, called directly: one pool per host per app, hence per worker,
 sized for the worker's concurrency (UPSTREAM_POOL_SIZE) and shared by the upstreams on that
-host (:class:`~chatservice.backends.pool.SharedPools`). Every call has three time limits: connecting
-(UPSTREAM_CONNECT_TIMEOUT), the first byte of the answer (UPSTREAM_READ_TIMEOUT), and the
+host (:class:`~chatservice.backends.pool.SharedPools`). Every call has three time limits:
+connecting (UPSTREAM_CONNECT_TIMEOUT), the first byte of the answer (UPSTREAM_READ_TIMEOUT), and the
 silence between two chunks of a stream (UPSTREAM_STREAM_IDLE_TIMEOUT); a silent upstream
 always ends in a 504 or an error event. Connection failures (refused, or accepted and closed
 before any byte of an answer) and 502/503/504 answers are retried UPSTREAM_RETRIES times with
