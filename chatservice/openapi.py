@@ -497,19 +497,13 @@ def _schemas() -> dict[str, Schema]:
                     "type": "array",
                     "items": {
                         "type": "object",
-                        "required": [
-                            "upstream",
-                            "key",
-                            "id",
-                            "state",
-                            "cooldown_until",
-                            "failures",
-                        ],
+                        "required": ["key", "id", "state", "cooldown_until", "failures"],
                         "properties": {
                             "upstream": {
                                 "type": "string",
-                                "description": "The upstream's name; the same key at two "
-                                "upstreams has a row (and a state) at each.",
+                                "description": "The upstream's name (in `/admin/keys`' "
+                                "`keys` only); the same key at two upstreams has a row (and "
+                                "a state) at each.",
                             },
                             "key": {"type": "string", "description": "Masked: `sk-...abcd`."},
                             "id": {"type": "string"},
