@@ -666,7 +666,9 @@ def test_error_types_follow_openai(error, expected):
 
 def test_lang_field_picks_the_language_and_is_not_forwarded(make_app, fake):
     client = make_app(API_KEY="sk-configured-key-0001").test_client()
-    r = client.post("/api/v1/chat/completions", json={
-        "model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "lang": "ru"})
+    r = client.post(
+        "/api/v1/chat/completions",
+        json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "lang": "ru"},
+    )
     assert r.status_code == 200
     assert "lang" not in fake.received[0].json

@@ -43,4 +43,3 @@ def page() -> Response:
 def to_page() -> Response:
     """``GET {ROUTE}/admin``: 302 to the page's own address."""
     return redirect(url_for("admin_page.page"))
-
