@@ -71,6 +71,16 @@ class Received:
     #: The service's end of the connection (host, port): which keep-alive connection it used.
     peer: tuple[str, int] | None = None
 
+    def wait_finished(self, timeout: float = 5.0) -> float:
+        """Wait until the fake upstream is done with this request (it wrote its last byte or
+        saw the service hang up); return when, in ``time.monotonic()`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.finished is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self.finished is None:
+            raise AssertionError(f"the fake upstream was still answering after {timeout} s")
+        return self.finished
+
 
 def answer_for(path: str, body: Any) -> str:
     """The default answer: ``echo: `` + the last user message (chat) or the prompt."""
