@@ -38,18 +38,14 @@ except ImportError:  # re-run with the project's virtualenv, as bench/run.py doe
         os.execv(VENV_PYTHON, [str(VENV_PYTHON), *sys.argv])
     raise
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+try:  # imported as bench.ws_flood
+    from bench.procs import free_port, rss_kib
+except ImportError:  # run as python3 bench/ws_flood.py: bench/ is on the path
+    from procs import free_port, rss_kib
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return rss_kib(pid) / 1024
 
 
 def black_hole() -> tuple[socket.socket, list[socket.socket]]:
