@@ -180,7 +180,9 @@ def test_embedded_model_answers_n_choices(local):
     body = ask(local, n=2, temperature=1.0).get_json()
     assert [choice["index"] for choice in body["choices"]] == [0, 1]
     assert all(choice["message"]["content"] for choice in body["choices"])
-    assert body["usage"]["completion_tokens"] <= 12
+    # Two choices of at most max_tokens each; llama-cpp-python finishes a character whose
+    # UTF-8 bytes span several tokens before it stops (at most 3 more tokens, for 4 bytes).
+    assert body["usage"]["completion_tokens"] <= 2 * (6 + 3)
 
 
 def test_embedded_model_seed_makes_sampling_repeatable(local):
