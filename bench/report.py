@@ -25,6 +25,7 @@ TARGETS = {
     "open_streams": (">=", 2000),
     "delay_p99_ms": ("<=", 20.0),
     "rss_per_stream_kib": ("<=", 64.0),
+    "cpu_per_chunk_us": ("<=", 30.0),
     "idle_rss_mb": ("<=", 60.0),
     "tokens_ratio_pct": (">=", 95.0),
     "upstreams_ratio_pct": (">=", 95.0),

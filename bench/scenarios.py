@@ -751,7 +751,7 @@ def scenario_streaming(run: Run, result: Scenario, profile: bool = False) -> Non
     metered = in_window(received, window)
     if worker_cores is not None and metered:
         per_chunk = worker_cores * (window[1] - window[0]) / metered * 1e6
-        result.metric("worker CPU per relayed chunk", None, per_chunk, "µs")
+        result.metric("worker CPU per relayed chunk", "cpu_per_chunk_us", per_chunk, "µs")
     result.metric(
         f"chunks relayed per second in the plateau (open streams x {1 / interval:g})",
         None,
