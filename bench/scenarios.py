@@ -510,9 +510,10 @@ def scenario_nonstream(run: Run, result: Scenario) -> None:
             service.worker,
         )
         result.details["peers"] = compared
-        spread = compared["sides"]["service"]["spread_rps"]
+        # Labels stay the same from run to run (--repeat merges by label); the rounds'
+        # spreads are in the details.
         result.metric(
-            f"peers: service req/s, median of {rounds} (spread {spread[0]:g}-{spread[1]:g})",
+            f"peers: service req/s, median of {rounds} rounds",
             None,
             compared["sides"]["service"]["median_rps"],
             "req/s",
@@ -590,15 +591,14 @@ def scenario_upstreams(run: Run, result: Scenario) -> None:
     for label, measured in runs.items():
         rps = [r["rps"] for r in measured]
         cpu = [r["cpu_us_per_request"] for r in measured]
-        spread = f"{min(rps):g}-{max(rps):g}"
         result.metric(
-            f"{path}: throughput, {label}, median of {rounds} (spread {spread})",
+            f"{path}: throughput, {label}, median of {rounds} rounds",
             None,
             statistics.median(rps),
             "req/s",
         )
         result.metric(
-            f"{path}: worker CPU per request, {label}, median (spread {min(cpu):g}-{max(cpu):g})",
+            f"{path}: worker CPU per request, {label}, median of {rounds} rounds",
             None,
             statistics.median(cpu),
             "µs",
@@ -612,15 +612,13 @@ def scenario_upstreams(run: Run, result: Scenario) -> None:
         for o, t in zip(one, three, strict=True)
     ]
     result.metric(
-        "three upstreams vs one: throughput, median of the rounds' ratios "
-        f"(spread {min(rps_ratios):.1f}-{max(rps_ratios):.1f})",
+        "three upstreams vs one: throughput, median of the rounds' ratios",
         "upstreams_ratio_pct",
         statistics.median(rps_ratios),
         "%",
     )
     result.metric(
-        "three upstreams vs one: worker CPU per request, median of the rounds' ratios "
-        f"(spread {min(cpu_ratios):.1f}-{max(cpu_ratios):.1f})",
+        "three upstreams vs one: worker CPU per request, median of the rounds' ratios",
         "upstreams_cpu_pct",
         statistics.median(cpu_ratios),
         "%",
