@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -193,3 +195,37 @@ def redis_server(tmp_path_factory) -> Iterator[str]:
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+# --- several fake upstreams behind [[upstreams]] (the router and per-upstream state tests)
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[list[FakeUpstream]]:
+    started = [FakeUpstream() for _ in range(3)]
+    yield started
+    for server in started:
+        server.close()
+
+
+@pytest.fixture
+def fakes(servers: list[FakeUpstream]) -> list[FakeUpstream]:
+    for server in servers:
+        server.reset()
+    return servers
+
+
+def entry(name: str, fake: FakeUpstream | str, **fields: Any) -> dict[str, Any]:
+    """An ``[[upstreams]]`` entry; no retries, so a fault shows at once."""
+    url = fake if isinstance(fake, str) else fake.url
+    return {"name": name, "base_url": url, "retries": 0, "models": ["*"], **fields}
+
+
+@pytest.fixture
+def routed(make_app: Callable[..., Flask]) -> Callable[..., Flask]:
+    def make(*entries: dict[str, Any], **env: str) -> Flask:
+        return make_app(
+            UPSTREAMS=json.dumps(list(entries)), ADMIN_TOKEN="admin-secret-token", **env
+        )
+
+    return make

@@ -6,49 +6,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from flask import Flask
 
 from chatservice.settings import ConfigError
-from tests.conftest import free_port, settings_from
-from tests.fakeupstream import FakeUpstream, Reply
+from tests.conftest import entry, free_port, settings_from
+from tests.fakeupstream import Reply
 
 ADMIN = {"Authorization": "Bearer admin-secret-token"}
 KEY_A = "sk-secret-key-of-a-1111aaaa"
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[list[FakeUpstream]]:
-    started = [FakeUpstream() for _ in range(3)]
-    yield started
-    for server in started:
-        server.close()
-
-
-@pytest.fixture
-def fakes(servers: list[FakeUpstream]) -> list[FakeUpstream]:
-    for server in servers:
-        server.reset()
-    return servers
-
-
-def entry(name: str, fake: FakeUpstream | str, **fields: Any) -> dict[str, Any]:
-    """An ``[[upstreams]]`` entry; no retries, so a fault shows at once."""
-    url = fake if isinstance(fake, str) else fake.url
-    return {"name": name, "base_url": url, "retries": 0, "models": ["*"], **fields}
-
-
-@pytest.fixture
-def routed(make_app: Callable[..., Flask]) -> Callable[..., Flask]:
-    def make(*entries: dict[str, Any], **env: str) -> Flask:
-        return make_app(
-            UPSTREAMS=json.dumps(list(entries)), ADMIN_TOKEN="admin-secret-token", **env
-        )
-
-    return make
 
 
 def ask_openai(client, model: str = "gpt-4o", stream: bool = False, **extra: Any):

@@ -5,51 +5,17 @@ upstreams on loopback.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator
 from typing import Any
-
-import pytest
-from flask import Flask
 
 from chatservice.backends.keypool import key_id
 from chatservice.settings import Secret
-from tests.fakeupstream import FakeUpstream, Reply
+from tests.conftest import entry
+from tests.fakeupstream import Reply
 from tests.test_ops import parse, value
 
 ADMIN = {"Authorization": "Bearer admin-secret-token"}
 SHARED_KEY = "sk-shared-by-two-providers-5555eeee"
 OTHER_KEY = "sk-only-at-the-second-one-6666ffff"
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[list[FakeUpstream]]:
-    started = [FakeUpstream() for _ in range(2)]
-    yield started
-    for server in started:
-        server.close()
-
-
-@pytest.fixture
-def fakes(servers: list[FakeUpstream]) -> list[FakeUpstream]:
-    for server in servers:
-        server.reset()
-    return servers
-
-
-def entry(name: str, fake: FakeUpstream, **fields: Any) -> dict[str, Any]:
-    """An ``[[upstreams]]`` entry; no retries, so a fault shows at once."""
-    return {"name": name, "base_url": fake.url, "retries": 0, "models": ["*"], **fields}
-
-
-@pytest.fixture
-def routed(make_app: Callable[..., Flask]) -> Callable[..., Flask]:
-    def make(*entries: dict[str, Any], **env: str) -> Flask:
-        return make_app(
-            UPSTREAMS=json.dumps(list(entries)), ADMIN_TOKEN="admin-secret-token", **env
-        )
-
-    return make
 
 
 def ask(client) -> Any:
@@ -65,7 +31,7 @@ def bearer(received: Any) -> str:
 
 
 def test_a_key_refused_by_one_upstream_stays_in_use_at_the_other(routed, fakes):
-    a, b = fakes
+    a, b, _ = fakes
     client = routed(
         entry("direct", a, api_key=SHARED_KEY, priority=1),
         entry("second-base-url", b, api_key=SHARED_KEY),
@@ -91,7 +57,7 @@ def test_the_default_upstream_still_reads_marks_written_before_upstreams_had_nam
 
 
 def test_key_metrics_count_each_upstreams_keys_apart(routed, fakes):
-    a, b = fakes
+    a, b, _ = fakes
     client = routed(
         entry("direct", a, api_key=SHARED_KEY, priority=1),
         entry("second-base-url", b, api_key=[SHARED_KEY, OTHER_KEY]),
@@ -118,7 +84,7 @@ def test_key_metrics_count_each_upstreams_keys_apart(routed, fakes):
 
 
 def test_admin_keys_lists_every_upstream_grouped_by_name_and_masked(routed, fakes):
-    a, b = fakes
+    a, b, _ = fakes
     response = (
         routed(
             entry("openai", a, api_key=SHARED_KEY),
@@ -156,7 +122,7 @@ def test_admin_keys_without_a_list_names_the_default_upstream(make_app):
 
 
 def test_readyz_stays_ready_while_one_upstream_can_answer_and_names_the_others(routed, fakes):
-    a, b = fakes
+    a, b, _ = fakes
     client = routed(
         entry("direct", a, api_key=SHARED_KEY, priority=1),
         entry("second-base-url", b, api_key=OTHER_KEY),
@@ -183,7 +149,7 @@ def test_readyz_stays_ready_while_one_upstream_can_answer_and_names_the_others(r
 
 
 def test_readyz_names_an_upstream_whose_breaker_is_open(routed, fakes):
-    a, b = fakes
+    a, b, _ = fakes
     client = routed(
         entry("flaky", a, priority=1),
         entry("steady", b),
@@ -198,7 +164,7 @@ def test_readyz_names_an_upstream_whose_breaker_is_open(routed, fakes):
 
 
 def test_readyz_counts_the_embedded_model_as_one_upstream(routed, fakes, tmp_path):
-    a, _ = fakes
+    a, *_ = fakes
     client = routed(
         entry("remote", a, api_key=SHARED_KEY),
         {"name": "local", "type": "local", "models": ["*"], "priority": -1},
@@ -213,7 +179,7 @@ def test_readyz_counts_the_embedded_model_as_one_upstream(routed, fakes, tmp_pat
 
 
 def test_upstreams_on_one_host_share_its_keep_alive_connections(routed, fakes):
-    a, _ = fakes
+    a, *_ = fakes
     client = routed(
         entry("account-1", a, api_key=SHARED_KEY),
         entry("account-2", a, api_key=OTHER_KEY),
