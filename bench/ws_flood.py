@@ -39,9 +39,9 @@ except ImportError:  # re-run with the project's virtualenv, as bench/run.py doe
     raise
 
 try:  # imported as bench.ws_flood
-    from bench.procs import free_port, rss_kib
+    from bench.procs import free_port, rss_kib, wait_healthy
 except ImportError:  # run as python3 bench/ws_flood.py: bench/ is on the path
-    from procs import free_port, rss_kib
+    from procs import free_port, rss_kib, wait_healthy
 
 
 def rss_mb(pid: int) -> float:
@@ -86,13 +86,8 @@ def start_service(upstream_port: int, workdir: Path) -> tuple[subprocess.Popen[b
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
-                return proc, port
-        time.sleep(0.1)
-    raise RuntimeError("the service did not start")
+    wait_healthy(port, proc, 30, (workdir / "service.log").read_text, workers=1)
+    return proc, port
 
 
 def worker_of(proc: subprocess.Popen[bytes]) -> int:
