@@ -319,9 +319,11 @@ def wait_healthy(
     timeout: float,
     log_tail: Callable[[], str] = str,
     workers: int | None = None,
+    path: str = "/healthz",
 ) -> list[int]:
-    """Wait until ``GET /healthz`` on 127.0.0.1:``port`` answers 200 and, with ``workers``,
-    the server ``proc`` (gunicorn's master) has that many children; returns their pids.
+    """Wait until ``GET path`` (``/healthz``; ``/readyz`` to wait for a preloaded model) on
+    127.0.0.1:``port`` answers 200 and, with ``workers``, the server ``proc`` (gunicorn's
+    master) has that many children; returns their pids.
 
     Raises :class:`BenchError` with ``log_tail()`` when ``proc`` exits first or after
     ``timeout`` seconds.
@@ -331,7 +333,7 @@ def wait_healthy(
         if has_exited(proc):
             raise BenchError("the service exited:\n" + log_tail())
         with contextlib.suppress(OSError, http.client.HTTPException):
-            status, _ = http_json(port, "GET", "/healthz", timeout=2)
+            status, _ = http_json(port, "GET", path, timeout=2)
             kids = children(proc.pid)
             if status == 200 and (workers is None or len(kids) == workers):
                 return kids

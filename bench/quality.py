@@ -20,8 +20,6 @@ import argparse
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 try:  # imported by the tests as bench.quality
-    from bench.procs import free_port
+    from bench.procs import Processes, free_port, wait_healthy
 except ImportError:  # run as python3 bench/quality.py: bench/ is on the path
-    from procs import free_port
+    from procs import Processes, free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -98,12 +96,10 @@ def right(answer: str, accepted: str) -> bool:
     return re.search(accepted, answer, re.IGNORECASE) is not None
 
 
-def start_service(workdir: Path, env_extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    """``app.py`` in its own process group; its base URL once ``/readyz`` answers 200."""
-    import requests
-
+def start_service(procs: Processes, env_extra: dict[str, str]) -> str:
+    """``app.py`` with the embedded model preloaded; its base URL once ``/readyz`` answers."""
     port = free_port()
-    (workdir / "config.toml").write_text("")
+    (procs.workdir / "config.toml").write_text("")
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/"),
@@ -113,40 +109,12 @@ def start_service(workdir: Path, env_extra: dict[str, str]) -> tuple[subprocess.
         "BACKEND": "local",
         "LOCAL_PRELOAD": "1",
         "STORE_URL": "memory://",
-        "CONFIG_FILE": str(workdir / "config.toml"),
+        "CONFIG_FILE": str(procs.workdir / "config.toml"),
         **env_extra,
     }
-    log = open(workdir / "service.log", "wb")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py")],
-        cwd=workdir,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"service exited: {(workdir / 'service.log').read_text()}")
-        try:
-            if requests.get(url + "/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("service did not become ready in 120 s")
-
-
-def stop_service(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    proc = procs.start("service", [sys.executable, str(ROOT / "app.py")], env=env)
+    wait_healthy(port, proc, 120, lambda: procs.log_tail("service"), path="/readyz")
+    return f"http://127.0.0.1:{port}"
 
 
 def ask_all(url: str, rounds: int, fields: dict[str, Any]) -> list[dict[str, Any]]:
@@ -216,11 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     fields = {name: json.loads(value) for name, value in (f.split("=", 1) for f in args.field)}
 
     with tempfile.TemporaryDirectory(prefix="chatservice-quality-") as tmp:
-        proc, url = start_service(Path(tmp), env_extra)
+        procs = Processes(Path(tmp))
         try:
-            records = ask_all(url, args.rounds, fields)
+            records = ask_all(start_service(procs, env_extra), args.rounds, fields)
         finally:
-            stop_service(proc)
+            procs.stop_all()
     result = {
         "settings": env_extra,
         "fields": fields,

@@ -20,7 +20,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,9 +38,9 @@ except ImportError:  # re-run with the project's virtualenv, as bench/run.py doe
     raise
 
 try:  # imported as bench.ws_flood
-    from bench.procs import free_port, rss_kib, wait_healthy
+    from bench.procs import Processes, free_port, rss_kib, wait_healthy
 except ImportError:  # run as python3 bench/ws_flood.py: bench/ is on the path
-    from procs import free_port, rss_kib, wait_healthy
+    from procs import Processes, free_port, rss_kib, wait_healthy
 
 
 def rss_mb(pid: int) -> float:
@@ -62,12 +61,13 @@ def black_hole() -> tuple[socket.socket, list[socket.socket]]:
     return server, held
 
 
-def start_service(upstream_port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_service(procs: Processes, upstream_port: int) -> tuple[int, int]:
+    """``app.py`` with one worker in front of ``upstream_port``; its port and worker's pid."""
     port = free_port()
-    (workdir / "empty.toml").write_text("")
+    (procs.workdir / "empty.toml").write_text("")
     env = {
         "PATH": os.environ.get("PATH", ""),
-        "HOME": str(workdir),
+        "HOME": str(procs.workdir),
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "WORKERS": "1",
@@ -75,33 +75,22 @@ def start_service(upstream_port: int, workdir: Path) -> tuple[subprocess.Popen[b
         "UPSTREAM_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
         "UPSTREAM_RETRIES": "0",
         "STORE_URL": "memory://",
-        "CONFIG_FILE": str(workdir / "empty.toml"),
+        "CONFIG_FILE": str(procs.workdir / "empty.toml"),
     }
-    log = open(workdir / "service.log", "wb")  # noqa: SIM115 - the process's lifetime
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py")],
-        cwd=workdir,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    wait_healthy(port, proc, 30, (workdir / "service.log").read_text, workers=1)
-    return proc, port
-
-
-def worker_of(proc: subprocess.Popen[bytes]) -> int:
-    kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-    return int(kids[0])
+    # gunicorn's quick shutdown (SIGQUIT) at the end: the flooded session still waits upstream.
+    command = [sys.executable, str(ROOT / "app.py")]
+    proc = procs.start("service", command, env=env, stop_signal=signal.SIGQUIT)
+    (worker,) = wait_healthy(port, proc, 30, lambda: procs.log_tail("service"), workers=1)
+    return port, worker
 
 
 def run(frames: int, frame_kb: int) -> dict[str, float | int | None]:
     """Flood one worker; the figures measured."""
     upstream, held = black_hole()
     with tempfile.TemporaryDirectory(prefix="ws-flood-") as tmp:
-        proc, port = start_service(upstream.getsockname()[1], Path(tmp))
+        procs = Processes(Path(tmp))
         try:
-            pid = worker_of(proc)
+            port, pid = start_service(procs, upstream.getsockname()[1])
             idle = rss_mb(pid)
             stop = threading.Event()
             peak, health = [idle], [0.0]
@@ -148,14 +137,7 @@ def run(frames: int, frame_kb: int) -> dict[str, float | int | None]:
                 "healthz_max_seconds": round(health[0], 3),
             }
         finally:
-            # gunicorn's quick shutdown: the flooded session is still waiting on the upstream.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGQUIT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            procs.stop_all()
             upstream.close()
             for sock in held:
                 sock.close()
