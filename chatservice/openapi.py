@@ -1158,50 +1158,18 @@ def _other_operations(settings: Settings) -> dict[str, dict[str, Any]]:
                 security=_security(settings),
             )
         },
-        f"{route}/admin/keys": {
-            "get": _op(
-                TAG_ADMIN,
-                "admin_keys",
-                "Every upstream's key pool, masked",
-                {
-                    "200": {
-                        "description": "Every key, masked, with its state.",
-                        "content": _content(JSON, _ref("KeyList")),
-                    },
-                    "401": {
-                        "description": "No or a wrong ADMIN_TOKEN bearer.",
-                        "content": _content(JSON, _ref("ApiError")),
-                    },
-                    "404": {
-                        "description": "ADMIN_TOKEN is not set.",
-                        "content": _content(JSON, _ref("ApiError")),
-                    },
-                },
-                security=[{"adminToken": []}],
-            )
-        },
-        f"{route}/admin/upstreams": {
-            "get": _op(
-                TAG_ADMIN,
-                "admin_upstreams",
-                "The upstreams: breakers, keys (masked), counts",
-                {
-                    "200": {
-                        "description": "Every upstream; counts are the answering worker's.",
-                        "content": _content(JSON, _ref("UpstreamList")),
-                    },
-                    "401": {
-                        "description": "No or a wrong ADMIN_TOKEN bearer.",
-                        "content": _content(JSON, _ref("ApiError")),
-                    },
-                    "404": {
-                        "description": "ADMIN_TOKEN is not set.",
-                        "content": _content(JSON, _ref("ApiError")),
-                    },
-                },
-                security=[{"adminToken": []}],
-            )
-        },
+        f"{route}/admin/keys": _admin_view(
+            "admin_keys",
+            "Every upstream's key pool, masked",
+            "Every key, masked, with its state.",
+            "KeyList",
+        ),
+        f"{route}/admin/upstreams": _admin_view(
+            "admin_upstreams",
+            "The upstreams: breakers, keys (masked), counts",
+            "Every upstream; counts are the answering worker's.",
+            "UpstreamList",
+        ),
         "/healthz": {
             "get": _op(
                 TAG_OPS,
@@ -1278,6 +1246,18 @@ def _other_operations(settings: Settings) -> dict[str, dict[str, Any]]:
     if settings.playground:
         paths.update(_playground_operations(route))
     return paths
+
+
+def _admin_view(operation_id: str, summary: str, description: str, schema: str) -> Any:
+    """A read-only ``GET`` under ``{ROUTE}/admin``: ``schema`` with 200, or 401/404 for the
+    ADMIN_TOKEN bearer."""
+    error = _content(JSON, _ref("ApiError"))
+    responses = {
+        "200": {"description": description, "content": _content(JSON, _ref(schema))},
+        "401": {"description": "No or a wrong ADMIN_TOKEN bearer.", "content": error},
+        "404": {"description": "ADMIN_TOKEN is not set.", "content": error},
+    }
+    return {"get": _op(TAG_ADMIN, operation_id, summary, responses, security=[{"adminToken": []}])}
 
 
 def _playground_operations(route: str) -> dict[str, dict[str, Any]]:
