@@ -30,11 +30,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import redis
-
 from chatservice.clientkeys import KeyRecord
 from chatservice.errors import ServiceError
-from chatservice.state import PREFIX, STORAGE_TIMEOUT, redis_errors, sqlite_path
+from chatservice.state import PREFIX, STORAGE_TIMEOUT, redis_client, redis_errors, sqlite_path
 
 #: The fields of a usage row that add up.
 USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "errors", "cost_nanos")
@@ -352,12 +350,7 @@ class RedisKeyStore:
     """
 
     def __init__(self, url: str) -> None:
-        self._redis = redis.Redis.from_url(
-            url.replace("redis+unix://", "unix://", 1),
-            socket_timeout=STORAGE_TIMEOUT,
-            socket_connect_timeout=STORAGE_TIMEOUT,
-            decode_responses=True,
-        )
+        self._redis = redis_client(url)
         self._reserve = self._redis.register_script(self._RESERVE)
         self._adjust = self._redis.register_script(self._ADJUST)
         self._create = self._redis.register_script(self._CREATE)

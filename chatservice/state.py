@@ -347,12 +347,7 @@ class RedisState:
 
     def __init__(self, url: str) -> None:
         self.clock = time.time
-        self._redis = redis.Redis.from_url(
-            url.replace("redis+unix://", "unix://", 1),
-            socket_timeout=STORAGE_TIMEOUT,
-            socket_connect_timeout=STORAGE_TIMEOUT,
-            decode_responses=True,
-        )
+        self._redis = redis_client(url)
         self._delete_if = self._redis.register_script(self._DELETE_IF)
         self._expire_if = self._redis.register_script(self._EXPIRE_IF)
 
@@ -410,6 +405,18 @@ def _expiry(now: float, ttl: float | None) -> float | None:
 
 def _milliseconds(ttl: float | None) -> int | None:
     return None if ttl is None else max(1, int(ttl * 1000))
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A client for a ``redis://``, ``rediss://`` or ``redis+unix://`` URL (the last is
+    flask-limiter's spelling of redis-py's ``unix://``), answering strings, with
+    STORAGE_TIMEOUT seconds to connect and per command. Connects on first use."""
+    return redis.Redis.from_url(
+        url.replace("redis+unix://", "unix://", 1),
+        socket_timeout=STORAGE_TIMEOUT,
+        socket_connect_timeout=STORAGE_TIMEOUT,
+        decode_responses=True,
+    )
 
 
 @contextlib.contextmanager
