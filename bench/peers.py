@@ -100,8 +100,9 @@ class Peer:
         self.pid = proc.pid
 
 
-def start_naive(run: Any, upstream_url: str, pool: int = 100) -> Peer:
-    """bench/naive_proxy.py under gunicorn, one gevent worker, ``pool`` upstream connections."""
+def start_naive(run: Any, upstream_url: str, pool: int = 100, app: str = "naive_proxy:app") -> Peer:
+    """bench/naive_proxy.py (or another of bench/'s WSGI ``app``s, e.g. ``raw_relay:app``)
+    under gunicorn, one gevent worker, ``pool`` upstream connections."""
     port = free_port()
     command = [
         run.python,
@@ -119,12 +120,12 @@ def start_naive(run: Any, upstream_url: str, pool: int = 100) -> Peer:
         str(BENCH),
         "--log-level",
         "warning",
-        "naive_proxy:app",
+        app,
     ]
     env = {**os.environ, "NAIVE_UPSTREAM": upstream_url, "NAIVE_POOL": str(pool)}
     proc = run.procs.start(run.name("naive"), command, env=env, stop_signal=signal.SIGQUIT)
-    _wait_answering(port, proc, {}, 30, "the naive proxy")
-    return Peer("naive Flask + urllib3", port, proc, None)
+    _wait_answering(port, proc, {}, 30, app)
+    return Peer("naive Flask + urllib3" if app == "naive_proxy:app" else app, port, proc, None)
 
 
 def start_litellm(run: Any, upstream_url: str) -> Peer:

@@ -799,19 +799,38 @@ def scenario_streaming(run: Run, result: Scenario, profile: bool = False) -> Non
                 100 * per_chunk / naive["cpu_per_chunk_us"],
                 "%",
             )
+        # The floor of gunicorn + gevent alone: no Flask, no urllib3, the upstream's chunks
+        # found with bytes searches on a raw socket.
+        raw = naive_streaming(run, upstream, streams, chunks, interval, ramp, "raw_relay:app")
+        result.details["raw_relay"] = raw
+        if raw.get("cpu_per_chunk_us"):
+            result.metric(
+                "bare WSGI raw-socket relay (gunicorn + gevent alone): worker CPU per relayed "
+                "chunk, same run",
+                None,
+                raw["cpu_per_chunk_us"],
+                "µs",
+            )
     upstream.stop()
 
 
 def naive_streaming(
-    run: Run, upstream: GeventUpstream, streams: int, chunks: int, interval: float, ramp: float
+    run: Run,
+    upstream: GeventUpstream,
+    streams: int,
+    chunks: int,
+    interval: float,
+    ramp: float,
+    app: str = "naive_proxy:app",
 ) -> dict[str, Any]:
-    """The same streams, same upstream, through ``naive_proxy.py``'s relay under gunicorn's
-    gevent worker: the stack's floor. Its worker's CPU per chunk relayed in the plateau (µs),
-    failed streams, open streams and the forwarding delay p99 (client's receive, ms)."""
+    """The same streams, same upstream, through ``naive_proxy.py``'s relay (or ``app``, e.g.
+    ``raw_relay:app``) under gunicorn's gevent worker: the stack's floor. Its worker's CPU per
+    chunk relayed in the plateau (µs), failed streams, open streams and the forwarding delay
+    p99 (client's receive, ms)."""
     import peers  # bench/peers.py, beside this script
 
     try:
-        peer = peers.start_naive(run, upstream.url, pool=streams)
+        peer = peers.start_naive(run, upstream.url, pool=streams, app=app)
     except peers.PeerError as exc:
         return {"error": str(exc)}
     try:
