@@ -32,7 +32,8 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from types import GeneratorType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -290,7 +291,12 @@ class AccessLogMiddleware:
 
 
 class _ClosingBody:
-    """The app's response iterable, calling ``done(finished)`` once when it is closed."""
+    """The app's response iterable, calling ``done(finished)`` once when it is closed.
+
+    A generator (a stream's events) is handed to the server to iterate itself, without a
+    wrapper frame per event: it was read to its end when it is exhausted at close time.
+    Any other iterable is read through :meth:`__next__`, which notes its end.
+    """
 
     def __init__(self, body: Iterable[bytes], done: Callable[[bool], None]) -> None:
         self._body = body
@@ -298,8 +304,8 @@ class _ClosingBody:
         self._done: Callable[[bool], None] | None = done
         self._finished = False
 
-    def __iter__(self) -> _ClosingBody:
-        return self
+    def __iter__(self) -> Iterator[bytes]:
+        return self._iter if isinstance(self._iter, GeneratorType) else self
 
     def __next__(self) -> bytes:
         try:
@@ -309,6 +315,9 @@ class _ClosingBody:
             raise
 
     def close(self) -> None:
+        if isinstance(self._iter, GeneratorType):
+            # Exhausted: its frame is gone; closed early by the server: not yet.
+            self._finished = self._iter.gi_frame is None
         try:
             closer = getattr(self._body, "close", None)
             if closer is not None:

@@ -152,8 +152,34 @@ def event_stream(
             yield encode_event(final_event)
         yield DONE
 
-    response = Response(generate(), mimetype="text/event-stream", headers=HEADERS)
-    closer = getattr(chunks, "close", None)
-    if closer is not None:
-        response.call_on_close(closer)
-    return response
+    # Passed through to the WSGI server as it is: werkzeug's own wrappers (a closing
+    # iterator, an encoding generator) would add two Python frames to every relayed chunk.
+    return Response(
+        StreamBody(generate(), getattr(chunks, "close", None)),
+        mimetype="text/event-stream",
+        headers=HEADERS,
+        direct_passthrough=True,
+    )
+
+
+class StreamBody:
+    """A stream's WSGI body: iterating it is iterating ``events`` itself (no wrapper frame
+    per event); :meth:`close`, which the WSGI server calls however the stream ends, closes
+    ``events`` and then calls ``closer`` (the chunks' source), even when no event was read.
+    """
+
+    def __init__(self, events: Iterator[bytes], closer: Callable[[], Any] | None) -> None:
+        self.events = events
+        self._closer = closer
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.events
+
+    def close(self) -> None:
+        """Close the events, then the chunks' source (once)."""
+        closer, self._closer = self._closer, None
+        try:
+            self.events.close()  # type: ignore[attr-defined]
+        finally:
+            if closer is not None:
+                closer()
