@@ -152,21 +152,16 @@ def event_stream(
             yield encode_event(final_event)
         yield DONE
 
-    # Passed through to the WSGI server as it is: werkzeug's own wrappers (a closing
-    # iterator, an encoding generator) would add two Python frames to every relayed chunk.
-    return Response(
+    return EventStreamResponse(
         StreamBody(generate(), getattr(chunks, "close", None)),
         mimetype="text/event-stream",
         headers=HEADERS,
-        direct_passthrough=True,
     )
 
 
 class StreamBody:
-    """A stream's WSGI body: iterating it is iterating ``events`` itself (no wrapper frame
-    per event); :meth:`close`, which the WSGI server calls however the stream ends, closes
-    ``events`` and then calls ``closer`` (the chunks' source), even when no event was read.
-    """
+    """A stream's events, closed with the chunks' source: :meth:`close` closes ``events``,
+    then calls ``closer``, once, even when no event was read."""
 
     def __init__(self, events: Iterator[bytes], closer: Callable[[], Any] | None) -> None:
         self.events = events
@@ -183,3 +178,31 @@ class StreamBody:
         finally:
             if closer is not None:
                 closer()
+
+
+class EventStreamResponse(Response):
+    """A ``text/event-stream`` response whose WSGI body the server iterates as the events'
+    own generator: werkzeug's closing iterator and encoding generator would add two Python
+    frames to every relayed event. Closing the body is closing the response, as werkzeug
+    does it (the events, then every ``call_on_close`` callback)."""
+
+    def __init__(self, body: StreamBody, **kwargs: Any) -> None:
+        super().__init__(body, direct_passthrough=True, **kwargs)
+
+    def get_app_iter(self, environ: dict[str, Any]) -> Any:
+        """werkzeug's, but the events themselves instead of its wrappers (see the class)."""
+        body = super().get_app_iter(environ)
+        if body is self.response:  # not a HEAD request: werkzeug passes the body through
+            return _Passthrough(self.response, self.close)
+        return body
+
+
+class _Passthrough:
+    """The WSGI body: iterating it is iterating the events; closing it closes the response."""
+
+    def __init__(self, body: StreamBody, close: Callable[[], None]) -> None:
+        self._body = body
+        self.close = close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
