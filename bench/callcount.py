@@ -152,7 +152,9 @@ def fake_upstream(workdir: Path) -> Iterator[str]:
     procs = Processes(workdir)
     try:
         proc = procs.start(
-            "upstream", [sys.executable, str(BENCH / "upstream.py"), "--port", "0"], stdout_pipe=True
+            "upstream",
+            [sys.executable, str(BENCH / "upstream.py"), "--port", "0"],
+            stdout_pipe=True,
         )
         line = read_line(proc, 30, "bench/upstream.py")
         if not line.startswith("READY "):
@@ -193,12 +195,22 @@ def run(requests: int, top: int) -> dict[str, Any]:
             (f"service {path}", service, path, body, check) for _, path, body, check in ENDPOINTS
         ]
         targets.append(
-            ("service /v1/chat/completions (ROUTE='')", rootless, "/v1/chat/completions",
-             openai_body, openai_check)
+            (
+                "service /v1/chat/completions (ROUTE='')",
+                rootless,
+                "/v1/chat/completions",
+                openai_body,
+                openai_check,
+            )
         )
         targets.append(
-            ("naive proxy /v1/chat/completions", naive_proxy.app, "/v1/chat/completions",
-             openai_body, openai_check)
+            (
+                "naive proxy /v1/chat/completions",
+                naive_proxy.app,
+                "/v1/chat/completions",
+                openai_body,
+                openai_check,
+            )
         )
         for name, app, path, body, check in targets:
             stats = measure(poster(app.test_client(), path, body, check), requests)
