@@ -69,13 +69,15 @@ def init_access_log(app: Flask) -> None:
     def note_route(_exc: BaseException | None) -> None:
         # Teardown runs for every request, whatever hook or view failed, while the request
         # context still knows the matched rule (a stream's context is gone when it ends).
-        fields = request.environ.get(ENVIRON_KEY)
+        # The request object once: each read through Flask's proxy costs Python calls.
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        fields = req.environ.get(ENVIRON_KEY)
         if fields is None:
             return
-        rule = request.url_rule
-        fields["face"] = request.blueprint
+        rule = req.url_rule
+        fields["face"] = req.blueprint
         fields["route"] = rule.rule if rule is not None else None
-        fields["ip"] = request.remote_addr
+        fields["ip"] = req.remote_addr
 
     app.wsgi_app = AccessLogMiddleware(app.wsgi_app)  # type: ignore[method-assign]
 

@@ -136,7 +136,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # The page is not a chat face: no rate limit and no AUTH_MODE check on loading it.
     if settings.playground:
         app.register_blueprint(playground.create_blueprint(settings.route))
-    cache.init_app(app)
+    cache.init_app(app, service.pipeline.cache)
     register_error_handlers(app, faces, request_language)
     init_access_log(app)
 
