@@ -123,8 +123,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     http_headers.init_app(app, settings, limiter, frozenset(bp.name for _, bp in blueprints))
     for face, blueprint in blueprints:
         limit_face(limiter, settings, blueprint)
-        # Per face, so /healthz and the admin view (ADMIN_TOKEN) stay outside AUTH_MODE.
-        auth.protect(blueprint, bearer=face is openai_api)
+        # Per face, so /healthz and the admin view (ADMIN_TOKEN) stay outside AUTH_MODE;
+        # with AUTH_MODE=none the check would let every request through: no hook at all.
+        if settings.auth_mode != "none":
+            auth.protect(blueprint, bearer=face is openai_api)
         app.register_blueprint(blueprint)
         faces.register(
             face.prefix(settings.route), face.render_error, exact=getattr(face, "EXACT", False)
