@@ -198,7 +198,7 @@ class Metrics:
         """``metric.labels(*values)``, looked up once: the label sets of the request path are
         few (URL rules, statuses, backends, error keys), and prometheus-client's lookup takes
         a lock and validates the values on every call."""
-        key = (id(metric), values)
+        key = (metric, values)  # metrics hash by identity
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = metric.labels(*values)
