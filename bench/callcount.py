@@ -17,9 +17,12 @@ stores, text access log to stderr, which goes to ``--log``, /dev/null by default
 Printed per path: Python calls per request (cProfile's count, the test client's own calls
 included: they are the same on every path), profiled time per request (µs, cProfile's
 overhead included: compare paths within one run only), and the calls by package. Then, for
-the service's paths, the functions of ``chatservice`` with the most own time (tottime).
+the service's paths, the functions of ``chatservice`` with the most own time (tottime). With
+``--cpu-rounds N``, also this thread's CPU time per request without the profiler (median of
+N interleaved rounds; the upstream's time is another process's), as noisy as the machine.
 
-Run: ``.venv/bin/python bench/callcount.py [--requests 300] [--top 25] [--json FILE]``.
+Run: ``.venv/bin/python bench/callcount.py [--requests 300] [--top 25] [--json FILE]
+[--cpu-rounds 5]``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import cProfile
 import json
 import os
 import pstats
+import statistics
 import sys
 import tempfile
 import time
@@ -176,7 +180,21 @@ def poster(client: Any, path: str, body: dict[str, Any], check: Callable[[Any], 
     return post
 
 
-def run(requests: int, top: int) -> dict[str, Any]:
+def cpu_rounds(posts: dict[str, Callable[[], Any]], requests: int, rounds: int) -> dict[str, float]:
+    """This thread's CPU µs per request of each path without the profiler: the median of
+    ``rounds`` rounds, every path once per round in turn (a slower minute of a shared
+    machine then spoils one round of each, not one path)."""
+    samples: dict[str, list[float]] = {name: [] for name in posts}
+    for _ in range(rounds):
+        for name, post in posts.items():
+            started = time.thread_time()
+            for _ in range(requests):
+                post()
+            samples[name].append(1e6 * (time.thread_time() - started) / requests)
+    return {name: round(statistics.median(values), 1) for name, values in samples.items()}
+
+
+def run(requests: int, top: int, rounds: int = 0) -> dict[str, Any]:
     """Measure the four paths; the results by name."""
     from chatservice import create_app
     from chatservice.settings import Settings
@@ -212,19 +230,25 @@ def run(requests: int, top: int) -> dict[str, Any]:
                 openai_check,
             )
         )
+        posts = {}
         for name, app, path, body, check in targets:
-            stats = measure(poster(app.test_client(), path, body, check), requests)
+            posts[name] = poster(app.test_client(), path, body, check)
+            stats = measure(posts[name], requests)
             results[name] = summary(stats, requests, top)
+        if rounds:
+            for name, cpu_us in cpu_rounds(posts, requests, rounds).items():
+                results[name]["cpu_us_per_request"] = cpu_us
     return results
 
 
 def report(results: dict[str, Any], top: int) -> str:
     """The results as text: one line per path, packages, then our busiest functions."""
-    lines = ["calls/request  profiled µs/request  path"]
+    lines = ["calls/request  profiled µs/request  CPU µs/request  path"]
     for name, result in results.items():
+        cpu = result.get("cpu_us_per_request")
         lines.append(
             f"{result['calls_per_request']:13,.0f}  {result['profiled_us_per_request']:19,.0f}"
-            f"  {name}"
+            f"  {'-' if cpu is None else f'{cpu:,.0f}':>14}  {name}"
         )
     for name, result in results.items():
         lines.append(f"\n{name}: calls per request by package")
@@ -249,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=25, help="functions of ours listed per path")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument(
+        "--cpu-rounds",
+        type=int,
+        default=0,
+        help="also measure CPU µs per request without the profiler, in this many rounds",
+    )
+    parser.add_argument(
         "--log", default=os.devnull, help="where the service's log lines (stderr) go"
     )
     args = parser.parse_args(argv)
@@ -258,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.log, "ab") as log_file:
         os.dup2(log_file.fileno(), 2)
     try:
-        results = run(args.requests, args.top)
+        results = run(args.requests, args.top, args.cpu_rounds)
     except BenchError as exc:
         os.dup2(saved_stderr, 2)
         print(f"callcount: {exc}", file=sys.stderr)
