@@ -54,7 +54,9 @@ class BodyField:
     (another string is a ``choice_error``); a ``custom`` field is read by ``reader`` and
     documented by ``json_schema``; ``alias_description`` documents the other spellings;
     ``extra`` adds JSON Schema keywords (``pattern``, ``writeOnly``, ``examples``); ``read``
-    false: documented here, read elsewhere (``lang``).
+    false: documented here, read elsewhere (``lang``). A ``custom`` reader reads other fields
+    only when its own is present: :meth:`Spec.read` takes its value for an absent field from
+    an empty body, once.
     """
 
     name: str
@@ -114,8 +116,17 @@ class BodyField:
         """What :meth:`value` returns when the field is absent or null, or :data:`READ` when
         that takes reading it (a required field raises, a ``custom`` reader decides, another
         spelling may be present)."""
-        if self.required or self.aliases or self.kind == "custom":
+        if self.required or self.aliases:
             return READ
+        if self.kind == "custom" and self.reader is not None:
+            # A reader looks at other fields only when its own is present (checked by the
+            # tests against reading every field), so an empty body shows its absent value.
+            try:
+                value = self.reader({}, self.name)
+            except BadRequest:
+                return READ
+            # Shared by every request from now on: only a value nobody can change in place.
+            return value if value is None or isinstance(value, str | int | float) else READ
         if self.kind in ("string", "choice", "boolean", "integer"):
             return self.default
         return None
