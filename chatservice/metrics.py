@@ -97,7 +97,7 @@ class Metrics:
 
     def __init__(self, multiprocess: bool = False) -> None:
         self.multiprocess = multiprocess
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         #: This app's registry; None in multi-process mode, where a scrape merges the files.
         self.registry = None if multiprocess else CollectorRegistry()
         registry = self.registry
