@@ -69,13 +69,15 @@ def init_access_log(app: Flask) -> None:
     def note_route(_exc: BaseException | None) -> None:
         # Teardown runs for every request, whatever hook or view failed, while the request
         # context still knows the matched rule (a stream's context is gone when it ends).
-        fields = request.environ.get(ENVIRON_KEY)
+        # The request object once: each read through Flask's proxy costs Python calls.
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        fields = req.environ.get(ENVIRON_KEY)
         if fields is None:
             return
-        rule = request.url_rule
-        fields["face"] = request.blueprint
+        rule = req.url_rule
+        fields["face"] = req.blueprint
         fields["route"] = rule.rule if rule is not None else None
-        fields["ip"] = request.remote_addr
+        fields["ip"] = req.remote_addr
 
     app.wsgi_app = AccessLogMiddleware(app.wsgi_app)  # type: ignore[method-assign]
 
@@ -264,10 +266,11 @@ class AccessLogMiddleware:
 
         def start(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             status[:] = [int(status_line.split(" ", 1)[0])]
-            sized[:] = [any(k.lower() == "content-length" for k, _ in headers)]
-            headers = [(k, v) for k, v in headers if k.lower() != "x-request-id"]
-            headers.append((REQUEST_ID_HEADER, rid))
-            return start_response(status_line, headers, exc_info)
+            names = {name.lower() for name, _value in headers}  # one lower() per header
+            sized[:] = ["content-length" in names]
+            if "x-request-id" in names:
+                headers = [(k, v) for k, v in headers if k.lower() != "x-request-id"]
+            return start_response(status_line, [*headers, (REQUEST_ID_HEADER, rid)], exc_info)
 
         def done(finished: bool) -> None:
             if status:
@@ -343,19 +346,32 @@ def _log_access(
             line[name] = fields[name]
     if not finished:
         line["aborted"] = True
-    access_log.info(_text_line(line), extra={"access": line})
+    if access_log.isEnabledFor(logging.INFO):
+        # What Logger.info does, less the caller lookup (a walk up the stack for a file and
+        # line that no access line shows).
+        record = access_log.makeRecord(
+            ACCESS_LOGGER,
+            logging.INFO,
+            "(unknown file)",
+            0,
+            _text_line(line),
+            (),
+            None,
+            extra={"access": line},
+        )
+        access_log.handle(record)
 
 
 def _text_line(line: dict[str, Any]) -> str:
-    def show(name: str) -> str:
-        value = line.get(name)
-        return "-" if value is None else str(value)
-
+    # ``line`` holds every one of FIELDS: one pass marks the missing ones ("-"), and the
+    # f-string formats the rest (as str() would) without a call per field.
+    shown = {name: "-" if value is None else value for name, value in line.items()}
     text = (
-        f"{show('method')} {show('route')} {show('status')} {line['duration_ms']:.1f}ms"
-        f" id={show('request_id')} face={show('face')} ip={show('ip')} model={show('model')}"
-        f" tokens={show('prompt_tokens')}/{show('completion_tokens')}"
-        f" backend={show('backend')}"
+        f"{shown['method']} {shown['route']} {shown['status']} {line['duration_ms']:.1f}ms"
+        f" id={shown['request_id']} face={shown['face']} ip={shown['ip']}"
+        f" model={shown['model']}"
+        f" tokens={shown['prompt_tokens']}/{shown['completion_tokens']}"
+        f" backend={shown['backend']}"
     )
     for name in ("upstream", "usage", "cache", "error"):
         if name in line:

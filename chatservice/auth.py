@@ -114,13 +114,15 @@ def is_service_token(settings: Settings, value: str) -> bool:
 
 
 def _is_exempt() -> bool:
-    view = current_app.view_functions.get(request.endpoint or "")
+    # The request object once: each read through Flask's proxy costs Python calls.
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    view = current_app.view_functions.get(req.endpoint or "")
     if view is not None and getattr(view, EXEMPT_ATTRIBUTE, False):
         return True
     # Flask's automatic OPTIONS answer runs no view; a CORS preflight never carries
     # credentials, so refusing it would only break browsers.
-    rule = request.url_rule
-    return request.method == "OPTIONS" and bool(getattr(rule, "provide_automatic_options", False))
+    rule = req.url_rule
+    return req.method == "OPTIONS" and bool(getattr(rule, "provide_automatic_options", False))
 
 
 def authenticate(

@@ -275,8 +275,11 @@ def cache_key(call: Call) -> str | None:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def init_app(app: Flask) -> None:
-    """Add ``X-Cache: HIT``/``MISS`` to the responses of cacheable requests."""
+def init_app(app: Flask, cache: ResponseCache | None) -> None:
+    """Add ``X-Cache: HIT``/``MISS`` to the responses of cacheable requests when ``cache``
+    (CACHE_URL) is on; without it no request has a status, and no hook is installed."""
+    if cache is None:
+        return
 
     @app.after_request
     def add_header(response: Response) -> Response:

@@ -26,6 +26,8 @@ def find_unsafe_value(value: Any, path: str = "") -> BadRequest | None:
     or a string (or key) holding a lone surrogate -- ``invalid_character``. The error's
     ``field`` names the place, ``messages[0].content`` style; None when all is well.
     """
+    if _surely_safe(value):
+        return None
     stack = [(path, value)]
     while stack:  # iterative: the parser's own recursion limit already bounds the depth
         where, item = stack.pop()
@@ -63,6 +65,17 @@ def scrub_text(value: Any) -> Any:
         items = type(value)(scrub_text(item) for item in value)
         return items if items != value else value
     return value
+
+
+def _surely_safe(value: Any) -> bool:
+    """True when ``value`` holds no lone surrogate and no non-finite number, found with one
+    C-encoded ``json.dumps`` (``allow_nan=False`` refuses NaN and the infinities) and one
+    search instead of a Python walk of the whole body; False when unsure: walk it for the
+    exact place."""
+    try:
+        return not _SURROGATE.search(json.dumps(value, ensure_ascii=False, allow_nan=False))
+    except (TypeError, ValueError, RecursionError):
+        return False
 
 
 def _surely_clean(value: Any) -> bool:

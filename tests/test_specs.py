@@ -220,3 +220,37 @@ def test_null_encoding_format_counts_as_absent(client) -> None:
     )
     refused = client.post("/api/v1/embeddings", json={**body, "encoding_format": 5})
     assert refused.get_json()["error"]["code"] == "invalid_encoding_format"
+
+
+def _read_or_error(read: Any, body: dict[str, Any]) -> Any:
+    try:
+        return read(body)
+    except Exception as exc:  # noqa: BLE001 - compared below, key and parameters
+        return (type(exc).__name__, getattr(exc, "key", None), getattr(exc, "params", None))
+
+
+@pytest.mark.parametrize("name", BODIES)
+def test_read_gives_what_each_field_reads(name: str) -> None:
+    # Spec.read skips the readers of absent optional fields: the values (and the first
+    # error) must be exactly those of reading every field in the table's order.
+    module, attribute = BODIES[name]
+    spec: Spec = getattr(module, attribute)
+
+    def one_by_one(body: dict[str, Any]) -> dict[str, Any]:
+        return {field.name: field.value(body) for field in spec.fields if field.read}
+
+    names = [name for field in spec.fields for name in (field.name, *field.aliases)]
+    typical = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "hi"}],
+        "prompt": "hi",
+        "input": "hi",
+        "user_content": "hi",
+        "query": "hi",
+    }
+    bodies = [{}, typical, {name: None for name in names}]
+    bodies += [{**typical, name: None} for name in names]
+    bodies += [{**typical, name: "x"} for name in names]
+    bodies += [{**typical, name: 3} for name in names]
+    for body in bodies:
+        assert _read_or_error(spec.read, body) == _read_or_error(one_by_one, body), body

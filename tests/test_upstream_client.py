@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import threading
 import time
 import zlib
 
@@ -152,3 +153,37 @@ def test_a_client_hanging_up_before_the_first_byte_closes_the_upstream_call(live
         time.sleep(0.02)
     assert record.client_gone
     assert requests.get(server.url + "/healthz", timeout=5).json() == {"status": "ok"}
+
+
+def test_an_answer_silent_in_the_middle_of_its_body_times_out(make_app):
+    # A whole answer whose Content-Length never arrives in full: read by http.client (plain
+    # body, known length), its socket timeout is still the upstream's timeout, not a break.
+    server = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            head = (
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n"
+            )
+            conn.sendall(head + b'{"id":')
+            done.wait(10)  # silent until the test is over
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        app = make_app(
+            UPSTREAM_BASE_URL=f"http://127.0.0.1:{server.getsockname()[1]}/v1",
+            API_KEY="sk-test-configured-0001",
+            UPSTREAM_READ_TIMEOUT="0.5",
+            UPSTREAM_RETRIES="0",
+        )
+        response = app.test_client().post(
+            "/api/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
+        )
+    finally:
+        done.set()
+        server.close()
+    assert response.status_code == 504
+    assert response.get_json()["error"]["code"] == "upstream_timeout"
