@@ -9,11 +9,13 @@ language. Everything else -- status, logging, closing the connection -- stays gu
 
 It also tunes two things for the tail latency of many long streams in one process:
 
-- Fair accepts. gevent's server accepts up to 100 waiting connections in one turn of its event
-  loop and starts them all before it reads any socket again; under a burst of new streams
-  the chunks of the open ones then wait for every new request's handling (tens of ms).
-  gunicorn accepts one connection per turn when it runs several workers; this worker always
-  does, so opening streams and relaying chunks take turns.
+- Fairer accepts. gevent's server accepts up to 100 waiting connections in one turn of its
+  event loop and starts them all before it reads any socket again; under a burst of new
+  streams the chunks of the open ones then wait for every new request's handling (tens of
+  ms). This worker accepts at most 8 per turn: a relayed chunk waits for a few openings at
+  most, and openings still keep pace. (One per turn, what gunicorn does with several
+  workers, starved them instead: with 2,000 streams relaying, the last ones opened 6-8 s
+  late.)
 - Garbage collection. Python's full collections scan every tracked object, and each open
   stream holds a hundred or so: with 2,000 streams open one took 50-180 ms, and a burst of
   new streams (a growing heap) set off one after another. The objects that exist once the
@@ -49,9 +51,10 @@ GC_THRESHOLDS = (700, 3, 3000)
 
 
 class FairStreamServer(StreamServer):
-    """gevent's server accepting one waiting connection per turn of the event loop."""
+    """gevent's server accepting at most 8 waiting connections per turn of the event loop
+    (gevent's default: 100); see the module's doc."""
 
-    max_accept = 1
+    max_accept = 8
 
 
 class JsonErrorWorker(GeventWorker):
