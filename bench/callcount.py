@@ -47,7 +47,7 @@ ROOT = BENCH.parent
 sys.path[:0] = [str(BENCH), str(ROOT)]  # bench/procs.py and the chatservice package
 
 from procs import BenchError, Processes, read_line  # noqa: E402 - after the path
-from scenarios import ENDPOINTS  # noqa: E402
+from scenarios import ENDPOINTS, bench_settings  # noqa: E402
 
 #: Requests sent before profiling (imports, pools, caches, the upstream connection).
 WARM_UP = 30
@@ -81,18 +81,7 @@ def service_env(upstream_url: str, workdir: Path, route: str = "api") -> dict[st
     """The benchmark service's settings (bench/scenarios.py's ``Service``), nothing else."""
     empty = workdir / "empty.toml"
     empty.touch()
-    return {
-        "API_KEY": "sk-bench-0000000000000000000000000000",
-        "UPSTREAM_BASE_URL": upstream_url,
-        "STORE_URL": "memory://",
-        "SHARED_STATE_URL": "memory://",
-        "HOUR_LIMIT": "0",
-        "MINUTE_LIMIT": "0",
-        "SECOND_LIMIT": "0",
-        "UPSTREAM_RPM": "0",
-        "CONFIG_FILE": str(empty),
-        "ROUTE": route,
-    }
+    return {**bench_settings(upstream_url, str(empty)), "ROUTE": route}
 
 
 def measure(post: Callable[[], Any], requests: int) -> pstats.Stats:

@@ -93,6 +93,22 @@ class Run:
         return f"{self.counter:02d}-{base}"
 
 
+def bench_settings(upstream_url: str, config_file: str) -> dict[str, str]:
+    """The service's settings in every scenario (and bench/callcount.py): one upstream key, no
+    rate limits, memory stores, ``config_file`` (an empty TOML file) as its configuration."""
+    return {
+        "API_KEY": "sk-bench-0000000000000000000000000000",
+        "UPSTREAM_BASE_URL": upstream_url,
+        "STORE_URL": "memory://",
+        "SHARED_STATE_URL": "memory://",
+        "HOUR_LIMIT": "0",
+        "MINUTE_LIMIT": "0",
+        "SECOND_LIMIT": "0",
+        "UPSTREAM_RPM": "0",
+        "CONFIG_FILE": config_file,
+    }
+
+
 class Service:
     """``python3 app.py`` (gunicorn master) and its one gevent worker."""
 
@@ -114,15 +130,7 @@ class Service:
                 "HOST": "127.0.0.1",
                 "PORT": str(self.port),
                 "WORKERS": "1",
-                "API_KEY": "sk-bench-0000000000000000000000000000",
-                "UPSTREAM_BASE_URL": upstream_url,
-                "STORE_URL": "memory://",
-                "SHARED_STATE_URL": "memory://",
-                "HOUR_LIMIT": "0",
-                "MINUTE_LIMIT": "0",
-                "SECOND_LIMIT": "0",
-                "UPSTREAM_RPM": "0",
-                "CONFIG_FILE": str(run.empty_config),
+                **bench_settings(upstream_url, str(run.empty_config)),
                 **(extra or {}),
             }
         )
