@@ -36,7 +36,8 @@ class Reply:
     ``finish: False`` ends a stream without its finish reason and ``[DONE]``; ``truncate`` sends
     only that many bytes of a whole answer and closes; ``raw_stream`` is sent as the SSE body,
     byte for byte; ``raw_body`` is sent as a whole answer's body, byte for byte, with
-    ``headers`` (e.g. ``Content-Encoding``).
+    ``headers`` (e.g. ``Content-Encoding``); ``end_with_done`` sends a stream's ``[DONE]``
+    and the chunked body's end in one write, ``hold_end`` holds that end until it is set.
     """
 
     text: str | None = None
@@ -55,6 +56,10 @@ class Reply:
     truncate: int | None = None
     raw_stream: bytes | None = None
     raw_body: bytes | None = None
+    #: A stream's ``[DONE]`` and the chunked body's empty last chunk in one write.
+    end_with_done: bool = False
+    #: Hold the chunked body's empty last chunk until this is set (at most 30 s).
+    hold_end: threading.Event | None = None
 
 
 @dataclasses.dataclass
@@ -338,7 +343,14 @@ class _Handler(BaseHTTPRequestHandler):
                 last = {"id": "fake-1", "object": "chat.completion.chunk", "model": model}
                 last.update(choices=[], usage=counts)
                 self._chunk(b"data: " + json.dumps(last).encode() + b"\n\n")
-            self._chunk(b"data: [DONE]\n\n")
+            done = b"data: [DONE]\n\n"
+            if reply.end_with_done:
+                self.wfile.write(f"{len(done):x}\r\n".encode() + done + b"\r\n0\r\n\r\n")
+                self.wfile.flush()
+                return
+            self._chunk(done)
+        if reply.hold_end is not None:
+            reply.hold_end.wait(timeout=30)
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 

@@ -119,6 +119,39 @@ def test_a_relayed_stream_without_a_finish_reason_is_still_interrupted(client, f
     assert '"code": "upstream_interrupted"' in body and "[DONE]" not in body
 
 
+def test_a_stream_ended_at_once_leaves_its_connection_for_the_next_call(client, fake):
+    # OpenAI-compatible servers send the chunked body's end right after [DONE]: read, it lets
+    # the connection serve the next call instead of being closed (a TLS handshake saved).
+    fake.push(
+        Reply(text="one two", end_with_done=True),
+        Reply(text="three four", end_with_done=True),
+        Reply(text="whole"),
+    )
+    for _ in range(2):
+        r = client.post("/api/v1/chat/completions", json={**CHAT, "stream": True})
+        assert r.get_data().endswith(b"data: [DONE]\n\n")
+    assert client.post("/api/v1/chat/completions", json=CHAT).status_code == 200
+    received = fake.wait_for(3)
+    assert len({item.peer for item in received}) == 1
+
+
+def test_a_stream_whose_body_end_lags_is_not_held_and_its_connection_is_not_reused(client, fake):
+    held = threading.Event()
+    fake.push(Reply(text="one two", hold_end=held), Reply(text="again", end_with_done=True))
+    try:
+        r = client.post("/api/v1/chat/completions", json={**CHAT, "stream": True})
+        # The whole answer, [DONE] included, while the upstream still holds its body's end.
+        assert r.get_data().endswith(b"data: [DONE]\n\n")
+        [first] = fake.wait_for(1)
+        assert first.finished is None
+    finally:
+        held.set()
+    r = client.post("/api/v1/chat/completions", json={**CHAT, "stream": True})
+    assert b"again" in r.get_data()
+    first_peer, second_peer = (item.peer for item in fake.wait_for(2))
+    assert first_peer != second_peer  # the first connection was closed, not reused
+
+
 def test_the_key_pool_reads_its_state_in_one_round_trip(make_app, fake, redis_url):
     keys = ",".join(f"sk-pool-key-{n:04d}" for n in range(5))
     client = make_app(API_KEY=keys, SHARED_STATE_URL=redis_url).test_client()

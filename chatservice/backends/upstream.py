@@ -232,6 +232,7 @@ class UpstreamBackend:
                     break
                 for event in events:
                     if event.strip() == b"[DONE]":
+                        _read_end_if_here(response, read1)
                         return
                     if req.relay and parsed_one and _plain(event):
                         yield _RelayedChunk(event, model)
@@ -444,6 +445,33 @@ def _discard(response: urllib3.BaseHTTPResponse) -> None:
     if not response.isclosed():
         response.close()
     response.release_conn()
+
+
+def _read_end_if_here(response: urllib3.BaseHTTPResponse, read1: Callable[[int], bytes]) -> None:
+    """After a stream's ``[DONE]``: read the rest of its chunked body (the empty last chunk,
+    which OpenAI-compatible servers send right after it) if it has already arrived, never
+    waiting for it, so that :func:`_discard` gives the connection back to the pool instead of
+    closing it: the next call saves a new connection (for a TLS upstream, a handshake).
+
+    The socket is made non-blocking for this one read (urllib3 sets its timeout again when
+    the connection is used next). More events, nothing yet, or anything odd leave the
+    connection to be closed, as before.
+    """
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    raw = getattr(response, "_fp", None)
+    if sock is None or not isinstance(raw, http.client.HTTPResponse) or read1 != raw.read1:
+        return  # no socket, or read through urllib3's decoder: close it, as before
+    if response.isclosed():
+        return  # already read to its end
+    try:
+        sock.settimeout(0.0)
+        if read1(_READ_SIZE) == b"" and response.isclosed():
+            return  # the body's end: the connection can serve the next call
+    except (OSError, ValueError, http.client.HTTPException):
+        pass
+    # Not the end, or http.client gave up part-way (it may have closed only its reader):
+    # close the connection itself, so it is never reused in an unknown state.
+    response.close()
 
 
 def _reader(response: urllib3.BaseHTTPResponse) -> Callable[[int], bytes]:
