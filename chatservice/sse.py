@@ -152,32 +152,11 @@ def event_stream(
             yield encode_event(final_event)
         yield DONE
 
-    return EventStreamResponse(
-        StreamBody(generate(), getattr(chunks, "close", None)),
-        mimetype="text/event-stream",
-        headers=HEADERS,
-    )
-
-
-class StreamBody:
-    """A stream's events, closed with the chunks' source: :meth:`close` closes ``events``,
-    then calls ``closer``, once, even when no event was read."""
-
-    def __init__(self, events: Iterator[bytes], closer: Callable[[], Any] | None) -> None:
-        self.events = events
-        self._closer = closer
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self.events
-
-    def close(self) -> None:
-        """Close the events, then the chunks' source (once)."""
-        closer, self._closer = self._closer, None
-        try:
-            self.events.close()  # type: ignore[attr-defined]
-        finally:
-            if closer is not None:
-                closer()
+    response = EventStreamResponse(generate(), mimetype="text/event-stream", headers=HEADERS)
+    closer = getattr(chunks, "close", None)
+    if closer is not None:
+        response.call_on_close(closer)
+    return response
 
 
 class EventStreamResponse(Response):
@@ -186,8 +165,8 @@ class EventStreamResponse(Response):
     frames to every relayed event. Closing the body is closing the response, as werkzeug
     does it (the events, then every ``call_on_close`` callback)."""
 
-    def __init__(self, body: StreamBody, **kwargs: Any) -> None:
-        super().__init__(body, direct_passthrough=True, **kwargs)
+    def __init__(self, events: Iterator[bytes], **kwargs: Any) -> None:
+        super().__init__(events, direct_passthrough=True, **kwargs)
 
     def get_app_iter(self, environ: dict[str, Any]) -> Any:
         """werkzeug's, but the events themselves instead of its wrappers (see the class)."""
@@ -200,9 +179,9 @@ class EventStreamResponse(Response):
 class _Passthrough:
     """The WSGI body: iterating it is iterating the events; closing it closes the response."""
 
-    def __init__(self, body: StreamBody, close: Callable[[], None]) -> None:
-        self._body = body
+    def __init__(self, events: Iterator[bytes], close: Callable[[], None]) -> None:
+        self._events = events
         self.close = close
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._body)
+        return self._events
