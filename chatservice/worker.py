@@ -12,10 +12,10 @@ It also tunes two things for the tail latency of many long streams in one proces
 - Fairer accepts. gevent's server accepts up to 100 waiting connections in one turn of its
   event loop and starts them all before it reads any socket again; under a burst of new
   streams the chunks of the open ones then wait for every new request's handling (tens of
-  ms). This worker accepts at most 8 per turn: a relayed chunk waits for a few openings at
-  most, and openings still keep pace. (One per turn, what gunicorn does with several
-  workers, starved them instead: with 2,000 streams relaying, the last ones opened 6-8 s
-  late.)
+  ms). This worker accepts at most 8 per turn, a compromise: a relayed chunk waits behind 8
+  openings at most. One per turn (what gunicorn does with several workers) kept chunks
+  waiting least but starved the openings: with 2,000 streams relaying, the last ones opened
+  6-8 s late.
 - Garbage collection. Python's full collections scan every tracked object, and each open
   stream holds a hundred or so: with 2,000 streams open one took 50-180 ms, and a burst of
   new streams (a growing heap) set off one after another. The objects that exist once the
