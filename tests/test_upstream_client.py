@@ -252,9 +252,7 @@ def test_under_gevent_each_wait_for_the_next_chunk_gets_the_whole_idle_timeout(
 
 
 def test_under_gevent_a_silence_past_the_idle_timeout_ends_the_stream(live_server, upstream):
-    server = live_server(
-        API_KEY="sk-x", UPSTREAM_RETRIES="0", UPSTREAM_STREAM_IDLE_TIMEOUT="0.5"
-    )
+    server = live_server(API_KEY="sk-x", UPSTREAM_RETRIES="0", UPSTREAM_STREAM_IDLE_TIMEOUT="0.5")
     # Silent before the first chunk: nothing was sent yet, so an ordinary 504.
     upstream.push(Reply(text="a b", chunk_delay=3.0))
     r = requests.post(server.url + "/api", json={"user_content": "hi", "stream": True}, timeout=20)
