@@ -4,8 +4,10 @@ arrives, run by bench/peers.py under gunicorn's gevent worker like the service.
 
 What is left per chunk is what the stack itself costs: the event loop's wake-up on the
 upstream socket, one ``recv``, the chunk-size line found with ``bytes`` searches, and
-gunicorn's chunked write to the client. No keep-alive, no validation, no errors, no logs;
-fit only for bench/upstream.py's answers (chunked streams, or a ``Content-Length`` body).
+gunicorn's chunked write to the client. No keep-alive, no validation, no errors, no logs, and
+no bound on the upstream's silences (its stream's socket has no timeout: under gevent a socket
+timeout builds a ``gevent.Timeout`` for every wait, which is not the stack's floor); fit only
+for bench/upstream.py's answers (chunked streams, or a ``Content-Length`` body).
 """
 
 import os
@@ -36,6 +38,7 @@ def app(environ, start_response):  # noqa: ANN001, ANN201 - WSGI
         start_response("200 OK", [("Content-Type", "application/json")])
         return [data]
     start_response("200 OK", [("Content-Type", "text/event-stream")])
+    sock.settimeout(None)
     return _chunks(sock, data)
 
 

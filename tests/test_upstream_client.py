@@ -220,3 +220,63 @@ def test_an_answer_silent_in_the_middle_of_its_body_times_out(make_app):
         server.close()
     assert response.status_code == 504
     assert response.get_json()["error"]["code"] == "upstream_timeout"
+
+
+def _stream_events(server, body: dict) -> list:
+    with requests.post(
+        server.url + "/api/v1/chat/completions", json={**body, "stream": True}, timeout=20
+    ) as r:
+        assert r.status_code == 200
+        return [
+            line[len("data: ") :]
+            for line in r.iter_lines(decode_unicode=True)
+            if line.startswith("data: ")
+        ]
+
+
+def test_under_gevent_each_wait_for_the_next_chunk_gets_the_whole_idle_timeout(
+    live_server, upstream
+):
+    # A gevent worker bounds a stream's silences with one timer re-armed for every read:
+    # gaps each shorter than the idle timeout, adding up to far more, never cut the stream.
+    server = live_server(API_KEY="sk-x", UPSTREAM_STREAM_IDLE_TIMEOUT="0.6")
+    upstream.push(Reply(text="a b c d e f", chunk_delay=0.3))
+    events = _stream_events(server, CHAT)
+    assert events[-1] == "[DONE]"
+    text = "".join(
+        choice["delta"].get("content") or ""
+        for event in events[:-1]
+        for choice in json.loads(event)["choices"]
+    )
+    assert text == "a b c d e f"
+
+
+def test_under_gevent_a_silence_past_the_idle_timeout_ends_the_stream(live_server, upstream):
+    server = live_server(API_KEY="sk-x", UPSTREAM_RETRIES="0", UPSTREAM_STREAM_IDLE_TIMEOUT="0.5")
+    # Silent before the first chunk: nothing was sent yet, so an ordinary 504.
+    upstream.push(Reply(text="a b", chunk_delay=3.0))
+    r = requests.post(server.url + "/api", json={"user_content": "hi", "stream": True}, timeout=20)
+    assert r.status_code == 504
+    assert r.json()["data"]["error"] == "upstream_timeout"
+    # Silent in the middle: the chunks so far, then one error event.
+    upstream.push(Reply(text="a b c d", pause_after=2, pause=3.0))
+    events = _stream_events(server, CHAT)
+    assert json.loads(events[-1])["error"]["code"] == "upstream_timeout"
+    assert "[DONE]" not in events
+
+
+def test_a_connection_that_served_a_stream_bounds_its_next_answer_again(live_server, upstream):
+    # The stream's socket waits without a timeout of its own under gevent; when the
+    # connection serves the next call, urllib3 sets the read timeout on it again.
+    server = live_server(
+        API_KEY="sk-x",
+        UPSTREAM_RETRIES="0",
+        UPSTREAM_READ_TIMEOUT="0.8",
+        UPSTREAM_STREAM_IDLE_TIMEOUT="5",
+    )
+    upstream.push(Reply(text="one two", end_with_done=True), Reply(stall=5.0))
+    assert _stream_events(server, CHAT)[-1] == "[DONE]"
+    r = requests.post(server.url + "/api/v1/chat/completions", json=CHAT, timeout=20)
+    assert r.status_code == 504
+    first, second = upstream.wait_for(2)
+    assert first.peer == second.peer  # the same connection, reused

@@ -47,6 +47,7 @@ from urllib3.exceptions import (
 from urllib3.util.retry import Retry
 
 from chatservice.backends.hangup import abort_on_hang_up
+from chatservice.backends.idle import IdleTimer
 from chatservice.backends.keypool import Failover, KeyPool, classify, read_key_file
 from chatservice.backends.pool import SharedPools, opener
 from chatservice.errors import (
@@ -213,6 +214,8 @@ class UpstreamBackend:
         chunk or is larger than :data:`MAX_EVENT_BYTES`.
         """
         response = self._post(req, stream=True)
+        # From now on each read may wait the idle timeout, not the first answer's read timeout.
+        idle = IdleTimer(_socket_of(response), self._idle_timeout)
         decoder = SSEDecoder(MAX_EVENT_BYTES)
         finished = False
         model = req.model
@@ -221,7 +224,7 @@ class UpstreamBackend:
         try:
             while True:
                 try:
-                    data = read1(_READ_SIZE)
+                    data = idle.read(read1, _READ_SIZE)
                     events = decoder.feed_bytes(data)
                 except EventTooLarge:
                     log.warning("upstream sent a stream event over %d bytes", MAX_EVENT_BYTES)
@@ -246,6 +249,7 @@ class UpstreamBackend:
             if not finished:
                 raise UpstreamError("upstream_interrupted")
         finally:
+            idle.close()
             _discard(response)
 
     def _post(self, req: ChatRequest, stream: bool) -> urllib3.BaseHTTPResponse:
@@ -261,10 +265,7 @@ class UpstreamBackend:
             payload["prompt"] = req.prompt
         if stream:
             payload["stream"] = True
-        response = self._call("POST", path, payload, stream, req.api_key)
-        if stream:
-            _set_read_timeout(response, self._idle_timeout)
-        return response
+        return self._call("POST", path, payload, stream, req.api_key)
 
     def _call(
         self,
@@ -432,11 +433,9 @@ def _encode(payload: dict[str, Any]) -> bytes:
         raise find_unsafe_value(payload) or BadRequest("bad_request") from None
 
 
-def _set_read_timeout(response: urllib3.BaseHTTPResponse, seconds: float) -> None:
-    """From now on, each read of this response may wait ``seconds`` (the idle timeout)."""
-    sock = getattr(getattr(response, "connection", None), "sock", None)
-    if sock is not None:
-        sock.settimeout(seconds)
+def _socket_of(response: urllib3.BaseHTTPResponse) -> Any:
+    """The socket ``response`` is read from (None when it has none)."""
+    return getattr(getattr(response, "connection", None), "sock", None)
 
 
 def _discard(response: urllib3.BaseHTTPResponse) -> None:
@@ -457,7 +456,7 @@ def _read_end_if_here(response: urllib3.BaseHTTPResponse, read1: Callable[[int],
     the connection is used next). More events, nothing yet, or anything odd leave the
     connection to be closed, as before.
     """
-    sock = getattr(getattr(response, "connection", None), "sock", None)
+    sock = _socket_of(response)
     raw = getattr(response, "_fp", None)
     if sock is None or not isinstance(raw, http.client.HTTPResponse) or read1 != raw.read1:
         return  # no socket, or read through urllib3's decoder: close it, as before
