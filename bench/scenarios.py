@@ -481,13 +481,14 @@ def scenario_nonstream(run: Run, result: Scenario) -> None:
             wrk(run, naive.url, UPSTREAM_BODY, 1, warm)
         except peers.PeerError as exc:
             naive = exc
+    started = None if isinstance(naive, Exception) else naive
     try:
-        nonstream_rounds(run, result, service, upstream, naive)
+        nonstream_rounds(run, result, service, upstream, started)
         if run.args.peers:
             nonstream_peers(run, result, service, upstream, naive)
     finally:
-        if naive is not None and not isinstance(naive, Exception):
-            run.procs.stop(naive.proc)
+        if started is not None:
+            run.procs.stop(started.proc)
     if result.missed and run.args.profile:
         pids = {"worker": service.worker, "upstream": upstream.proc.pid}
         for name, path, body, _check in ENDPOINTS:
@@ -532,7 +533,7 @@ def nonstream_rounds(
         for _ in range(rounds):
             alone_runs.append(wrk(run, upstream_url, UPSTREAM_BODY, 1, seconds / rounds, pids))
             single_runs.append(wrk(run, url, body, 1, seconds / rounds, pids))
-            if naive is not None and not isinstance(naive, Exception):
+            if naive is not None:
                 naive_runs.append(wrk(run, naive.url, UPSTREAM_BODY, 1, seconds / rounds))
         alone, single = median_of_rounds(alone_runs), median_of_rounds(single_runs)
         added = added_ms(single, alone)
