@@ -177,22 +177,30 @@ def compare(
     rounds: int,
     seconds: float,
     service_pid: int | None = None,
+    started: dict[str, Peer | PeerError] | None = None,
 ) -> dict[str, Any]:
     """Interleaved wrk rounds (64 connections, ``seconds`` each) on the service's
     ``/v1/chat/completions`` and on each peer that starts; medians, spreads and ratios, and
     each side's CPU per request (µs, median of the rounds; the service's worker
-    ``service_pid``, a peer's whole process tree)."""
+    ``service_pid``, a peer's whole process tree).
+
+    ``started``: peers the caller already started (``"naive"``, ``"litellm"``; or the
+    :class:`PeerError` their start raised), used as they are and left running."""
     sides: dict[str, dict[str, Any]] = {
         "service": {"url": service_url, "auth": None, "pid": service_pid}
     }
-    peers = []
+    peers = []  # the ones started here, stopped here
     for key, start in (("naive", start_naive), ("litellm", start_litellm)):
+        given = (started or {}).get(key)
         try:
-            peer = start(run, upstream_url)
+            if isinstance(given, PeerError):
+                raise given
+            peer = given or start(run, upstream_url)
         except PeerError as exc:
             sides[key] = {"error": str(exc)}
             continue
-        peers.append(peer)
+        if given is None:
+            peers.append(peer)
         sides[key] = {"url": peer.url, "auth": peer.auth, "name": peer.name, "pid": peer.pid}
     live = {key: side for key, side in sides.items() if "url" in side}
     try:

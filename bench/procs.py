@@ -88,13 +88,23 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds of ``pid`` so far (0 when it is gone)."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system (kernel) CPU seconds of ``pid`` so far: ``/proc/<pid>/stat``'s utime
+    and stime, ``(0, 0)`` when it is gone.
+
+    The kernel charges a tick to the process it interrupts, so the system part includes
+    softirq work done in the process's context: on loopback, a ``send`` runs much of the
+    receiving socket's TCP processing too."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return 0.0, 0.0
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of ``pid`` so far (0 when it is gone)."""
+    return sum(cpu_times(pid))
 
 
 def machine_busy_seconds() -> float:
@@ -104,22 +114,37 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
+def machine_softirq_seconds() -> float:
+    """CPU seconds the machine spent in softirqs so far (every core, /proc/stat): the
+    kernel's network receive processing, whichever process it was charged to."""
+    return int(Path("/proc/stat").read_text().splitlines()[0].split()[7]) / CLK_TCK
+
+
 class CpuMeter:
     """CPU used over a window by named process trees, by everything else, and in total.
 
-    ``others`` is the machine's busy time minus ours: other developers' test suites, say.
+    ``others`` is the machine's busy time minus ours: other developers' test suites, say;
+    ``machine_softirq`` the part of the machine's time spent in softirqs (see
+    :func:`machine_softirq_seconds`).
     Processes that end inside the window report their CPU through :meth:`add`. For the
     ``worker``, ``<name>_runqueue_wait`` is the share of the window its main thread (the gevent
-    hub) was ready to run but waiting for a CPU (``/proc/<pid>/schedstat``).
+    hub) was ready to run but waiting for a CPU (``/proc/<pid>/schedstat``). For each name in
+    ``split``, ``<name>_user`` and ``<name>_system`` give its cores in user and in system
+    (kernel) time (see :func:`cpu_times`); they add up to ``<name>``.
     """
 
-    def __init__(self, pids: dict[str, int], reaped_children: bool = False) -> None:
+    def __init__(
+        self, pids: dict[str, int], reaped_children: bool = False, split: tuple[str, ...] = ()
+    ) -> None:
         self.pids = dict(pids)
+        self.split = [name for name in split if name in self.pids]
         self.extra: dict[str, float] = {}
         # For a window that ends after every child was waited for: their CPU, all of it.
         self.reaped = _children_cpu() if reaped_children else None
         self.started = time.monotonic()
         self.machine = machine_busy_seconds()
+        self.softirq = machine_softirq_seconds()
+        self.before_split = {name: self._tree_times(name) for name in self.split}
         self.before = {name: self._tree(name, pid) for name, pid in self.pids.items()}
         self.waited = {name: runqueue_wait(pid) for name, pid in self.pids.items()}
 
@@ -130,6 +155,10 @@ class CpuMeter:
             return cpu_seconds(pid)
         return sum(cpu_seconds(p) for p in descendants(pid))
 
+    def _tree_times(self, name: str) -> tuple[float, float]:
+        times = [cpu_times(p) for p in descendants(self.pids[name])]
+        return sum(t[0] for t in times), sum(t[1] for t in times)
+
     def add(self, name: str, seconds: float) -> None:
         """Count ``seconds`` of CPU of a process that already ended (wrk)."""
         self.extra[name] = self.extra.get(name, 0.0) + seconds
@@ -137,6 +166,7 @@ class CpuMeter:
     def stop(self) -> dict[str, float]:
         """Cores used on average over the window: ``{"worker": 0.98, ..., "others": 0.1}``."""
         wall = max(1e-6, time.monotonic() - self.started)
+        split = {name: self._tree_times(name) for name in self.split}
         used = {name: self._tree(name, pid) - self.before[name] for name, pid in self.pids.items()}
         used.update(self.extra)
         if self.reaped is not None:
@@ -145,6 +175,11 @@ class CpuMeter:
         cores = {name: round(seconds / wall, 3) for name, seconds in used.items()}
         cores["others"] = round(max(0.0, total - sum(used.values())) / wall, 3)
         cores["machine"] = round(total / wall, 3)
+        cores["machine_softirq"] = round((machine_softirq_seconds() - self.softirq) / wall, 3)
+        for name, (user, system) in split.items():
+            before = self.before_split[name]
+            cores[f"{name}_user"] = round((user - before[0]) / wall, 3)
+            cores[f"{name}_system"] = round((system - before[1]) / wall, 3)
         for name, pid in self.pids.items():
             if name != "harness":
                 cores[f"{name}_runqueue_wait"] = round(

@@ -95,10 +95,18 @@ class Scenario:
         self.error: str | None = None
 
     def metric(
-        self, label: str, key: str | None, value: float, unit: str, target: float | None = None
+        self,
+        label: str,
+        key: str | None,
+        value: float,
+        unit: str,
+        target: float | None = None,
+        after: str | None = None,
     ) -> dict[str, Any]:
         """Record a measured value; ``key`` names its target in :data:`TARGETS` (or None),
-        ``target`` replaces that entry's number (a target that depends on the options)."""
+        ``target`` replaces that entry's number (a target that depends on the options).
+        The row goes at the end, or right after the row labelled ``after`` (context for a
+        row measured earlier) when there is one."""
         row: dict[str, Any] = {"metric": label, "value": value, "unit": unit}
         if key is not None:
             op, default = TARGETS[key]
@@ -106,7 +114,8 @@ class Scenario:
             row["target"] = f"{op} {target:g}"
             row["target_value"] = target
             row["pass"] = value >= target if op == ">=" else value <= target
-        self.rows.append(row)
+        labels = [r["metric"] for r in self.rows]
+        self.rows.insert(labels.index(after) + 1 if after in labels else len(labels), row)
         return row
 
     @property

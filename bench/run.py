@@ -18,7 +18,8 @@ Scenarios (``--only NAME``, repeatable; targets are for ONE worker on a 2-core m
     also the service's CPU time per request. Then the peers (``bench/peers.py``, ``--peers``,
     on by default except with ``--quick``): LiteLLM's proxy (>= 8 times slower than the
     service) and a naive Flask + urllib3 proxy (the service >= 85 % of it) in interleaved
-    rounds on ``/v1/chat/completions``. The upstream is nginx
+    rounds on ``/v1/chat/completions``; the naive proxy's added latency at 1 connection is
+    measured in the service's own latency rounds, beside it. The upstream is nginx
     (``return 200 '<json>'``, private prefix and config in a temporary directory) when
     installed, else ``bench/upstream.py``.
 ``upstreams``

@@ -459,7 +459,8 @@ def scenario_idle_memory(run: Run, result: Scenario) -> None:
 
 
 def scenario_nonstream(run: Run, result: Scenario) -> None:
-    """Throughput at 64 connections and added latency at 1, both faces."""
+    """Throughput at 64 connections and added latency at 1, both faces; with the peers, the
+    naive proxy's added latency in the same rounds and its throughput beside the service's."""
     seconds = run.args.wrk_seconds
     warm = max(1.0, seconds / 5)
     if shutil.which("nginx") and run.args.upstream != "gevent":
@@ -469,6 +470,50 @@ def scenario_nonstream(run: Run, result: Scenario) -> None:
     result.details["upstream"] = upstream.kind
     service = Service(run, upstream.url)
     result.details["worker_pid"] = service.worker
+    # The naive proxy, the stack's ceiling, is started first: its added latency is measured in
+    # the service's own rounds, and the peer rounds below reuse it.
+    naive: Any = None
+    if run.args.peers:
+        import peers  # bench/peers.py, beside this script
+
+        try:
+            naive = peers.start_naive(run, upstream.url)
+            wrk(run, naive.url, UPSTREAM_BODY, 1, warm)
+        except peers.PeerError as exc:
+            naive = exc
+    started = None if isinstance(naive, Exception) else naive
+    try:
+        nonstream_rounds(run, result, service, upstream, started)
+        if run.args.peers:
+            nonstream_peers(run, result, service, upstream, naive)
+    finally:
+        if started is not None:
+            run.procs.stop(started.proc)
+    if result.missed and run.args.profile:
+        pids = {"worker": service.worker, "upstream": upstream.proc.pid}
+        for name, path, body, _check in ENDPOINTS:
+            rows = [r for r in result.missed if r["metric"].startswith(path + ":")]
+            if not rows:
+                continue
+            with py_spy(run, service.worker, seconds, f"nonstream-{name}") as profile:
+                profile["run"] = wrk(run, service.url + path, body, 64, seconds, pids)
+            result.details[name]["profile"] = profile
+    service.stop()
+    upstream.stop()
+
+
+def nonstream_rounds(
+    run: Run,
+    result: Scenario,
+    service: Service,
+    upstream: NginxUpstream | GeventUpstream,
+    naive: Any,
+) -> None:
+    """Each endpoint's throughput at 64 connections, then its added latency at one: the
+    upstream alone and through the service in alternating rounds, and through the naive
+    proxy ``naive`` (a started :class:`peers.Peer`, else nothing) in the same rounds."""
+    seconds = run.args.wrk_seconds
+    warm = max(1.0, seconds / 5)
     # The worker (not the master's tree): its main thread is the hub whose run-queue wait counts.
     pids = {"worker": service.worker, "upstream": upstream.proc.pid}
     upstream_url = upstream.url + "/chat/completions"
@@ -482,74 +527,109 @@ def scenario_nonstream(run: Run, result: Scenario) -> None:
         wrk(run, upstream_url, UPSTREAM_BODY, 1, warm)
         # Upstream alone and through the service in alternating short rounds, medians of the
         # rounds' percentiles: a burst of other work then spoils one round, not the result.
+        # The naive proxy gets what the service sends upstream (its one route is OpenAI's).
         rounds = run.args.latency_rounds
-        alone_runs, single_runs = [], []
+        alone_runs, single_runs, naive_runs = [], [], []
         for _ in range(rounds):
             alone_runs.append(wrk(run, upstream_url, UPSTREAM_BODY, 1, seconds / rounds, pids))
             single_runs.append(wrk(run, url, body, 1, seconds / rounds, pids))
+            if naive is not None:
+                naive_runs.append(wrk(run, naive.url, UPSTREAM_BODY, 1, seconds / rounds))
         alone, single = median_of_rounds(alone_runs), median_of_rounds(single_runs)
-        added_p50 = (single["latency_us"]["p50"] - alone["latency_us"]["p50"]) / 1000
-        added_p99 = (single["latency_us"]["p99"] - alone["latency_us"]["p99"]) / 1000
+        added = added_ms(single, alone)
         result.metric(f"{path}: throughput, 64 connections", "throughput_rps", busy["rps"], "req/s")
-        result.metric(f"{path}: added latency p50, 1 connection", "added_p50_ms", added_p50, "ms")
-        result.metric(f"{path}: added latency p99, 1 connection", "added_p99_ms", added_p99, "ms")
+        for q in ("p50", "p99"):
+            label = f"{path}: added latency {q}, 1 connection"
+            result.metric(label, f"added_{q}_ms", added[q], "ms")
+        details: dict[str, Any] = {
+            "path": path,
+            "throughput_64": busy,
+            "service_1": single,
+            "upstream_alone_1": alone,
+            "added_ms": {"service": added},
+        }
+        if naive_runs:
+            naive_1 = median_of_rounds(naive_runs)
+            details["naive_1"] = naive_1
+            details["added_ms"]["naive"] = naive_added = added_ms(naive_1, alone)
+            for q in ("p50", "p99"):
+                result.metric(
+                    f"{path}: naive Flask + urllib3 proxy's added latency {q}, same rounds",
+                    None,
+                    naive_added[q],
+                    "ms",
+                )
         # CPU per request depends much less than req/s on what else runs on the machine.
         cpu_us = worker_cpu_us(busy)
         result.metric(f"{path}: worker CPU per request, 64 connections", None, cpu_us, "µs")
         errors = busy["error_count"] + single["error_count"] + alone["error_count"]
         result.metric(f"{path}: wrk errors (socket, non-2xx)", "errors", errors, "")
-        result.details[name] = {
-            "path": path,
-            "throughput_64": busy,
-            "service_1": single,
-            "upstream_alone_1": alone,
-        }
-    if run.args.peers:
-        import peers  # bench/peers.py, beside this script
+        result.details[name] = details
 
-        rounds, round_seconds = run.args.peer_rounds, max(2.0, seconds / 2)
-        compared = peers.compare(
-            run,
-            service.url + ENDPOINTS[0][1],
-            upstream.url,
-            wrk,
-            rounds,
-            round_seconds,
-            service.worker,
-        )
-        result.details["peers"] = compared
-        # Labels stay the same from run to run (--repeat merges by label); the rounds'
-        # spreads are in the details.
+
+def added_ms(through: dict[str, Any], alone: dict[str, Any]) -> dict[str, float]:
+    """Added latency p50 and p99 (ms): :func:`median_of_rounds` of the runs through a proxy
+    minus that of the upstream alone."""
+    return {q: (through["latency_us"][q] - alone["latency_us"][q]) / 1000 for q in ("p50", "p99")}
+
+
+def nonstream_peers(
+    run: Run,
+    result: Scenario,
+    service: Service,
+    upstream: NginxUpstream | GeventUpstream,
+    naive: Any,
+) -> None:
+    """The peer rounds (bench/peers.py) on the OpenAI face, the naive proxy ``naive`` (a
+    started :class:`peers.Peer`, or the error its start raised) among them; its median req/s
+    goes beside the first throughput row."""
+    import peers  # bench/peers.py, beside this script
+
+    rounds, round_seconds = run.args.peer_rounds, max(2.0, run.args.wrk_seconds / 2)
+    compared = peers.compare(
+        run,
+        service.url + ENDPOINTS[0][1],
+        upstream.url,
+        wrk,
+        rounds,
+        round_seconds,
+        service.worker,
+        started={"naive": naive},
+    )
+    result.details["peers"] = compared
+    # Labels stay the same from run to run (--repeat merges by label); the rounds'
+    # spreads are in the details.
+    naive_rps = compared["sides"].get("naive", {}).get("median_rps")
+    if naive_rps:
+        # Beside the 1,500 req/s target: whether the stack's ceiling itself reaches it.
         result.metric(
-            f"peers: service req/s, median of {rounds} rounds",
+            f"naive Flask + urllib3 proxy (the ceiling): throughput, 64 connections, median "
+            f"of {rounds} peer rounds",
             None,
-            compared["sides"]["service"]["median_rps"],
+            naive_rps,
             "req/s",
+            after=f"{ENDPOINTS[0][1]}: throughput, 64 connections",
         )
-        for side in ("service", "naive"):
-            cpu_us = compared["sides"].get(side, {}).get("cpu_per_request_us")
-            if cpu_us is not None:
-                label = "service's worker" if side == "service" else "naive proxy's"
-                result.metric(f"peers: {label} CPU per request, same rounds", None, cpu_us, "µs")
-        for key, label in (
-            ("times_litellm", "times LiteLLM's req/s"),
-            ("pct_of_naive", "% of the naive Flask + urllib3 proxy's req/s"),
-        ):
-            if key in compared:
-                result.metric(f"peers: service {label}", key, compared[key], "")
-            else:
-                name = key.split("_", 2)[-1]
-                result.details.setdefault("peer_errors", {})[name] = compared["sides"][name]
-    if result.missed and run.args.profile:
-        for name, path, body, _check in ENDPOINTS:
-            rows = [r for r in result.missed if r["metric"].startswith(path + ":")]
-            if not rows:
-                continue
-            with py_spy(run, service.worker, seconds, f"nonstream-{name}") as profile:
-                profile["run"] = wrk(run, service.url + path, body, 64, seconds, pids)
-            result.details[name]["profile"] = profile
-    service.stop()
-    upstream.stop()
+    result.metric(
+        f"peers: service req/s, median of {rounds} rounds",
+        None,
+        compared["sides"]["service"]["median_rps"],
+        "req/s",
+    )
+    for side in ("service", "naive"):
+        cpu_us = compared["sides"].get(side, {}).get("cpu_per_request_us")
+        if cpu_us is not None:
+            label = "service's worker" if side == "service" else "naive proxy's"
+            result.metric(f"peers: {label} CPU per request, same rounds", None, cpu_us, "µs")
+    for key, label in (
+        ("times_litellm", "times LiteLLM's req/s"),
+        ("pct_of_naive", "% of the naive Flask + urllib3 proxy's req/s"),
+    ):
+        if key in compared:
+            result.metric(f"peers: service {label}", key, compared[key], "")
+        else:
+            name = key.split("_", 2)[-1]
+            result.details.setdefault("peer_errors", {})[name] = compared["sides"][name]
 
 
 def scenario_upstreams(run: Run, result: Scenario) -> None:
@@ -758,6 +838,10 @@ def scenario_streaming(run: Run, result: Scenario, profile: bool = False) -> Non
     if worker_cores is not None and metered:
         per_chunk = worker_cores * (window[1] - window[0]) / metered * 1e6
         result.metric("worker CPU per relayed chunk", "cpu_per_chunk_us", per_chunk, "µs")
+        parts = split_per_chunk(cpu, window, metered)
+        result.details["cpu_per_chunk_split_us"] = parts
+        for part, label in SPLIT_LABELS:
+            result.metric(f"worker CPU per relayed chunk: {label}", None, parts[part], "µs")
     result.metric(
         f"chunks relayed per second in the plateau (open streams x {1 / interval:g})",
         None,
@@ -801,6 +885,13 @@ def scenario_streaming(run: Run, result: Scenario, profile: bool = False) -> Non
                 naive["cpu_per_chunk_us"],
                 "µs",
             )
+            for part, label in SPLIT_LABELS:
+                result.metric(
+                    f"naive Flask + urllib3 relay: worker CPU per relayed chunk: {label}",
+                    None,
+                    naive["cpu_per_chunk_split_us"][part],
+                    "µs",
+                )
             result.metric(
                 "service's CPU per relayed chunk as a percentage of the naive relay's",
                 None,
@@ -819,7 +910,33 @@ def scenario_streaming(run: Run, result: Scenario, profile: bool = False) -> Non
                 raw["cpu_per_chunk_us"],
                 "µs",
             )
+            for part, label in SPLIT_LABELS:
+                result.metric(
+                    f"bare WSGI raw-socket relay: worker CPU per relayed chunk: {label}",
+                    None,
+                    raw["cpu_per_chunk_split_us"][part],
+                    "µs",
+                )
     upstream.stop()
+
+
+#: The two parts of a relay worker's CPU per chunk (:func:`split_per_chunk`) and their labels.
+SPLIT_LABELS = (
+    ("user", "user time (Python, gevent, libc)"),
+    ("system", "system time (kernel: syscalls, loopback TCP)"),
+)
+
+
+def split_per_chunk(cpu: dict[str, Any], window: list[float], chunks: int) -> dict[str, float]:
+    """The worker's user and system (kernel) CPU per chunk (µs) in the metered ``window``,
+    from a :func:`meter_plateau` reading of ``chunks`` relayed chunks. On loopback the system
+    part holds much of the receiving side's TCP work too: the kernel runs it in the sending
+    process's context and charges it there."""
+    us_per_core = (window[1] - window[0]) / max(1, chunks) * 1e6  # a core's µs per chunk
+    return {
+        "user": round(cpu.get("worker_user", 0.0) * us_per_core, 1),
+        "system": round(cpu.get("worker_system", 0.0) * us_per_core, 1),
+    }
 
 
 def naive_streaming(
@@ -833,8 +950,8 @@ def naive_streaming(
 ) -> dict[str, Any]:
     """The same streams, same upstream, through ``naive_proxy.py``'s relay (or ``app``, e.g.
     ``raw_relay:app``) under gunicorn's gevent worker: the stack's floor. Its worker's CPU per
-    chunk relayed in the plateau (µs), failed streams, open streams and the forwarding delay
-    p99 (client's receive, ms)."""
+    chunk relayed in the plateau (µs; ``cpu_per_chunk_split_us``: its user and system parts),
+    failed streams, open streams and the forwarding delay p99 (client's receive, ms)."""
     import peers  # bench/peers.py, beside this script
 
     try:
@@ -883,6 +1000,7 @@ def naive_streaming(
     }
     if cpu.get("worker") is not None and steady:
         out["cpu_per_chunk_us"] = round(cpu["worker"] * (window[1] - window[0]) / steady * 1e6, 1)
+        out["cpu_per_chunk_split_us"] = split_per_chunk(cpu, window, steady)
     return out
 
 
@@ -948,7 +1066,7 @@ def meter_plateau(
     meter = cpu.get("meter")
     ready = all_open or now >= (plateau[0] + plateau[1]) / 2
     if meter is None and plateau[0] <= now < plateau[1] and ready:
-        cpu["meter"] = CpuMeter(pids)
+        cpu["meter"] = CpuMeter(pids, split=("worker",))
         cpu["window"] = [now, plateau[1]]
     elif isinstance(meter, CpuMeter) and now >= plateau[1]:
         cpu["meter"] = "done"

@@ -117,3 +117,65 @@ def test_repeated_runs_report_each_metrics_median_and_spread():
     assert rss_row["pass"] is True  # judged on the median, though one run missed 60 MB
     assert lag_row["value"] == 2.0 and "pass" not in lag_row
     assert "| idle_memory | worker RSS | 55 MB (50–70) | <= 60 MB | pass |" in table([merged])
+
+
+def test_a_context_row_goes_right_after_the_row_it_explains():
+    from bench.report import Scenario, merge, table
+
+    runs = []
+    for rps, ceiling in ((1100.0, 1800.0), (1200.0, 1300.0)):
+        scenario = Scenario("nonstream")
+        scenario.metric("/api/v1/chat/completions: throughput", "throughput_rps", rps, "req/s")
+        scenario.metric("/api/v1/chat/completions: added latency p50", None, 0.8, "ms")
+        scenario.metric("peers: service req/s", None, rps, "req/s")
+        scenario.metric(
+            "naive proxy: throughput",
+            None,
+            ceiling,
+            "req/s",
+            after="/api/v1/chat/completions: throughput",
+        )
+        scenario.metric("no such row to follow", None, 1.0, "", after="missing")
+        runs.append([scenario])
+    labels = [row["metric"] for row in runs[0][0].rows]
+    assert labels == [
+        "/api/v1/chat/completions: throughput",
+        "naive proxy: throughput",
+        "/api/v1/chat/completions: added latency p50",
+        "peers: service req/s",
+        "no such row to follow",
+    ]
+    (merged,) = merge(runs)
+    assert [row["metric"] for row in merged.rows] == labels
+    lines = table([merged]).splitlines()
+    assert lines[3] == "| nonstream | naive proxy: throughput | 1,550 req/s (1,300–1,800) |  |  |"
+
+
+def test_cpu_meter_splits_a_process_tree_into_user_and_system_time():
+    from bench.procs import CpuMeter, cpu_seconds, cpu_times
+
+    # A child that spends CPU in user space (a loop) and in the kernel (reads of /proc).
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os\nwhile True:\n    sum(range(2000))\n    os.stat('/proc/self/stat')\n",
+        ]
+    )
+    try:
+        meter = CpuMeter({"worker": child.pid}, split=("worker",))
+        deadline = time.monotonic() + 60
+        start = cpu_seconds(child.pid)
+        while cpu_seconds(child.pid) - start < 0.5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cores = meter.stop()
+        user, system = cpu_times(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert user > 0 and cpu_seconds(child.pid) == 0.0  # gone: no times
+    assert cores["worker"] > 0
+    # The two parts add up to the whole (each rounded to 0.001 cores).
+    assert abs(cores["worker_user"] + cores["worker_system"] - cores["worker"]) <= 0.003
+    assert cores["worker_user"] > 0
+    assert 0 <= cores["machine_softirq"] <= cores["machine"] + 0.01
