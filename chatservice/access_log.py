@@ -100,13 +100,20 @@ class AccessRecord:
     """
 
     def __init__(self, counter: TokenCounter | None = None) -> None:
+        # Imported here, once, not in begin(): an import from a package inside a function
+        # runs importlib's Python code on every call.
+        from flask import has_request_context, request
+
         self.counter = counter
+        self._has_request_context = has_request_context
+        self._request = request
 
     def begin(self, call: Call) -> _AccessWatch:
         """Note the resolved model and the backend; watch the answer."""
-        from flask import has_request_context
-
-        fields = _fields() if has_request_context() else {}
+        if self._has_request_context():
+            fields = self._request.environ.setdefault(ENVIRON_KEY, {})
+        else:
+            fields = {}
         fields.update(model=call.request.model, backend=call.route.name)
         if call.route.upstream is not None:
             fields["upstream"] = call.route.upstream
@@ -218,12 +225,6 @@ def usage_fields(usage: Any) -> dict[str, int]:
         for name in ("prompt_tokens", "completion_tokens")
         if isinstance(usage.get(name), int) and not isinstance(usage.get(name), bool)
     }
-
-
-def _fields() -> dict[str, Any]:
-    from flask import request
-
-    return request.environ.setdefault(ENVIRON_KEY, {})
 
 
 #: The access fields in the order a line shows them.
