@@ -129,10 +129,13 @@ class _AccessWatch:
         self.streamed = call.streamed
         self.counter = counter
         self.method: Method | None = None
-        if counter is not None:
+        # The first route's: a fallback does not change how the tokens are counted.
+        self.embedded = call.route.embedded
+        if counter is not None and self.streamed:
             # Decided once: a stream's tokens are counted as it goes, holding at most
             # PENDING_BYTES (thousands of open streams), so the method must not change.
-            self.method = counter.usage_method(call.request.model, call.route.embedded)
+            # A whole answer's is decided in end(), only when the answer reported no usage.
+            self.method = counter.usage_method(call.request.model, self.embedded)
         self.text = ""
         self.completion = 0
         self.seen = False
@@ -204,6 +207,8 @@ class _AccessWatch:
         if not self.seen:
             return  # nothing was generated: no numbers to make
         req, embedded = self.call.request, self.call.route.embedded
+        if self.method is None:
+            self.method = self.counter.usage_method(req.model, self.embedded)
         try:
             self._count_pending()
             prompt = self.counter.count_request(req, embedded, self.method)
