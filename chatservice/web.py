@@ -18,7 +18,8 @@ def read_json_object() -> dict[str, Any]:
 
     The wrapper services' clients send ``application/json``; ``curl -d`` sends a form type with
     a JSON body, so the header is not required. Raises ``BadRequest`` (``invalid_json``,
-    ``body_not_object``); a body over MAX_BODY_BYTES raises werkzeug's 413 while reading.
+    ``body_not_object``); a body over MAX_BODY_BYTES was refused with 413 before the face ran
+    (:mod:`chatservice.body`).
     """
     raw = request_body()
     try:
