@@ -24,14 +24,24 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 @functools.cache
 def encoder(
-    ensure_ascii: bool = True, allow_nan: bool = True, default: Callable[[Any], Any] | None = None
+    ensure_ascii: bool = True,
+    allow_nan: bool = True,
+    default: Callable[[Any], Any] | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
 ) -> json.JSONEncoder:
     """One shared ``json.JSONEncoder`` per set of options: its ``encode(value)`` is
     ``json.dumps(value, ...)`` with these options, less the encoder ``json.dumps`` builds on
     every call made with options other than its defaults (two Python calls and a dozen
     attribute settings). Raises like ``json.dumps``.
     """
-    return json.JSONEncoder(ensure_ascii=ensure_ascii, allow_nan=allow_nan, default=default)
+    return json.JSONEncoder(
+        ensure_ascii=ensure_ascii,
+        allow_nan=allow_nan,
+        default=default,
+        separators=separators,
+        sort_keys=sort_keys,
+    )
 
 
 def find_unsafe_value(value: Any, path: str = "") -> BadRequest | None:
