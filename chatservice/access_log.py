@@ -100,13 +100,20 @@ class AccessRecord:
     """
 
     def __init__(self, counter: TokenCounter | None = None) -> None:
+        # Imported here, once, not in begin(): an import from a package inside a function
+        # runs importlib's Python code on every call.
+        from flask import has_request_context, request
+
         self.counter = counter
+        self._has_request_context = has_request_context
+        self._request = request
 
     def begin(self, call: Call) -> _AccessWatch:
         """Note the resolved model and the backend; watch the answer."""
-        from flask import has_request_context
-
-        fields = _fields() if has_request_context() else {}
+        if self._has_request_context():
+            fields = self._request.environ.setdefault(ENVIRON_KEY, {})
+        else:
+            fields = {}
         fields.update(model=call.request.model, backend=call.route.name)
         if call.route.upstream is not None:
             fields["upstream"] = call.route.upstream
@@ -122,10 +129,13 @@ class _AccessWatch:
         self.streamed = call.streamed
         self.counter = counter
         self.method: Method | None = None
-        if counter is not None:
+        # The first route's: a fallback does not change how the tokens are counted.
+        self.embedded = call.route.embedded
+        if counter is not None and self.streamed:
             # Decided once: a stream's tokens are counted as it goes, holding at most
             # PENDING_BYTES (thousands of open streams), so the method must not change.
-            self.method = counter.usage_method(call.request.model, call.route.embedded)
+            # A whole answer's is decided in end(), only when the answer reported no usage.
+            self.method = counter.usage_method(call.request.model, self.embedded)
         self.text = ""
         self.completion = 0
         self.seen = False
@@ -197,6 +207,8 @@ class _AccessWatch:
         if not self.seen:
             return  # nothing was generated: no numbers to make
         req, embedded = self.call.request, self.call.route.embedded
+        if self.method is None:
+            self.method = self.counter.usage_method(req.model, self.embedded)
         try:
             self._count_pending()
             prompt = self.counter.count_request(req, embedded, self.method)
@@ -218,12 +230,6 @@ def usage_fields(usage: Any) -> dict[str, int]:
         for name in ("prompt_tokens", "completion_tokens")
         if isinstance(usage.get(name), int) and not isinstance(usage.get(name), bool)
     }
-
-
-def _fields() -> dict[str, Any]:
-    from flask import request
-
-    return request.environ.setdefault(ENVIRON_KEY, {})
 
 
 #: The access fields in the order a line shows them.

@@ -159,7 +159,13 @@ def authenticate(
 def bearer_token(headers: Mapping[str, str]) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header (scheme in any case, spaces
     around the token dropped), or ``None`` without one."""
-    scheme, _, token = headers.get("Authorization", "").partition(" ")
+    return bearer_of(headers.get("Authorization", ""))
+
+
+def bearer_of(authorization: str) -> str | None:
+    """The token of an ``Authorization`` header's value ``Bearer <token>`` (see
+    :func:`bearer_token`), or ``None`` for another scheme or an empty value."""
+    scheme, _, token = authorization.partition(" ")
     return token.strip() if scheme.lower() == "bearer" else None
 
 

@@ -13,6 +13,7 @@ from types import FunctionType
 from typing import Any
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from chatservice import auth, body, cache, http_headers, metrics
@@ -21,6 +22,7 @@ from chatservice.backends import Backends
 from chatservice.budgets import ClientKeys, KeyBudgets
 from chatservice.errors import FaceRegistry, register_error_handlers
 from chatservice.i18n import Catalogs
+from chatservice.jsonsafe import encoder
 from chatservice.keystore import create_key_store
 from chatservice.limits import create_limiter, limit_face
 from chatservice.logs import configure_logging
@@ -47,6 +49,28 @@ from chatservice.web import request_language
 FACES = (api, chat, openai_api, chatroom, ws, conversations)
 
 
+#: The keyword arguments Flask's JSON provider dumps its responses with outside debug mode.
+_COMPACT = {"separators": (",", ":")}
+
+
+class JsonProvider(DefaultJSONProvider):
+    """Flask's JSON provider, keys in their order and UTF-8 rather than ``\\u`` escapes; its
+    compact responses (every ``jsonify`` outside debug mode) are encoded by one shared
+    encoder (:func:`chatservice.jsonsafe.encoder`), not by one ``json.dumps`` builds per call.
+    """
+
+    ensure_ascii = False
+    sort_keys = False
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        """``obj`` as JSON (Flask's :meth:`DefaultJSONProvider.dumps`, same text)."""
+        if kwargs == _COMPACT:
+            return encoder(
+                self.ensure_ascii, True, self.default, _COMPACT["separators"], self.sort_keys
+            ).encode(obj)
+        return super().dumps(obj, **kwargs)
+
+
 class App(Flask):
     """Flask, deciding :meth:`ensure_sync` without :mod:`inspect` for plain functions.
 
@@ -66,6 +90,8 @@ class App(Flask):
         ):
             return func
         return super().ensure_sync(func)
+
+    json_provider_class = JsonProvider
 
 
 def open_conversation_store(settings: Settings) -> KeyValueStore:
@@ -88,8 +114,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging(settings)
     app = App(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.ensure_ascii = False  # type: ignore[attr-defined]
-    app.json.sort_keys = False  # type: ignore[attr-defined]
     body.init_app(app, settings.max_body_bytes, settings.body_read_timeout)
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]

@@ -8,9 +8,11 @@ response, a log line, SQLite, Redis, an upstream call) refuse them later, far fr
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from chatservice.errors import BadRequest
@@ -18,6 +20,28 @@ from chatservice.errors import BadRequest
 #: A UTF-16 surrogate left alone: JSON's ``"\ud800"`` parses to one, and it cannot be
 #: encoded as UTF-8 (a stored value, a log line, an upstream call would all fail).
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@functools.cache
+def encoder(
+    ensure_ascii: bool = True,
+    allow_nan: bool = True,
+    default: Callable[[Any], Any] | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> json.JSONEncoder:
+    """One shared ``json.JSONEncoder`` per set of options: its ``encode(value)`` is
+    ``json.dumps(value, ...)`` with these options, less the encoder ``json.dumps`` builds on
+    every call made with options other than its defaults (two Python calls and a dozen
+    attribute settings). Raises like ``json.dumps``.
+    """
+    return json.JSONEncoder(
+        ensure_ascii=ensure_ascii,
+        allow_nan=allow_nan,
+        default=default,
+        separators=separators,
+        sort_keys=sort_keys,
+    )
 
 
 def find_unsafe_value(value: Any, path: str = "") -> BadRequest | None:
@@ -73,7 +97,7 @@ def _surely_safe(value: Any) -> bool:
     search instead of a Python walk of the whole body; False when unsure: walk it for the
     exact place."""
     try:
-        return not _SURROGATE.search(json.dumps(value, ensure_ascii=False, allow_nan=False))
+        return not _SURROGATE.search(encoder(False, False).encode(value))
     except (TypeError, ValueError, RecursionError):
         return False
 
@@ -83,6 +107,6 @@ def _surely_clean(value: Any) -> bool:
     ``json.dumps`` (which keeps surrogates as they are) and one search instead of a Python
     walk of the whole answer; False when unsure (not JSON-encodable: walk it)."""
     try:
-        return not _SURROGATE.search(json.dumps(value, ensure_ascii=False))
+        return not _SURROGATE.search(encoder(False).encode(value))
     except (TypeError, ValueError, RecursionError):
         return False

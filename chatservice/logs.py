@@ -159,28 +159,42 @@ def _dumps(payload: dict[str, Any]) -> str:
 # --- the files --------------------------------------------------------------------------------
 
 
-class AppendFileHandler(logging.FileHandler):
+class NativeLock:
+    """A handler mixin whose lock is always a native one, whatever is assigned (gevent's
+    monkey-patch swaps its own lock into every handler that exists when it patches).
+
+    The handlers here never yield while they hold it (gevent patches neither ``os.write``,
+    ``os.stat`` nor a file's ``write``), so no greenlet waits behind another, and a real thread
+    (the embedded model's pool) waits for one line at most. With gevent's lock, greenlets
+    waiting while a real thread held it were never woken (LoopExit:
+    test_workers_appending_across_rotations_lose_and_tear_no_line), and every record paid for
+    gevent's lock in Python (two frames per acquire and per release) instead of a C call.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # On assignment rather than as a property: logging reads ``lock`` four times per
+        # record, and a property getter would be a Python call each time.
+        if name == "lock":
+            value = _thread.RLock()
+        super().__setattr__(name, value)
+
+
+class StderrHandler(NativeLock, logging.StreamHandler):  # type: ignore[type-arg]
+    """The process's stderr handler (logging's ``StreamHandler``) with a native lock
+    (:class:`NativeLock`)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+
+class AppendFileHandler(NativeLock, logging.FileHandler):
     """Writes each record as one line with one ``write()`` to a file opened ``O_APPEND``.
 
     The file is unbuffered (nothing waits in memory for a flush, so nothing is lost at exit or
     copied into a forked child); the line is UTF-8, characters it cannot encode (a lone
     surrogate) written as backslash escapes. Errors go to :meth:`logging.Handler.handleError`,
-    never into the caller.
+    never into the caller. Its lock is a native one (:class:`NativeLock`).
     """
-
-    # The handler's lock is always a native one, whatever is assigned (gevent's monkey-patch
-    # swaps its own lock into every handler that exists when it patches): emit never yields
-    # (os.stat and os.write are not patched), so no greenlet waits behind another, and a real
-    # thread (the embedded model's pool) waits for one write at most. With gevent's lock,
-    # greenlets waiting while a real thread held it were never woken (LoopExit:
-    # test_workers_appending_across_rotations_lose_and_tear_no_line).
-    @property
-    def lock(self) -> Any:  # noqa: D102 - logging's attribute
-        return self._native_lock
-
-    @lock.setter
-    def lock(self, _value: Any) -> None:
-        self._native_lock = _thread.RLock()
 
     def _open(self) -> Any:
         return open(self.baseFilename, "ab", buffering=0)  # noqa: SIM115 - the handler closes it
@@ -413,7 +427,7 @@ def apply_settings(settings: Settings) -> None:
     if state.stderr is None:
         for handler in list(root.handlers):  # a bootstrap basicConfig is replaced
             root.removeHandler(handler)
-        state.stderr = logging.StreamHandler(sys.stderr)
+        state.stderr = StderrHandler()
         root.addHandler(state.stderr)
     root.setLevel(logging.INFO)
     state.stderr.setFormatter(LineFormatter(json_lines))
@@ -478,7 +492,7 @@ def configure_logging(settings: Settings) -> None:
         _replace_files(state, files)
     if not bare:
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(LineFormatter(settings.log_format == "json"))
     handler._chatservice = True  # type: ignore[attr-defined]
     logger.addHandler(handler)

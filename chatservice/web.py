@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import current_app, g, request
 
+from chatservice.body import request_body
 from chatservice.errors import BadRequest
 from chatservice.i18n import negotiate
 from chatservice.jsonsafe import find_unsafe_value
@@ -17,9 +18,10 @@ def read_json_object() -> dict[str, Any]:
 
     The wrapper services' clients send ``application/json``; ``curl -d`` sends a form type with
     a JSON body, so the header is not required. Raises ``BadRequest`` (``invalid_json``,
-    ``body_not_object``); a body over MAX_BODY_BYTES raises werkzeug's 413 while reading.
+    ``body_not_object``); a body over MAX_BODY_BYTES was refused with 413 before the face ran
+    (:mod:`chatservice.body`).
     """
-    raw = request.get_data(cache=True)
+    raw = request_body()
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -50,7 +52,7 @@ def peek_json_body() -> None:
     if "json_body" in g or not length or length > PEEK_BODY_BYTES:
         return
     try:
-        body = json.loads(request.get_data(cache=True))
+        body = json.loads(request_body())
     except (ValueError, UnicodeDecodeError, RecursionError):
         return
     if isinstance(body, dict):

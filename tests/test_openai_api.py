@@ -672,3 +672,28 @@ def test_lang_field_picks_the_language_and_is_not_forwarded(make_app, fake):
     )
     assert r.status_code == 200
     assert "lang" not in fake.received[0].json
+
+
+def test_whole_answer_is_compact_utf8_json_in_the_upstreams_key_order(client, fake):
+    """The answer's bytes: the upstream's object in its own key order, non-ASCII as UTF-8
+    (not ``\\u`` escapes), compact separators, one newline (what Flask's jsonify writes)."""
+    answer = {
+        "model": "gpt-4o-mini",
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "choices": [
+            {
+                "message": {"role": "assistant", "content": "你好, мир 😀"},
+                "index": 0,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
+    fake.push(Reply(raw_body=json.dumps(answer).encode()))
+    response = client.post(
+        "/api/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": HELLO}
+    )
+    assert response.status_code == 200
+    expected = json.dumps(answer, ensure_ascii=False, separators=(",", ":")) + "\n"
+    assert response.data == expected.encode("utf-8")

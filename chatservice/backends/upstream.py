@@ -58,7 +58,7 @@ from chatservice.errors import (
     UpstreamTimeout,
     context_length_exceeded,
 )
-from chatservice.jsonsafe import find_unsafe_value
+from chatservice.jsonsafe import encoder, find_unsafe_value
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, choice_text
 from chatservice.settings import Secret, Settings
 from chatservice.sse import EventTooLarge, SSEDecoder
@@ -426,7 +426,7 @@ def _upstream_rpm(
 
 def _encode(payload: dict[str, Any]) -> bytes:
     try:
-        return json.dumps(payload, allow_nan=False).encode("utf-8")
+        return encoder(allow_nan=False).encode(payload).encode("utf-8")
     except ValueError:
         # NaN or Infinity in a forwarded field (the faces refuse a client's before this):
         # not JSON, so no upstream could read it. The same 400 as theirs, naming the field.
