@@ -137,6 +137,13 @@ class ResponseCache:
             if entry is not None:
                 return _noted(Lookup("HIT", key, entry=entry))
             if self._claim(key, token):
+                # An identical call may have stored its answer and released the lock between
+                # the read above and this claim (it stores before it releases): read again,
+                # or this call would ask the backend a second time.
+                entry = self._get(key)
+                if entry is not None:
+                    self.release(key, token)
+                    return _noted(Lookup("HIT", key, entry=entry))
                 return _noted(Lookup("MISS", key, store, lock=token))
             if time.monotonic() >= deadline:
                 return _noted(Lookup("MISS", key, store))

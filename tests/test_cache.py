@@ -173,3 +173,50 @@ def test_the_memory_store_is_bounded():
     assert (entries.get("a"), entries.get("b"), entries.get("c")) == (None, "12345", "12345")
     entries.set("huge", "x" * 11)  # larger than the whole store: not kept, nothing evicted
     assert entries.get("huge") is None and entries.get("c") == "12345"
+
+
+def test_a_call_that_claims_the_lock_just_after_the_holder_finished_reads_its_answer():
+    # The race behind a second MISS among identical calls: the lock's holder stores its
+    # answer and releases the lock between a waiting call's read of the entry and its claim
+    # of the lock. Storage here is the memory store, the interleaving forced at that read.
+    from chatservice.backends import Route
+    from chatservice.cache import MemoryEntries, ResponseCache, cache_key
+    from chatservice.models import ChatRequest
+    from chatservice.pipeline import Call
+    from chatservice.state import MemoryState
+
+    call = Call(
+        request=ChatRequest(
+            kind="chat",
+            model="gpt-4o-mini",
+            max_tokens=None,
+            messages=[{"role": "user", "content": "hi"}],
+            params={"temperature": 0},
+        ),
+        route=Route("upstream", None),  # type: ignore[arg-type]
+        asked_model="gpt-4o-mini",
+        streamed=False,
+    )
+    key = cache_key(call)
+    answer = {"text": "stored by the holder"}
+    holder_token = "holder"
+
+    class HolderFinishesAfterTheFirstRead(MemoryEntries):
+        reads = 0
+
+        def get(self, name: str) -> str | None:
+            value = super().get(name)
+            self.reads += 1
+            if self.reads == 1:  # the holder ends right after the waiting call's first read
+                cache.put(key, answer)
+                cache.release(key, holder_token)
+            return value
+
+    state = MemoryState()
+    cache = ResponseCache(state, 60, 5, HolderFinishesAfterTheFirstRead(1 << 20, 60))
+    assert state.add(f"cache-lock:{key}", holder_token, ttl=5)
+    lookup = cache.lookup(call)
+    assert lookup.status == "HIT"
+    assert lookup.entry == answer
+    # Nothing left holding the lock: the next identical miss can claim it.
+    assert state.add(f"cache-lock:{key}", "next", ttl=5)
