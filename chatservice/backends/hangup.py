@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 _READ = 1  # libev/libuv read event
 
 
+def sockets_cooperative() -> bool:
+    """True in a process whose sockets gevent has monkey-patched (a gevent worker)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("socket")
+
+
 def _client_socket() -> Any:
     from flask import has_request_context, request
 
@@ -40,8 +46,7 @@ def abort_on_hang_up() -> Iterator[None]:
     A client that sends more bytes (a pipelined request) is not gone: watching stops.
     """
     sock = _client_socket()
-    monkey = sys.modules.get("gevent.monkey")
-    if sock is None or monkey is None or not monkey.is_module_patched("socket"):
+    if sock is None or not sockets_cooperative():
         yield
         return
     import gevent

@@ -7,25 +7,26 @@ every read, that is for every relayed chunk. Each lives until the next chunk arr
 of a second later in a typical answer, long enough to pass through the garbage collector's
 young generations: with 2,000 open streams, tens of thousands of objects that every young
 collection scans again. :class:`IdleTimer` instead leaves the socket without a timeout and
-arms one reusable ``gevent.Timeout`` per stream around each read (gevent documents that a
-cancelled timeout "can be started again"). The behaviour is the same: a read that waits
-longer than the timeout raises ``TimeoutError``.
+arms one repeating libev timer per stream afresh around each read (a cancelled
+``gevent.Timeout`` would not do: started again, it resumes with what was left of its time
+rather than the whole timeout). The behaviour is the same: a read that waits longer than the
+timeout raises ``TimeoutError``.
 
-Outside a gevent worker (threads, Flask's test client) a ``gevent.Timeout`` cannot interrupt
-a blocking read, so there the socket keeps its timeout, as before.
+Outside a gevent worker (threads, Flask's test client) a timer on the event loop cannot
+interrupt a blocking read, so there the socket keeps its timeout, as before.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any
+
+from chatservice.backends.hangup import sockets_cooperative
 
 
 def _gevent_socket(sock: Any) -> bool:
     """True when ``sock`` is gevent's cooperative socket (a monkey-patched process)."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None or not monkey.is_module_patched("socket"):
+    if not sockets_cooperative():
         return False
     from gevent.socket import socket as cooperative
 
@@ -53,9 +54,8 @@ class IdleTimer:
         import gevent
 
         self._getcurrent = gevent.getcurrent
-        # A repeating libev timer: ``again`` arms it for the full ``seconds`` each time
-        # (a stopped one-shot timer, as ``gevent.Timeout`` uses, would resume with what was
-        # left of its time, not start over).
+        # Repeating, so that ``again`` arms it for the whole ``seconds`` each time (see the
+        # module's doc).
         self._timer = gevent.get_hub().loop.timer(seconds, seconds)
         sock.settimeout(None)
 
