@@ -37,7 +37,9 @@ class Reply:
     only that many bytes of a whole answer and closes; ``raw_stream`` is sent as the SSE body,
     byte for byte; ``raw_body`` is sent as a whole answer's body, byte for byte, with
     ``headers`` (e.g. ``Content-Encoding``); ``end_with_done`` sends a stream's ``[DONE]``
-    and the chunked body's end in one write, ``hold_end`` holds that end until it is set.
+    and the chunked body's end in one write, ``hold_end`` holds that end until it is set;
+    ``close_after`` closes the connection once the answer is written, although the answer
+    let the client keep it (an upstream closing an idle keep-alive connection).
     """
 
     text: str | None = None
@@ -60,6 +62,8 @@ class Reply:
     end_with_done: bool = False
     #: Hold the chunked body's empty last chunk until this is set (at most 30 s).
     hold_end: threading.Event | None = None
+    #: Close the connection after the answer (its request is finished only then).
+    close_after: bool = False
 
 
 @dataclasses.dataclass
@@ -234,6 +238,10 @@ class _Handler(BaseHTTPRequestHandler):
             reply = self.fake.next_reply()
         try:
             self._answer(reply, item, body if isinstance(body, dict) else {})
+            if reply.close_after:
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:  # broken pipe, reset: the service hung up on us
             item.client_gone = True
         finally:

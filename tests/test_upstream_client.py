@@ -280,3 +280,38 @@ def test_a_connection_that_served_a_stream_bounds_its_next_answer_again(live_ser
     assert r.status_code == 504
     first, second = upstream.wait_for(2)
     assert first.peer == second.peer  # the same connection, reused
+
+
+def _second_call_after_the_upstream_closed_the_first(post, upstream) -> tuple[int, int]:
+    """Two calls (``post()`` returns the status), the upstream closing the first one's
+    connection once it answered."""
+    upstream.push(Reply(close_after=True))
+    first = post()
+    upstream.wait_for(1)[0].wait_finished()  # the upstream has closed its end by then
+    second = post()
+    earlier, later = upstream.wait_for(2)
+    assert earlier.peer != later.peer  # a new connection, not the closed one
+    return first, second
+
+
+def test_an_idle_connection_the_upstream_closed_is_not_reused(make_app, fake):
+    # With no retries, a call written on a connection the upstream had closed would fail
+    # (502): the pool sees that the idle connection is closed and opens a new one.
+    client = make_app(API_KEY="sk-x", UPSTREAM_RETRIES="0").test_client()
+    first, second = _second_call_after_the_upstream_closed_the_first(
+        lambda: client.post("/api/v1/chat/completions", json=CHAT).status_code, fake
+    )
+    assert (first, second) == (200, 200)
+
+
+def test_under_gevent_an_idle_connection_the_upstream_closed_is_not_reused(
+    live_server, upstream
+):
+    # The same check in a gevent worker, which asks the operating system's poll rather
+    # than gevent's cooperative one.
+    server = live_server(API_KEY="sk-x", UPSTREAM_RETRIES="0")
+    url = server.url + "/api/v1/chat/completions"
+    first, second = _second_call_after_the_upstream_closed_the_first(
+        lambda: requests.post(url, json=CHAT, timeout=20).status_code, upstream
+    )
+    assert (first, second) == (200, 200)

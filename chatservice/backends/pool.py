@@ -7,10 +7,19 @@ of the upstream, which reads the head, finds no body yet and waits again: measur
 added latency of every call. :class:`OneWriteMixin` holds the head until the body's first
 piece (or the end of the request) and sends them together, as ``http.client`` does for a
 ``bytes`` body.
+
+Before reusing an idle keep-alive connection urllib3 asks whether the upstream closed it
+(``is_connected``: is the socket readable, at a zero timeout?). Under gevent its ``select.poll``
+is gevent's, which sets up a watcher and goes through the event loop even for a zero timeout;
+:class:`NativePollMixin` asks the operating system's ``poll`` the same question, which
+returns at once and so never blocks the loop.
 """
 
 from __future__ import annotations
 
+import functools
+import select
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -46,11 +55,38 @@ class OneWriteMixin:
             super().send(data)  # type: ignore[misc]
 
 
-class _HTTPConnection(OneWriteMixin, HTTPConnection):
+class NativePollMixin:
+    """urllib3's ``is_connected`` with the operating system's ``poll`` (see the module doc)."""
+
+    sock: Any
+
+    @property
+    def is_connected(self) -> bool:
+        """False when the connection is closed, or its socket is readable while no request
+        is under way (the upstream closed it, reset it or sent stray bytes): urllib3 then
+        opens a new one."""
+        sock = self.sock
+        if sock is None:
+            return False
+        poller = _native_poll()()
+        poller.register(sock, select.POLLIN)
+        return not poller.poll(0)
+
+
+@functools.cache
+def _native_poll() -> Callable[[], Any]:
+    # gevent keeps the function it patched over; without gevent select.poll is native.
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("select"):
+        return monkey.get_original("select", "poll")  # type: ignore[no-any-return]
+    return select.poll
+
+
+class _HTTPConnection(NativePollMixin, OneWriteMixin, HTTPConnection):
     pass
 
 
-class _HTTPSConnection(OneWriteMixin, HTTPSConnection):
+class _HTTPSConnection(NativePollMixin, OneWriteMixin, HTTPSConnection):
     pass
 
 
