@@ -304,9 +304,7 @@ def test_an_idle_connection_the_upstream_closed_is_not_reused(make_app, fake):
     assert (first, second) == (200, 200)
 
 
-def test_under_gevent_an_idle_connection_the_upstream_closed_is_not_reused(
-    live_server, upstream
-):
+def test_under_gevent_an_idle_connection_the_upstream_closed_is_not_reused(live_server, upstream):
     # The same check in a gevent worker, which asks the operating system's poll rather
     # than gevent's cooperative one.
     server = live_server(API_KEY="sk-x", UPSTREAM_RETRIES="0")
