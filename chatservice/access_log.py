@@ -52,6 +52,9 @@ access_log = logging.getLogger(ACCESS_LOGGER)
 
 #: The WSGI environ key holding the current request's access-log fields (a dict).
 ENVIRON_KEY = "chatservice.access"
+#: The WSGI environ key holding when the request reached the app (``time.perf_counter()``
+#: seconds): its access line's duration and its metrics' latency count from there.
+STARTED_KEY = "chatservice.started"
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 #: Characters of a model name kept in an access line (the name comes from the client).
@@ -263,7 +266,7 @@ class AccessLogMiddleware:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         """Serve the request through the wrapped app and log it (see the class)."""
-        started = time.perf_counter()
+        started = environ[STARTED_KEY] = time.perf_counter()
         rid = request_id_from(environ.get("HTTP_X_REQUEST_ID"))
         fields: dict[str, Any] = {"request_id": rid}
         environ[ENVIRON_KEY] = fields

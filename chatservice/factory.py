@@ -135,7 +135,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["chatservice"] = service
     app.extensions["chatservice.catalogs"] = catalogs
-    # Before the limiter: its timer then starts before a request can be refused with 429.
     metrics.init_app(app, service)
     # The client keys live in STORE_URL too (tables or keys of their own).
     service.client_keys = ClientKeys(create_key_store(settings.store_url), settings)

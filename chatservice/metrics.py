@@ -69,6 +69,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from chatservice.access_log import STARTED_KEY
 from chatservice.errors import ServiceError
 from chatservice.models import ChatChunk, ChatResult
 
@@ -84,8 +85,6 @@ UNMATCHED = "<unmatched>"
 KEY_STATES = ("usable", "cooling", "disabled")
 #: Chat answers take from milliseconds (a cache, a 404) to minutes (a long local generation).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-#: The request's environ key holding when its first ``before_request`` hook ran.
-_STARTED = "chatservice.metrics_started"
 
 
 class Metrics:
@@ -214,7 +213,8 @@ class Metrics:
         route = rule.rule if rule is not None else UNMATCHED
         status = response.status_code
         self.labelled(self.requests, face, route, str(status)).inc()
-        started = req.environ.get(_STARTED)
+        # Since the request reached the app (the access log's clock, one for both).
+        started = req.environ.get(STARTED_KEY)
         if started is not None:
             self.labelled(self.request_seconds, face, route).observe(time.perf_counter() - started)
         if status == 429 and _refused_by_limiter():
@@ -376,19 +376,16 @@ def current_metrics() -> Metrics:
 
 
 def init_app(app: Flask, service: Any) -> Metrics:
-    """Create ``app``'s metrics, install the request hooks and observe ``service``'s pipeline.
+    """Create ``app``'s metrics, install the response hook and observe ``service``'s pipeline.
 
-    Call it before the rate limiter is created: hooks run in registration order, so the
-    timer then starts before a request can be refused with 429.
+    A request's latency counts from the access log's clock (``STARTED_KEY``, set by the
+    access-log middleware when the request reaches the app), so a request the rate limiter
+    refuses with 429 is timed too, whatever the order of the hooks.
     """
     metrics = Metrics(multiprocess=multiprocess_enabled())
     app.extensions[EXTENSION] = metrics
     service.pipeline.observe(BackendMetrics(metrics))
     metrics.watch_keys({u.name: u.route.backend.pool for u in service.backends.remote()})
-
-    @app.before_request
-    def start_timer() -> None:
-        request.environ[_STARTED] = time.perf_counter()
 
     @app.after_request
     def count_response(response: Response) -> Response:

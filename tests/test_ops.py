@@ -210,6 +210,10 @@ def test_rate_limit_rejections_are_counted_apart_from_upstream_429(make_app, fak
     assert value(samples, "chatservice_rate_limited_total", face="openai_api") == 1
     total_429 = value(samples, "chatservice_requests_total", face="api", route="/api", status="429")
     assert total_429 == 3
+    # Refused by the limiter or not, every request is timed: 5 on /api, 1 on the OpenAI face.
+    count = "chatservice_request_duration_seconds_count"
+    assert value(samples, count, face="api", route="/api") == 5
+    assert value(samples, count, face="openai_api", route="/api/v1/chat/completions") == 1
 
 
 def test_key_states_are_exported_without_the_keys(make_app, fake, tmp_path):
