@@ -70,7 +70,11 @@ class BodyReader:
             # gevent.Timeout bounds the whole body, not each read: a trickle of one byte per
             # interval would outlive any per-read timeout.
             with gevent.Timeout(self.timeout, _BodyTimeout):
-                while piece := stream.read(_PIECE):
+                # A declared length is read up to its end, not to one more (empty) read.
+                while (want := _PIECE if declared is None else declared - size) > 0:
+                    piece = stream.read(want)
+                    if not piece:
+                        break
                     size += len(piece)
                     if size > self.max_bytes:
                         return "too_large", b""

@@ -432,9 +432,10 @@ def apply_settings(settings: Settings) -> None:
     root.setLevel(logging.INFO)
     state.stderr.setFormatter(LineFormatter(json_lines))
     _set_levels(settings)
-    # No line shows a thread's or a process's name, so records need not look them up (the
-    # logging HOWTO's "Optimization"). Under gevent the current thread of a request's
-    # greenlet is a dummy Thread made on its first record: one per request, for nothing.
+    # No line shows a thread or a process name (gunicorn's show the process id, kept), so
+    # records need not look them up (the logging HOWTO's "Optimization"). Under gevent the
+    # current thread of a request's greenlet is a dummy Thread made on its first record:
+    # one per request, for nothing.
     logging.logThreads = False
     logging.logMultiprocessing = False
 

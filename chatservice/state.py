@@ -18,11 +18,11 @@ and the replay cache need. Storage failures raise
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import heapq
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -86,7 +86,11 @@ class MemoryState:
         #: (expiry, key) of every value stored with a TTL; stale pairs (the key was
         #: rewritten or deleted since) are skipped when they come up.
         self._expiries: list[tuple[float, str]] = []
-        self._lock = threading.Lock()
+        # A native lock even under gevent (whose patched Lock costs Python calls on every
+        # operation, several per request): no greenlet ever waits on it, since nothing here
+        # yields while holding it (dict and heap operations, and the clock), and it still
+        # orders real threads (the embedded model's pool).
+        self._lock = _thread.allocate_lock()
 
     def __len__(self) -> int:
         return len(self._data)
@@ -99,6 +103,9 @@ class MemoryState:
     def get_many(self, keys: list[str]) -> list[str | None]:
         """See :class:`KeyValueStore`."""
         with self._lock:
+            found = [self._data.get(key) for key in keys]
+            if not any(found):  # the common case (a key pool's marks): nothing to check
+                return [None] * len(keys)
             return [self._live(key) for key in keys]
 
     def set(self, key: str, value: str, ttl: float | None = None) -> None:
