@@ -222,6 +222,8 @@ class Pipeline:
         def build(current: ChatRequest | Draft) -> ChatRequest:
             fitted[0] = current
             req = current if isinstance(current, ChatRequest) else current.build(route.embedded)
+            if req.model == model and req.api_key is api_key:
+                return req  # already resolved (no alias, no key to drop): nothing to copy
             return dataclasses.replace(req, model=model, api_key=api_key)
 
         def shorter(current: Any) -> Any:

@@ -117,16 +117,13 @@ def client_key(settings: Settings | None = None) -> Secret | None:
     None at all unless client keys are on (CLIENT_KEYS, ``Settings.accepts_client_keys``).
     ``settings``: the current app's, when the caller has them at hand.
     """
+    settings = settings or current_service().settings
+    if not settings.accepts_client_keys:
+        return None
     # From the WSGI environ: werkzeug's header mapping costs some ten Python calls to build
     # and read, and nothing else of a chat request reads it.
     token = auth.bearer_of(request.environ.get("HTTP_AUTHORIZATION", ""))
-    settings = settings or current_service().settings
-    if (
-        settings.accepts_client_keys
-        and token is not None
-        and token.startswith("sk-")
-        and not auth.is_service_token(settings, token)
-    ):
+    if token is not None and token.startswith("sk-") and not auth.is_service_token(settings, token):
         return Secret(token)
     return None
 
