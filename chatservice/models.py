@@ -127,11 +127,17 @@ class ChatResult:
     model: str
     usage: dict[str, int] | None = None
     raw: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: True when the backend knows ``text`` and ``raw`` hold no lone surrogate (the JSON text
+    #: it parsed them from had none: :func:`chatservice.jsonsafe.surely_safe_text`).
+    clean: dataclasses.InitVar[bool] = False
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, clean: bool) -> None:
         # An upstream may send a lone surrogate in valid JSON; it would fail every encoder
         # downstream, so it becomes U+FFFD here, once for every backend and face.
-        self.text, self.model, self.raw = scrub_text((self.text, self.model, self.raw))
+        if clean:
+            self.model = scrub_text(self.model)  # it may come from the settings
+        else:
+            self.text, self.model, self.raw = scrub_text((self.text, self.model, self.raw))
 
 
 @dataclasses.dataclass

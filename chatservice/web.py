@@ -10,7 +10,7 @@ from flask import current_app, g, request
 from chatservice.body import request_body
 from chatservice.errors import BadRequest
 from chatservice.i18n import negotiate
-from chatservice.jsonsafe import find_unsafe_value
+from chatservice.jsonsafe import find_unsafe_value, surely_safe_text
 
 
 def read_json_object() -> dict[str, Any]:
@@ -29,7 +29,7 @@ def read_json_object() -> dict[str, Any]:
         raise BadRequest("invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("body_not_object")
-    unsafe = find_unsafe_value(body)
+    unsafe = None if surely_safe_text(raw) else find_unsafe_value(body)
     if unsafe is not None:
         raise unsafe
     g.json_body = body

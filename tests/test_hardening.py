@@ -527,3 +527,46 @@ def test_gunicorns_own_refusals_are_json(live_server, request_bytes, status, key
     assert head.startswith(f"HTTP/1.1 {status} ".encode()), head
     assert b"Content-Type: application/json" in head
     assert json.loads(body)["data"]["error"] == key
+
+
+# Every other way JSON text can spell a lone surrogate or a non-finite number: the service
+# tells most bodies apart from the text itself, and must never let one of these through.
+SPELLINGS = [
+    ('{"user_content": "a\ud800b"}'.encode("utf-8", "surrogatepass"), "invalid_character"),
+    (b'{"user_content": "a\\uDBFFb"}', "invalid_character"),
+    ('{"user_content": "a\ud800b"}'.encode("utf-16", "surrogatepass"), "invalid_character"),
+    (b'{"user_content": "hi", "temperature": 1' + b"0" * 250 + b".5e99}", "not_finite"),
+    (b'{"user_content": "hi", "temperature": 1e0400}', "not_finite"),
+]
+
+
+@pytest.mark.parametrize(("body", "key"), SPELLINGS)
+def test_a_lone_surrogate_or_an_overflow_in_any_spelling_is_a_400(client, fake, body, key):
+    r = client.post("/api", data=body, content_type="application/json")
+    assert r.status_code == 400, r.data
+    assert r.get_json()["data"]["error"] == key
+    assert fake.received == []
+
+
+def test_text_that_only_looks_unsafe_is_answered(client, fake):
+    # A surrogate pair (an emoji, as ensure_ascii writes it) and "NaN" inside a string.
+    body = b'{"user_content": "NaN Infinity \\ud83d\\ude00 1e999"}'
+    r = client.post("/api", data=body, content_type="application/json")
+    assert r.status_code == 200, r.data
+    assert r.get_json()["data"]["response"] == "echo: NaN Infinity \U0001f600 1e999"
+
+
+def test_a_lone_surrogate_in_the_upstream_bytes_is_replaced(client, fake):
+    # The surrogate as UTF-8 bytes, not as an escape: json.loads still takes it.
+    answer = {
+        "id": "x",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok \ud800 end"}}],
+    }
+    raw = json.dumps(answer, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    fake.push(Reply(raw_body=raw))
+    messages = [{"role": "user", "content": "q"}]
+    r = client.post("/api/v1/chat/completions", json={"model": "m", "messages": messages})
+    assert r.status_code == 200, r.data
+    assert r.get_json()["choices"][0]["message"]["content"] == "ok \ufffd end"

@@ -58,7 +58,7 @@ from chatservice.errors import (
     UpstreamTimeout,
     context_length_exceeded,
 )
-from chatservice.jsonsafe import encoder, find_unsafe_value
+from chatservice.jsonsafe import encoder, find_unsafe_value, surely_safe_text
 from chatservice.models import ChatChunk, ChatRequest, ChatResult, choice_text
 from chatservice.settings import Secret, Settings
 from chatservice.sse import EventTooLarge, SSEDecoder
@@ -173,7 +173,8 @@ class UpstreamBackend:
         """
         if req.kind == "embedding":
             return self.embed(req)
-        body = _json(_read_body(self._post(req, stream=False)))
+        text_bytes = _read_body(self._post(req, stream=False))
+        body = _json(text_bytes)
         try:
             choice = body["choices"][0]
             text = choice_text(choice, delta=False)
@@ -185,6 +186,7 @@ class UpstreamBackend:
             model=body.get("model") or req.model,
             usage=body.get("usage"),
             raw=body,
+            clean=surely_safe_text(text_bytes, numbers=False),
         )
 
     def embed(self, req: ChatRequest) -> ChatResult:
