@@ -51,7 +51,10 @@ class BodyReader:
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
         declared = environ.get("CONTENT_LENGTH") or ""
         if chunked or (declared.isdigit() and int(declared) > 0):
-            problem, body = self._read(environ, int(declared) if declared.isdigit() else None)
+            # A chunked body's length is its chunks' (a Content-Length beside it is ignored,
+            # as HTTP/1.1 says).
+            length = int(declared) if declared.isdigit() and not chunked else None
+            problem, body = self._read(environ, length)
             environ["wsgi.input"] = io.BytesIO(body)
             environ[_BODY] = body
             environ["CONTENT_LENGTH"] = str(len(body))
