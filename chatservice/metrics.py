@@ -97,8 +97,6 @@ class Metrics:
     def __init__(self, multiprocess: bool = False) -> None:
         self.multiprocess = multiprocess
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
-        #: (id of the URL rule or None, status) -> (requests child, latency child, face).
-        self._by_response: dict[tuple[Any, int], tuple[Any, Any, str]] = {}
         #: This app's registry; None in multi-process mode, where a scrape merges the files.
         self.registry = None if multiprocess else CollectorRegistry()
         registry = self.registry
@@ -210,27 +208,15 @@ class Metrics:
         # The request object once: each read through Flask's ``request`` proxy costs about
         # four Python calls, on every request.
         req = request._get_current_object()  # type: ignore[attr-defined]
+        face = req.blueprint or "none"
         rule = req.url_rule
+        route = rule.rule if rule is not None else UNMATCHED
         status = response.status_code
-        # The two children of a URL rule and status, looked up once (the blueprint is the
-        # rule's: one key for both labels). Rules compare by value and do not hash; the app's
-        # URL map holds each one for the app's life, so its id names it.
-        key = (id(rule), status)
-        children = self._by_response.get(key)
-        if children is None:
-            face = req.blueprint or "none"
-            route = rule.rule if rule is not None else UNMATCHED
-            children = self._by_response[key] = (
-                self.labelled(self.requests, face, route, str(status)),
-                self.labelled(self.request_seconds, face, route),
-                face,
-            )
-        counted, timed, face = children
-        counted.inc()
+        self.labelled(self.requests, face, route, str(status)).inc()
         # Since the request reached the app (the access log's clock, one for both).
         started = req.environ.get(STARTED_KEY)
         if started is not None:
-            timed.observe(time.perf_counter() - started)
+            self.labelled(self.request_seconds, face, route).observe(time.perf_counter() - started)
         if status == 429 and _refused_by_limiter():
             self.rate_limited.labels(face).inc()
         if response.is_streamed and response.mimetype == "text/event-stream":
