@@ -18,6 +18,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from flask import has_request_context, request
+
 from chatservice.errors import ClientGone
 
 log = logging.getLogger(__name__)
@@ -32,8 +34,6 @@ def sockets_cooperative() -> bool:
 
 
 def _client_socket() -> Any:
-    from flask import has_request_context, request
-
     if not has_request_context():
         return None
     return request.environ.get("gunicorn.socket")
