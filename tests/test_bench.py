@@ -181,25 +181,23 @@ def test_cpu_meter_splits_a_process_tree_into_user_and_system_time():
     assert 0 <= cores["machine_softirq"] <= cores["machine"] + 0.01
 
 
+def _instructions(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "bench/instructions.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_the_instruction_counts_driver_answers_on_every_target():
     # What bench/instructions.py runs under valgrind, run bare: every target (a part switched
     # off included) answers the benchmark's body with 200, or the driver exits non-zero.
     from bench.instructions import PARTS
 
     for target in ("service", "naive", *(f"without-{part}" for part in PARTS)):
-        done = subprocess.run(
-            [sys.executable, "bench/instructions.py", "--drive", target, "2"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = _instructions("--drive", target, "2")
         assert done.returncode == 0, (target, done.stderr[-2000:])
-    refused = subprocess.run(
-        [sys.executable, "bench/instructions.py", "without-everything"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    refused = _instructions("without-everything")
     assert refused.returncode != 0 and "unknown target 'without-everything'" in refused.stderr
