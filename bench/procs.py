@@ -348,6 +348,32 @@ def http_json(
         conn.close()
 
 
+def listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on TCP ``port`` (any local address, IPv4 or IPv6), read from
+    ``/proc/net/tcp`` and ``/proc/net/tcp6``."""
+    found: set[str] = set()
+    suffix = f":{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[1].endswith(suffix) and fields[3] == "0A":  # 0A: LISTEN
+                    found.add(fields[9])
+    return found
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether ``pid`` or a process below it holds the socket listening on TCP ``port``."""
+    wanted = {f"socket:[{inode}]" for inode in listening_inodes(port)}
+    for owner in descendants(pid):
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{owner}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in wanted:
+                        return True
+    return False
+
+
 def wait_healthy(
     port: int,
     proc: subprocess.Popen[bytes],
@@ -358,7 +384,8 @@ def wait_healthy(
 ) -> list[int]:
     """Wait until ``GET path`` (``/healthz``; ``/readyz`` to wait for a preloaded model) on
     127.0.0.1:``port`` answers 200 and, with ``workers``, the server ``proc`` (gunicorn's
-    master) has that many children; returns their pids.
+    master) has that many children; returns their pids. The answer counts only when ``proc``
+    (or a child) holds the listening socket.
 
     Raises :class:`BenchError` with ``log_tail()`` when ``proc`` exits first or after
     ``timeout`` seconds.
@@ -370,7 +397,13 @@ def wait_healthy(
         with contextlib.suppress(OSError, http.client.HTTPException):
             status, _ = http_json(port, "GET", path, timeout=2)
             kids = children(proc.pid)
-            if status == 200 and (workers is None or len(kids) == workers):
+            # Another test's or run's server may hold the port (two free_port() calls can
+            # name the same port before either binds it): its answer is not ``proc``'s.
+            if (
+                status == 200
+                and (workers is None or len(kids) == workers)
+                and listens_on(proc.pid, port)
+            ):
                 return kids
         time.sleep(0.1)
     raise BenchError("the service did not start:\n" + log_tail())

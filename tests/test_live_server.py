@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
+from bench.procs import free_port as bench_free_port
+from tests import conftest
 from tests.fakeupstream import Reply
 
 
@@ -161,3 +165,35 @@ def test_disconnect_stops_local_generation(live_server):
             break
         time.sleep(0.2)
     assert status == 200
+
+
+class _Healthy(http.server.BaseHTTPRequestHandler):
+    """Answers 200 to everything: a stranger's server on the port a test was given."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_server_whose_port_another_process_took_starts_again_on_another(live_server, monkeypatch):
+    """Two ``free_port()`` calls can name the same port before either binds it. The other
+    holder's answers on it are not taken for this server's, which starts again elsewhere."""
+    stranger = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Healthy)
+    threading.Thread(target=stranger.serve_forever, daemon=True).start()
+    taken = stranger.server_address[1]
+    ports = iter([taken])
+    monkeypatch.setattr(conftest, "free_port", lambda: next(ports, None) or bench_free_port())
+    try:
+        server = live_server()
+    finally:
+        stranger.shutdown()
+        stranger.server_close()
+    assert server.port != taken
+    assert "Connection in use" not in server.log_text()
+    answer = requests.get(server.url + "/healthz", timeout=5)
+    assert answer.status_code == 200 and answer.json()["status"] == "ok"
