@@ -335,8 +335,9 @@ class LocalBackend:
 
 def _caught(func: Any, args: tuple[Any, ...]) -> tuple[Any, Exception | None]:
     """``(func(*args), None)``, or ``(None, exc)`` when it raised ``exc``. Runs on the
-    model's thread: an exception raised out of the pool's task would be printed by gevent's
-    hub as an uncaught error (a traceback on stderr for a client's too-long prompt)."""
+    model's thread: an exception raised out of the pool's task would also be printed by
+    gevent's hub as an uncaught error (a traceback on stderr for a model file that cannot be
+    loaded, say)."""
     try:
         return func(*args), None
     except Exception as exc:  # noqa: BLE001 - handed to the caller, raised there
