@@ -43,6 +43,7 @@ from typing import Any, Literal
 import gevent
 import gevent.lock
 
+from chatservice import offload
 from chatservice.models import ChatRequest
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class TokenCounter:
             with self._lock:
                 if name not in self._encodings:
                     # 0.3-0.6 s of parsing: on a thread, so the hub goes on serving.
-                    encoding = gevent.get_hub().threadpool.apply(_load_encoding, (name,))
+                    encoding = offload.run(gevent.get_hub().threadpool, _load_encoding, name)
                     self._encodings[name] = encoding
         return self._encodings[name]
 

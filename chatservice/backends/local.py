@@ -26,6 +26,7 @@ import gevent.event
 import gevent.lock
 import gevent.threadpool
 
+from chatservice import offload
 from chatservice.backends import llama_args
 from chatservice.backends.localtuning import Defaults, LoopGuard
 from chatservice.errors import BadRequest, LocalModelError, context_length_exceeded
@@ -169,7 +170,7 @@ class LocalBackend:
             pending = self._submit(_next_parts, parts, BATCH_SECONDS, True)
             done = False
             while not done:
-                batch, done = _outcome(pending.get())
+                batch, done = offload.result(pending)
                 if not done:
                     # Generated while this batch is sent. Safe to read alongside: a part
                     # is a new dict, the guard fires before the last part exists, and
@@ -254,15 +255,14 @@ class LocalBackend:
 
     def _run(self, func: Any, *args: Any) -> Any:
         """``func(*args)`` run on the model's own thread, letting the hub serve meanwhile;
-        raises what it raises."""
-        return _outcome(self._submit(func, *args).get())
+        raises what it raises (:mod:`chatservice.offload`)."""
+        return offload.result(self._submit(func, *args))
 
     def _submit(self, func: Any, *args: Any) -> gevent.event.AsyncResult:
-        """Queue ``func(*args)`` for the model's thread (waiting while it is busy); the
-        result's value is a pair for :func:`_outcome`."""
+        """Queue ``func(*args)`` for the model's thread (waiting while it is busy)."""
         if self._pool is None:
             self._pool = gevent.threadpool.ThreadPool(1)
-        return self._pool.spawn(_caught, func, args)
+        return offload.submit(self._pool, func, *args)
 
     def _load(self) -> Any:
         if self._llama is None:
@@ -331,26 +331,6 @@ class LocalBackend:
             else:
                 answer = llama.create_completion(stream=stream, **kwargs)
         return answer, guard, logprobs
-
-
-def _caught(func: Any, args: tuple[Any, ...]) -> tuple[Any, Exception | None]:
-    """``(func(*args), None)``, or ``(None, exc)`` when it raised ``exc``. Runs on the
-    model's thread: an exception raised out of the pool's task would also be printed by
-    gevent's hub as an uncaught error (a traceback on stderr for a model file that cannot be
-    loaded, say)."""
-    try:
-        return func(*args), None
-    except Exception as exc:  # noqa: BLE001 - handed to the caller, raised there
-        return None, exc
-
-
-def _outcome(pair: tuple[Any, Exception | None]) -> Any:
-    """The value :func:`_caught` returned, or its exception raised (in the caller's greenlet,
-    with its traceback from the model's thread)."""
-    value, exc = pair
-    if exc is not None:
-        raise exc
-    return value
 
 
 def _next_parts(
