@@ -32,7 +32,14 @@ from typing import Any, Protocol
 
 from chatservice.clientkeys import KeyRecord
 from chatservice.errors import ServiceError
-from chatservice.state import PREFIX, STORAGE_TIMEOUT, redis_client, redis_errors, sqlite_path
+from chatservice.state import (
+    PREFIX,
+    STORAGE_TIMEOUT,
+    redis_client,
+    redis_errors,
+    sqlite_path,
+    use_wal,
+)
 
 #: The fields of a usage row that add up.
 USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "errors", "cost_nanos")
@@ -144,7 +151,7 @@ class SqlKeyStore:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             if path is not None:
-                db.execute("PRAGMA journal_mode=WAL")
+                use_wal(db)
             for statement in self._SCHEMA:
                 db.execute(statement)
 

@@ -37,6 +37,29 @@ PREFIX = "chatservice:"
 STORAGE_TIMEOUT = 2.0
 
 
+def use_wal(db: sqlite3.Connection, timeout: float = STORAGE_TIMEOUT) -> None:
+    """Put ``db``'s file in SQLite's WAL mode (kept in the file; a no-op once it is).
+
+    While another connection holds a write lock on a file not yet in WAL mode, SQLite
+    answers the switch with "database is locked" at once, without waiting out the busy
+    timeout: two workers starting on a new volume and creating the same file did, about
+    one start in a hundred. So a busy answer is retried, every 10 ms, for ``timeout`` seconds.
+
+    :raises sqlite3.OperationalError: still locked after ``timeout`` seconds, or any other
+        SQLite error.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.01)
+
+
 class KeyValueStore(Protocol):
     """String values by key, each with an optional TTL in seconds."""
 
@@ -211,7 +234,7 @@ class SqliteState:
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             with contextlib.closing(sqlite3.connect(path, timeout=STORAGE_TIMEOUT)) as db:
-                db.execute("PRAGMA journal_mode=WAL")
+                use_wal(db)
                 db.execute(
                     "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT"
                     " NULL, expires REAL)"

@@ -156,7 +156,11 @@ def wait_healthy(name: str, url: str, timeout: float = 180) -> None:
         current = state(name)
         assert current["Running"], f"container exited {current['ExitCode']}: {logs(name)}"
         if current.get("Health", {}).get("Status") == "healthy":
-            assert requests.get(url + "/healthz", timeout=5).json() == {"status": "ok"}
+            try:
+                answer = requests.get(url + "/healthz", timeout=5).json()
+            except requests.RequestException as exc:  # the container's log says why
+                raise AssertionError(f"healthy, then {exc!r}: {logs(name)}") from exc
+            assert answer == {"status": "ok"}
             return
         assert time.monotonic() < deadline, f"not healthy: {current.get('Health')} {logs(name)}"
         time.sleep(0.5)
