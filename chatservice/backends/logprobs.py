@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from llama_cpp import Llama
 
+from chatservice.backends.repeatable import RepeatableLlama
+
 
 class TokenLogprobs:
     """A llama-cpp-python logits processor recording each sampled token's OpenAI
@@ -103,10 +105,11 @@ class TokenLogprobs:
         choice["logprobs"] = {"content": self.take(text), "refusal": None}
 
 
-class ObservedLlama(Llama):
-    """llama-cpp-python's ``Llama``, telling the :class:`TokenLogprobs` among a generation's
-    logits processors which token each step sampled (llama.cpp's sampler chain, where the
-    processors run, learns the choice only after they ran)."""
+class ObservedLlama(RepeatableLlama):
+    """llama-cpp-python's ``Llama`` (as :class:`~chatservice.backends.repeatable.RepeatableLlama`
+    evaluates prompts), telling the :class:`TokenLogprobs` among a generation's logits
+    processors which token each step sampled (llama.cpp's sampler chain, where the processors
+    run, learns the choice only after they ran)."""
 
     def generate(  # type: ignore[override]
         self, tokens: Any, *args: Any, logits_processor: Any = None, **kwargs: Any
