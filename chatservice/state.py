@@ -42,8 +42,9 @@ def use_wal(db: sqlite3.Connection, timeout: float = STORAGE_TIMEOUT) -> None:
 
     While another connection holds a write lock on a file not yet in WAL mode, SQLite
     answers the switch with "database is locked" at once, without waiting out the busy
-    timeout: two workers starting on a new volume and creating the same file did, about
-    one start in a hundred. So a busy answer is retried, every 10 ms, for ``timeout`` seconds.
+    timeout: two processes opening the same new file at the same moment (two workers
+    starting on a new volume) failed so about one time in a hundred. So a busy answer is
+    retried, every 10 ms, for ``timeout`` seconds.
 
     :raises sqlite3.OperationalError: still locked after ``timeout`` seconds, or any other
         SQLite error.
