@@ -47,12 +47,7 @@ class RepeatableLlama(Llama):
         # hybrid): llama-cpp-python's own path.
         partial_cache = not (self._is_recurrent or self._is_hybrid)
         if kwargs.get("reset", True) and not args and partial_cache:
-            reusable = self._input_ids[: self._batched_rows]
-            shared = 0
-            for cached, token in zip(reusable, tokens, strict=False):  # lengths differ
-                if cached != token:
-                    break
-                shared += 1
+            shared = self.longest_token_prefix(self._input_ids[: self._batched_rows], tokens)
             # Llama's generate then evaluates the rest, two tokens at least, in one batch.
             self.n_tokens = max(0, min(shared, len(tokens) - 2))
             self._batched_rows = len(tokens)
